@@ -1,0 +1,182 @@
+/**
+ * The committable helper: the easy way to write a committable. A store type supplies a
+ * `StoreDriver` (how to apply, prepare and commit with a marker in its own datastore); the
+ * helper keeps the writable/skip state, hashes every applied change, and turns markers
+ * into exactly-once commits and skips on recovery.
+ * @module
+ */
+import type { Committable } from '../committer/committable.ts';
+import { AlreadyCommittedError, CommitdError, NotWritableError } from '../committer/errors.ts';
+import { describeKey, sameKey, toHex } from '../committer/keys.ts';
+import { ChangeHasher } from '../committer/session-id.ts';
+
+/** Thrown by a driver when the marker for the key is already there (another committer won). */
+export class MarkerExistsError extends CommitdError {
+  /** The ID stored in the marker. */
+  readonly storedId: Uint8Array;
+
+  constructor(key: Uint8Array, storedId: Uint8Array) {
+    super('MARKER_EXISTS', `a session under key ${JSON.stringify(describeKey(key))} is already committed here`);
+    this.storedId = storedId;
+  }
+}
+
+/** The marker holds another ID: the same key was committed with other changes. */
+export class MarkerConflictError extends CommitdError {
+  constructor(storeName: string, key: Uint8Array, storedId: Uint8Array, ownId: Uint8Array) {
+    super(
+      'MARKER_CONFLICT',
+      `${storeName} already committed key ${JSON.stringify(describeKey(key))} as ${toHex(storedId)}, not ${toHex(ownId)}`,
+    );
+  }
+}
+
+/** A change the store rejected (bad statement, constraint, wrong shape). */
+export class ChangeRejectedError extends CommitdError {
+  /** Datastore-specific detail for callers, e.g. a SQLSTATE. */
+  readonly detail: Readonly<Record<string, unknown>>;
+
+  constructor(message: string, detail: Readonly<Record<string, unknown>> = {}, options?: { cause?: unknown }) {
+    super('CHANGE_REJECTED', message, options);
+    this.detail = detail;
+  }
+}
+
+/** What one store type implements for one session; the helper drives it. */
+export interface StoreDriver<Change> {
+  /** The ID committed under `key` if this store holds its marker. */
+  findMarker(key: Uint8Array): Promise<Uint8Array | undefined>;
+  /** A session starts (fresh, or a recovery without a marker): get ready for changes. */
+  open(key: Uint8Array): Promise<void>;
+  /** Validates and applies (or buffers) one change; throws `ChangeRejectedError` to refuse it. */
+  apply(change: Change): Promise<void>;
+  /**
+   * Makes the changes ready to commit, failing now if they cannot commit. Optional: a
+   * driver without it does everything in `commit`. May throw `MarkerExistsError`.
+   */
+  prepare?(key: Uint8Array, id: Uint8Array): Promise<void>;
+  /** Commits the data together with the marker `(key, id)`; throws `MarkerExistsError` if it is there. */
+  commit(key: Uint8Array, id: Uint8Array): Promise<void>;
+  /** Discards everything since `open`. Safe in any state, called at most once per session. */
+  rollback(): Promise<void>;
+}
+
+type Mode = 'idle' | 'writable' | 'prepared' | 'skip';
+
+/**
+ * A Committable over a StoreDriver, plus `apply` and `prepare`.
+ *
+ * On `beginRecovery`, a store that already holds the marker for the key enters skip mode:
+ * applies are ignored and `commit` returns the stored ID. `begin` with a key the store
+ * already committed fails with `AlreadyCommittedError`.
+ */
+export class HelperCommittable<Change> implements Committable {
+  readonly name: string;
+  readonly #driver: StoreDriver<Change>;
+  #mode: Mode = 'idle';
+  #hasher = new ChangeHasher();
+  #storedId: Uint8Array | undefined;
+  #opened = false;
+
+  constructor(name: string, driver: StoreDriver<Change>) {
+    this.name = name;
+    this.#driver = driver;
+  }
+
+  /** True when recovery found this store already committed: applies are ignored. */
+  get skipping(): boolean {
+    return this.#mode === 'skip';
+  }
+
+  /** How many changes were applied in this session (skipped ones not counted). */
+  get applied(): number {
+    return this.#hasher.count;
+  }
+
+  async begin(key: Uint8Array): Promise<void> {
+    this.#reset();
+    if (await this.#driver.findMarker(key)) throw new AlreadyCommittedError(describeKey(key), this.name);
+    await this.#open(key);
+  }
+
+  async beginRecovery(key: Uint8Array): Promise<void> {
+    this.#reset();
+    const stored = await this.#driver.findMarker(key);
+    if (stored) {
+      this.#storedId = stored;
+      this.#mode = 'skip';
+      return;
+    }
+    await this.#open(key);
+  }
+
+  /** Applies one change; hashed in order. Ignored in skip mode. */
+  async apply(change: Change): Promise<void> {
+    if (this.#mode === 'skip') return;
+    if (this.#mode !== 'writable') throw new NotWritableError(`${this.name} is not writable (${this.#mode})`);
+    this.#hasher.add(change);
+    await this.#driver.apply(change);
+  }
+
+  /** Makes the session's changes ready to commit; fails now if they cannot. */
+  async prepare(key: Uint8Array): Promise<void> {
+    if (this.#mode === 'skip' || this.#mode === 'prepared') return;
+    if (this.#mode !== 'writable') throw new NotWritableError(`${this.name} cannot prepare (${this.#mode})`);
+    const id = this.#hasher.digest();
+    const skipped = await this.#guardMarker(key, id, () => this.#driver.prepare?.(key, id));
+    if (!skipped) this.#mode = 'prepared';
+  }
+
+  async commit(key: Uint8Array): Promise<Uint8Array> {
+    if (this.#mode === 'writable') await this.prepare(key);
+    if (this.#mode === 'skip') return this.#finish(this.#storedId as Uint8Array);
+    if (this.#mode !== 'prepared') throw new NotWritableError(`${this.name} cannot commit (${this.#mode})`);
+    const id = this.#hasher.digest();
+    const skipped = await this.#guardMarker(key, id, () => this.#driver.commit(key, id));
+    return this.#finish(skipped ? (this.#storedId as Uint8Array) : id);
+  }
+
+  async cancel(): Promise<void> {
+    const opened = this.#opened;
+    this.#reset();
+    if (opened) await this.#driver.rollback();
+  }
+
+  async #open(key: Uint8Array): Promise<void> {
+    this.#opened = true;
+    await this.#driver.open(key);
+    this.#mode = 'writable';
+  }
+
+  /**
+   * Runs a driver step; a marker with our own ID means another committer already won with
+   * the same changes: roll back and skip (returns true).
+   */
+  async #guardMarker(key: Uint8Array, id: Uint8Array, step: () => Promise<void> | undefined): Promise<boolean> {
+    try {
+      await step();
+      return false;
+    } catch (err) {
+      if (!(err instanceof MarkerExistsError)) throw err;
+      if (!sameKey(err.storedId, id)) throw new MarkerConflictError(this.name, key, err.storedId, id);
+      await this.#driver.rollback();
+      this.#opened = false;
+      this.#storedId = err.storedId;
+      this.#mode = 'skip';
+      return true;
+    }
+  }
+
+  #finish(id: Uint8Array): Uint8Array {
+    this.#opened = false;
+    this.#mode = 'idle';
+    return id;
+  }
+
+  #reset(): void {
+    this.#mode = 'idle';
+    this.#hasher = new ChangeHasher();
+    this.#storedId = undefined;
+    this.#opened = false;
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * What a store type (built in or plugin) provides, and what commitd gives it.
+ * A plugin module default-exports a `StoreType`.
+ * @module
+ */
+import type { Logger } from 'pino';
+import type { Committable } from '../committer/committable.ts';
+
+/** A JSON Schema object (TypeBox schemas are JSON Schemas). */
+export type JsonSchema = Readonly<Record<string, unknown>>;
+
+/** What commitd hands a store type when it creates a store. */
+export interface StoreContext {
+  /** The store's configured name, e.g. `orders`. */
+  readonly name: string;
+  /** A child logger carrying `store`. */
+  readonly logger: Logger;
+  /** commitd's data directory: relative store paths resolve against the working directory, not this. */
+  readonly dataDir: string;
+  /** How long committed results (and expiring markers, e.g. Redis) are kept, in seconds. */
+  readonly retentionSeconds: number;
+  /** The coordinator's etcd endpoints when it runs on etcd (the `etcd` store type's default). */
+  readonly etcdEndpoints?: readonly string[];
+}
+
+/** One session on one store: a Committable that also takes changes and prepares. */
+export interface StoreSession<Change = unknown> extends Committable {
+  /** Applies (or buffers) one change, already valid against the type's `changeSchema`. */
+  apply(change: Change): Promise<void>;
+  /** Makes the changes ready to commit; fails now if they cannot (before the commit point). */
+  prepare(key: Uint8Array): Promise<void>;
+  /** True when recovery found this store already committed (applies are ignored). */
+  readonly skipping: boolean;
+}
+
+/** Decides the fate of a prepared transaction found without its session (two-phase stores). */
+export type OrphanDecision = (key: Uint8Array) => Promise<'commit' | 'rollback' | 'keep'>;
+
+/** A configured store: long-lived (pools, connections), hands out one session per commit. */
+export interface Store<Change = unknown> {
+  readonly name: string;
+  readonly type: string;
+  /** A new session on this store. */
+  session(): StoreSession<Change>;
+  /** Resolves prepared transactions left by crashed instances (stores with a real prepare). */
+  resolveOrphans?(decide: OrphanDecision): Promise<void>;
+  /** Releases connections and files. */
+  close(): Promise<void>;
+}
+
+/**
+ * A store type: the default export of a plugin module. `optionsSchema` and `changeSchema`
+ * are JSON Schemas; commitd validates options before `create` and every change before
+ * `apply`, so neither has to re-check shapes.
+ */
+export interface StoreType<Options = unknown, Change = unknown> {
+  readonly type: string;
+  readonly optionsSchema: JsonSchema;
+  readonly changeSchema: JsonSchema;
+  create(options: Options, ctx: StoreContext): Promise<Store<Change>> | Store<Change>;
+}

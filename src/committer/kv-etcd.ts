@@ -1,0 +1,496 @@
+/**
+ * The etcd backend of the KV contract, built on `etcd3` (microsoft/etcd3).
+ *
+ * Revisions are etcd `mod_revision`s. Every conditional write is one etcd transaction;
+ * every RPC is bounded by `timeoutMs` and connection-level failures surface as
+ * `UnavailableError`, never as a hang.
+ * @module
+ */
+import {
+  ClientClosedError,
+  Etcd3,
+  EtcdLeaseInvalidError,
+  isRecoverableError,
+  type ComparatorBuilder,
+  type IKeyValue,
+  type Lease,
+  type Namespace,
+  type PutBuilder,
+  type DeleteBuilder,
+} from 'etcd3';
+import type { Kv, KvEntry, KvLease, KvOp, ReadOptions, WriteOptions } from './kv.ts';
+import {
+  AlreadyExistsError,
+  ConstraintViolatedError,
+  UnavailableError,
+  VersionMismatchError,
+} from './kv-errors.ts';
+import { CommitdError } from './errors.ts';
+
+/** Names passed to `onOperation`, one per RPC. */
+export type EtcdKvOperation = 'get' | 'list' | 'create' | 'update' | 'delete' | 'txn' | 'lease' | 'ping';
+
+/** Options of {@link EtcdKv}. */
+export interface EtcdKvOptions {
+  /** etcd client URLs, e.g. `http://127.0.0.1:2379`. */
+  readonly endpoints: readonly string[];
+  /** Prefix of every key this KV reads or writes (default `/commitd/`). */
+  readonly namespace?: string;
+  /**
+   * Upper bound of every operation in milliseconds (default 5000), retries inside etcd3
+   * included. A write that times out may still have been applied: the outcome is unknown.
+   */
+  readonly timeoutMs?: number;
+  /**
+   * Called once per RPC (a write that first needs a lease makes two). `ok` is false only
+   * when etcd did not answer (the call failed with `UnavailableError` or an unexpected
+   * error); a condition that did not hold is an answer.
+   */
+  readonly onOperation?: (op: EtcdKvOperation, durationMs: number, ok: boolean) => void;
+}
+
+/** The default key prefix of the coordinator's records. */
+export const DEFAULT_ETCD_NAMESPACE = '/commitd/';
+const DEFAULT_TIMEOUT_MS = 5000;
+/** Read by `ping`; it need not exist, the read only has to be answered. */
+const PING_KEY = '.ping';
+
+/** gRPC call options: only the absolute deadline is used. */
+interface CallOptions {
+  readonly deadline: Date;
+}
+
+/** Runs one RPC under the operation's deadline and reports it. */
+type RpcRunner = <T>(op: EtcdKvOperation, deadline: number, run: (options: CallOptions) => Promise<T>) => Promise<T>;
+
+type CompareTarget = 'Create' | 'Mod';
+type Comparator = '==' | '>';
+/** One etcd compare: `target(key) cmp value`. */
+type Compare = readonly [key: string, target: CompareTarget, cmp: Comparator, value: number];
+
+/** The compares and writes of one etcd transaction, built from `KvOp`s. */
+interface TxnPlan {
+  readonly compares: readonly Compare[];
+  readonly writes: readonly (PutBuilder | DeleteBuilder)[];
+}
+
+/** What a lease needs from the {@link EtcdKv} that granted it. */
+interface LeaseOwner {
+  readonly rpc: RpcRunner;
+  readonly timeoutMs: number;
+  /** Leases being kept alive, released on `close`. */
+  readonly keptAlive: Set<EtcdLease>;
+}
+
+/** Result of a committed etcd transaction. */
+interface TxnOutcome {
+  readonly succeeded: boolean;
+  readonly revision: number;
+}
+
+/**
+ * KV backed by etcd.
+ *
+ * TTLs without an explicit lease share one lease per TTL bucket: a lease granted for a
+ * TTL is reused by every write with that TTL during the following
+ * `max(1 s, ttl / 100)` (the bucket width), and is granted for `ttl + bucket width`
+ * seconds (rounded up). A value therefore lives between `ttl` and `ttl + bucket width`
+ * seconds (plus etcd's expiry granularity of about half a second, and etcd's minimum
+ * lease TTL of about 2 s), and writing a value with a TTL costs one round trip except
+ * for the first write of each bucket.
+ *
+ * After every host failed, etcd3's per-host circuit breaker fails calls at once for 5 s
+ * before it tries the host again: operations reject with `UnavailableError` meanwhile,
+ * and succeed again within about 5 s after etcd is back.
+ */
+export class EtcdKv implements Kv {
+  private readonly client: Etcd3;
+  private readonly ns: Namespace;
+  private readonly timeoutMs: number;
+  private readonly onOperation: EtcdKvOptions['onOperation'];
+  private readonly buckets: LeaseBuckets;
+  private readonly keptAlive = new Set<EtcdLease>();
+
+  constructor(options: EtcdKvOptions) {
+    if (options.endpoints.length === 0) throw new RangeError('EtcdKv needs at least one endpoint');
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.onOperation = options.onOperation;
+    this.client = new Etcd3({ hosts: [...options.endpoints] });
+    this.ns = this.client.namespace(options.namespace ?? DEFAULT_ETCD_NAMESPACE);
+    this.buckets = new LeaseBuckets((ttl, deadline) => this.grantRaw(ttl, deadline).then((lease) => lease.id));
+  }
+
+  /** {@inheritDoc Kv.get} */
+  async get(key: string, options?: ReadOptions): Promise<KvEntry | undefined> {
+    const response = await this.rpc('get', this.deadline(), (call) =>
+      this.ns.get(key).serializable(isSerializable(options)).options(call).exec(),
+    );
+    const [found] = response.kvs;
+    return found === undefined ? undefined : toEntry(key, found);
+  }
+
+  /** {@inheritDoc Kv.list} */
+  async list(prefix: string, options?: ReadOptions): Promise<KvEntry[]> {
+    const response = await this.rpc('list', this.deadline(), (call) =>
+      this.ns.getAll().prefix(prefix).sort('Key', 'Ascend').serializable(isSerializable(options)).options(call).exec(),
+    );
+    return response.kvs.map((kv) => toEntry(kv.key.toString(), kv));
+  }
+
+  /** {@inheritDoc Kv.create} */
+  async create(key: string, value: string, options?: WriteOptions): Promise<number> {
+    const outcome = await this.commit('create', [{ type: 'create', key, value, options }]);
+    if (!outcome.succeeded) throw new AlreadyExistsError(key);
+    return outcome.revision;
+  }
+
+  /**
+   * {@inheritDoc Kv.update}
+   * Like an etcd put, the new value keeps no TTL or lease unless `options` gives one.
+   */
+  async update(key: string, value: string, revision: number, options?: WriteOptions): Promise<number> {
+    if (!isRevision(revision)) throw new VersionMismatchError(key, revision);
+    const outcome = await this.commit('update', [{ type: 'update', key, value, revision, options }]);
+    if (!outcome.succeeded) throw new VersionMismatchError(key, revision);
+    return outcome.revision;
+  }
+
+  /** {@inheritDoc Kv.delete} */
+  async delete(key: string, revision: number): Promise<void> {
+    if (!isRevision(revision)) throw new VersionMismatchError(key, revision);
+    const outcome = await this.commit('delete', [{ type: 'delete', key, revision }]);
+    if (!outcome.succeeded) throw new VersionMismatchError(key, revision);
+  }
+
+  /**
+   * {@inheritDoc Kv.txn}
+   * All ops become one etcd transaction. Each key may appear once (`TypeError` otherwise);
+   * an update or delete at a revision that cannot exist fails like any other condition.
+   */
+  async txn(ops: readonly KvOp[]): Promise<number> {
+    assertDistinctKeys(ops);
+    if (ops.length === 0) return this.currentRevision();
+    if (ops.some((op) => (op.type === 'update' || op.type === 'delete') && !isRevision(op.revision))) {
+      throw new ConstraintViolatedError(describeTxnFailure(ops));
+    }
+    const outcome = await this.commit('txn', ops);
+    if (!outcome.succeeded) throw new ConstraintViolatedError(describeTxnFailure(ops));
+    return outcome.revision;
+  }
+
+  /** {@inheritDoc Kv.grantLease} */
+  async grantLease(ttlSeconds: number): Promise<KvLease> {
+    return this.grantRaw(ttlSeconds, this.deadline());
+  }
+
+  /** {@inheritDoc Kv.ping} */
+  async ping(): Promise<void> {
+    await this.rpc('ping', this.deadline(), (call) => this.ns.get(PING_KEY).options(call).exists());
+  }
+
+  /** {@inheritDoc Kv.close} Stops the keep-alive of every lease; their keys expire by TTL. */
+  async close(): Promise<void> {
+    for (const lease of this.keptAlive) lease.release();
+    this.keptAlive.clear();
+    this.client.close();
+  }
+
+  private deadline(): number {
+    return Date.now() + this.timeoutMs;
+  }
+
+  /** Builds and commits one etcd transaction for `ops` under one deadline. */
+  private async commit(op: EtcdKvOperation, ops: readonly KvOp[]): Promise<TxnOutcome> {
+    const deadline = this.deadline();
+    const plan = await this.plan(ops, deadline);
+    const response = await this.rpc(op, deadline, (call) => toComparatorBuilder(this.ns, plan).options(call).commit());
+    return { succeeded: response.succeeded, revision: Number(response.header.revision) };
+  }
+
+  /** Maps `ops` to compares and writes; waits for the TTL leases the writes need. */
+  private async plan(ops: readonly KvOp[], deadline: number): Promise<TxnPlan> {
+    const leaseIds = await Promise.all(ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.leaseIdFor(op.options, deadline) : '0')));
+    const writes = ops.flatMap((op, index) => this.writesOf(op, leaseIds[index] ?? '0'));
+    return { compares: ops.flatMap(comparesOf), writes };
+  }
+
+  /**
+   * The put or delete of `op` (none for a check). Built only once the lease id is known,
+   * and never returned from an async function: etcd3's builders are thenables, and
+   * awaiting one sends it.
+   */
+  private writesOf(op: KvOp, leaseId: string): (PutBuilder | DeleteBuilder)[] {
+    switch (op.type) {
+      case 'create':
+      case 'update':
+        return [this.ns.put(op.key).value(op.value).lease(leaseId)];
+      case 'delete':
+        return [this.ns.delete().key(op.key)];
+      case 'check':
+        return [];
+    }
+  }
+
+  /** The lease a write attaches to: its own lease, a shared TTL bucket, or none (`0`). */
+  private async leaseIdFor(options: WriteOptions | undefined, deadline: number): Promise<string> {
+    if (options?.lease !== undefined) {
+      if (!(options.lease instanceof EtcdLease)) throw new TypeError('EtcdKv accepts only leases it granted');
+      return options.lease.id;
+    }
+    if (options?.ttlSeconds === undefined) return '0';
+    return withDeadline(this.buckets.leaseFor(options.ttlSeconds, deadline), deadline, 'lease grant');
+  }
+
+  private async currentRevision(): Promise<number> {
+    const response = await this.rpc('txn', this.deadline(), (call) => this.ns.get(PING_KEY).options(call).exec());
+    return Number(response.header.revision);
+  }
+
+  /** Grants an etcd lease of `ttlSeconds` (rounded up) without keeping it alive. */
+  private async grantRaw(ttlSeconds: number, deadline: number): Promise<EtcdLease> {
+    assertTtl(ttlSeconds);
+    const ttl = Math.ceil(ttlSeconds);
+    const sentAt = Date.now();
+    const lease = this.ns.lease(ttl, { autoKeepAlive: false, deadline: new Date(deadline) });
+    const id = await this.rpc('lease', deadline, () => lease.grant());
+    return new EtcdLease(id, ttl, sentAt, lease, { rpc: this.rpc, timeoutMs: this.timeoutMs, keptAlive: this.keptAlive });
+  }
+
+  /** Runs one RPC bounded by `deadline`, maps its errors and reports it to `onOperation`. */
+  private readonly rpc: RpcRunner = async (op, deadline, run) => {
+    const startedAt = performance.now();
+    let answered = false;
+    try {
+      const result = await withDeadline(run({ deadline: new Date(deadline) }), deadline, op);
+      answered = true;
+      return result;
+    } catch (error) {
+      // A shared TTL lease that etcd no longer knows (e.g. its data was wiped) must not be reused.
+      if (error instanceof EtcdLeaseInvalidError) this.buckets.clear();
+      const mapped = toKvError(error);
+      answered = mapped instanceof CommitdError && !(mapped instanceof UnavailableError);
+      throw mapped;
+    } finally {
+      this.onOperation?.(op, performance.now() - startedAt, answered);
+    }
+  };
+}
+
+/**
+ * A lease granted by {@link EtcdKv}. Keep-alive is ours, not etcd3's: etcd3 declares a
+ * lease lost only after twice its TTL without contact, while the server may drop it after
+ * one TTL, so we renew every third of the TTL and report the loss as soon as the TTL has
+ * run out since the last renewal that etcd confirmed.
+ */
+class EtcdLease implements KvLease {
+  private renewTimer: NodeJS.Timeout | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+  private running = false;
+
+  constructor(
+    readonly id: string,
+    readonly ttlSeconds: number,
+    /** When the grant was sent: the lease lives at least `ttl` from then. */
+    private validFrom: number,
+    private readonly lease: Lease,
+    private readonly owner: LeaseOwner,
+  ) {}
+
+  /** {@inheritDoc KvLease.keepAlive} */
+  keepAlive(onLost: (reason: Error) => void): void {
+    if (this.running) throw new Error(`lease ${this.id} is already kept alive`);
+    this.running = true;
+    this.owner.keptAlive.add(this);
+    let fired = false;
+    const lose = (reason: Error): void => {
+      if (fired || !this.running) return;
+      fired = true;
+      this.stop();
+      onLost(reason);
+    };
+    this.lease.on('lost', lose);
+    this.armExpiry(lose);
+    void this.renew(lose);
+  }
+
+  /** {@inheritDoc KvLease.revoke} */
+  async revoke(): Promise<void> {
+    this.stop();
+    const deadline = Date.now() + this.owner.timeoutMs;
+    await this.owner.rpc('lease', deadline, (call) => this.lease.revoke(call));
+  }
+
+  /** {@inheritDoc KvLease.release} */
+  release(): void {
+    this.stop();
+    this.lease.release();
+  }
+
+  /** One renewal, then schedules the next: a third of the TTL, sooner after a failure. */
+  private async renew(lose: (reason: Error) => void): Promise<void> {
+    const sentAt = Date.now();
+    const period = (this.ttlSeconds * 1000) / 3;
+    let delay = period;
+    try {
+      const response = await this.owner.rpc('lease', sentAt + Math.min(period, this.owner.timeoutMs), (call) => this.lease.keepaliveOnce(call));
+      if (!this.running) return;
+      this.validFrom = sentAt;
+      this.armExpiry(lose, Number(response.TTL));
+    } catch (error) {
+      // etcd answered that the lease is gone (etcd3 has emitted 'lost' as well).
+      if (error instanceof ConstraintViolatedError) return lose(error);
+      delay = Math.min(period, 250);
+    }
+    if (this.running) this.renewTimer = unrefTimer(() => void this.renew(lose), delay);
+  }
+
+  /** Reports the loss once `ttl` has passed since the last confirmed renewal. */
+  private armExpiry(lose: (reason: Error) => void, ttlSeconds = this.ttlSeconds): void {
+    clearTimeout(this.expiryTimer);
+    const expiresAt = this.validFrom + Math.min(ttlSeconds, this.ttlSeconds) * 1000;
+    const reason = new UnavailableError(`lease ${this.id} could not be renewed within its TTL of ${this.ttlSeconds} s`);
+    this.expiryTimer = unrefTimer(() => lose(reason), expiresAt - Date.now());
+  }
+
+  private stop(): void {
+    this.running = false;
+    clearTimeout(this.renewTimer);
+    clearTimeout(this.expiryTimer);
+    this.owner.keptAlive.delete(this);
+  }
+}
+
+/** One shared, not-kept-alive lease per TTL, replaced after its bucket width. */
+class LeaseBuckets {
+  private readonly byTtl = new Map<number, { readonly grantedAt: number; readonly id: Promise<string> }>();
+
+  constructor(private readonly grant: (ttlSeconds: number, deadline: number) => Promise<string>) {}
+
+  /** The id of a lease under which a value lives between `ttl` and `ttl + width` seconds. */
+  leaseFor(ttlSeconds: number, deadline: number): Promise<string> {
+    assertTtl(ttlSeconds);
+    const widthMs = Math.max(1000, ttlSeconds * 10);
+    const now = Date.now();
+    const current = this.byTtl.get(ttlSeconds);
+    if (current !== undefined && now - current.grantedAt < widthMs) return current.id;
+    const entry = { grantedAt: now, id: this.grant(ttlSeconds + widthMs / 1000, deadline) };
+    this.byTtl.set(ttlSeconds, entry);
+    // A failed grant must not be handed to later writes of the same bucket.
+    entry.id.catch(() => {
+      if (this.byTtl.get(ttlSeconds) === entry) this.byTtl.delete(ttlSeconds);
+    });
+    return entry.id;
+  }
+
+  /** Forgets every bucket, e.g. after etcd reported one of their leases unknown. */
+  clear(): void {
+    this.byTtl.clear();
+  }
+}
+
+/** The etcd compares that make `op`'s condition. */
+function comparesOf(op: KvOp): Compare[] {
+  switch (op.type) {
+    case 'create':
+      return [[op.key, 'Create', '==', 0]];
+    case 'update':
+    case 'delete':
+      return [[op.key, 'Mod', '==', op.revision]];
+    case 'check':
+      return comparesOfCheck(op);
+  }
+}
+
+function comparesOfCheck(op: Extract<KvOp, { type: 'check' }>): Compare[] {
+  if (!op.exists) {
+    if (op.revision !== undefined) throw new TypeError(`check of ${JSON.stringify(op.key)}: a revision needs exists: true`);
+    return [[op.key, 'Create', '==', 0]];
+  }
+  if (op.revision === undefined) return [[op.key, 'Create', '>', 0]];
+  return [
+    [op.key, 'Create', '>', 0],
+    [op.key, 'Mod', '==', op.revision],
+  ];
+}
+
+function toComparatorBuilder(ns: Namespace, plan: TxnPlan): ComparatorBuilder {
+  const [first, ...rest] = plan.compares;
+  if (first === undefined) throw new Error('a transaction needs at least one compare');
+  const builder = ns.if(...first);
+  for (const compare of rest) builder.and(...compare);
+  return builder.then(...plan.writes);
+}
+
+/** Rejects a transaction that names a key twice, which etcd would refuse or misapply. */
+function assertDistinctKeys(ops: readonly KvOp[]): void {
+  const seen = new Set<string>();
+  for (const op of ops) {
+    if (seen.has(op.key)) throw new TypeError(`duplicate key in transaction: ${JSON.stringify(op.key)}`);
+    seen.add(op.key);
+  }
+}
+
+function describeTxnFailure(ops: readonly KvOp[]): string {
+  const keys = ops.map((op) => JSON.stringify(op.key)).join(', ');
+  return `transaction constraint violated on keys ${keys}: nothing was applied`;
+}
+
+/** Revisions that a stored value can have: etcd's start at 1. */
+function isRevision(revision: number): boolean {
+  return Number.isSafeInteger(revision) && revision >= 1;
+}
+
+function assertTtl(ttlSeconds: number): void {
+  if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) throw new RangeError(`TTL must be a positive number of seconds, got ${ttlSeconds}`);
+}
+
+function isSerializable(options: ReadOptions | undefined): boolean {
+  return options?.consistency === 'serializable';
+}
+
+function toEntry(key: string, kv: IKeyValue): KvEntry {
+  return { key, value: kv.value.toString(), revision: Number(kv.mod_revision) };
+}
+
+/**
+ * Maps etcd3's errors to the KV contract: everything that means "etcd did not answer"
+ * (gRPC unavailable, deadline exceeded, cancelled, internal, aborted, resource exhausted,
+ * an open circuit breaker, a closed client) becomes `UnavailableError`; a write to an
+ * expired or revoked lease becomes `ConstraintViolatedError`. Anything else is a bug and
+ * passes through unchanged.
+ */
+function toKvError(error: unknown): unknown {
+  if (error instanceof CommitdError || !(error instanceof Error)) return error;
+  if (error instanceof EtcdLeaseInvalidError) {
+    return new ConstraintViolatedError(`the lease of the write expired or was revoked: ${error.message}`);
+  }
+  if (isRecoverableError(error) || isBrokenCircuit(error) || error instanceof ClientClosedError) {
+    return new UnavailableError(`etcd unavailable: ${error.message}`, { cause: error });
+  }
+  return error;
+}
+
+/** cockatiel's `BrokenCircuitError` (etcd3's per-host breaker), recognised by its flag. */
+function isBrokenCircuit(error: Error): boolean {
+  return 'isBrokenCircuitError' in error && error.isBrokenCircuitError === true;
+}
+
+/** Settles like `promise`, or rejects with `UnavailableError` at `deadline`. */
+async function withDeadline<T>(promise: Promise<T>, deadline: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new UnavailableError(`etcd did not answer ${what} in time`)), deadline - Date.now());
+  });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A timer that does not keep the process alive on its own. */
+function unrefTimer(run: () => void, delayMs: number): NodeJS.Timeout {
+  const timer = setTimeout(run, Math.max(0, delayMs));
+  timer.unref();
+  return timer;
+}

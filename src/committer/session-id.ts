@@ -1,0 +1,89 @@
+/**
+ * Session IDs: xxHash over RFC 8785 canonical JSON. The algorithm is a contract,
+ * spelled out with test vectors in docs/session-id.md; change nothing here without it.
+ *
+ * - A store ID hashes the stream `jcs(change1) "\n" jcs(change2) "\n" …`. Canonical JSON
+ *   never contains a raw newline, so the stream is unambiguous.
+ * - Every ID is 128 bits: XXH64 with seed 0, then XXH64 with seed 1, both over the same
+ *   bytes, each big-endian; shown as 32 lower-case hex digits.
+ * - A session ID hashes `jcs([[name, storeIdHex], …])` with the stores in ascending name
+ *   order (UTF-16 code units, as JCS orders object keys).
+ * @module
+ */
+import canonicalize from 'canonicalize';
+import xxhash from 'xxhash-wasm';
+import { CommitdError } from './errors.ts';
+import { toHex } from './keys.ts';
+
+const xx = await xxhash();
+
+/** Length of every ID in bytes. */
+export const ID_BYTES = 16;
+
+/** A value that has no RFC 8785 form (NaN, Infinity, a lone surrogate, a cycle, `undefined`). */
+export class NotCanonicalizableError extends CommitdError {
+  constructor(reason: string) {
+    super('NOT_CANONICALIZABLE', `change is not canonicalizable JSON: ${reason}`);
+  }
+}
+
+/** The RFC 8785 canonical form of a JSON value. */
+export function canonicalJson(value: unknown): string {
+  let text: string | undefined;
+  try {
+    text = canonicalize(value);
+  } catch (err) {
+    throw new NotCanonicalizableError(err instanceof Error ? err.message : String(err));
+  }
+  if (text === undefined) throw new NotCanonicalizableError('value is undefined');
+  return text;
+}
+
+function idFromDigests(first: bigint, second: bigint): Uint8Array {
+  const id = new Uint8Array(ID_BYTES);
+  const view = new DataView(id.buffer);
+  view.setBigUint64(0, first);
+  view.setBigUint64(8, second);
+  return id;
+}
+
+/** The running hash of one store's changes, in the order they were applied. */
+export class ChangeHasher {
+  readonly #first = xx.create64(0n);
+  readonly #second = xx.create64(1n);
+  #count = 0;
+
+  /** Adds one change; returns its canonical form (callers may reuse it). */
+  add(change: unknown): string {
+    const line = `${canonicalJson(change)}\n`;
+    this.#first.update(line);
+    this.#second.update(line);
+    this.#count += 1;
+    return line;
+  }
+
+  /** How many changes were added. */
+  get count(): number {
+    return this.#count;
+  }
+
+  /** The 128-bit store ID of everything added so far. Does not reset the hasher. */
+  digest(): Uint8Array {
+    return idFromDigests(this.#first.digest(), this.#second.digest());
+  }
+}
+
+/** The store ID of a list of changes (same as feeding a ChangeHasher one by one). */
+export function storeId(changes: Iterable<unknown>): Uint8Array {
+  const hasher = new ChangeHasher();
+  for (const change of changes) hasher.add(change);
+  return hasher.digest();
+}
+
+/** The session ID from each store's ID; order of the input does not matter. */
+export function sessionId(stores: Iterable<readonly [name: string, id: Uint8Array]>): Uint8Array {
+  const pairs = [...stores].map(([name, id]) => [name, toHex(id)] as const);
+  pairs.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const text = canonicalJson(pairs);
+  return idFromDigests(xx.h64(text, 0n), xx.h64(text, 1n));
+}
