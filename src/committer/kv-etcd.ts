@@ -95,9 +95,13 @@ interface TxnOutcome {
  * TTL is reused by every write with that TTL during the following
  * `max(1 s, ttl / 100)` (the bucket width), and is granted for `ttl + bucket width`
  * seconds (rounded up). A value therefore lives between `ttl` and `ttl + bucket width`
- * seconds (plus etcd's expiry granularity of about half a second, and etcd's minimum
- * lease TTL of about 2 s), and writing a value with a TTL costs one round trip except
- * for the first write of each bucket.
+ * seconds, plus etcd's expiry granularity of about half a second; etcd also raises any
+ * TTL to its minimum (1.5 election timeouts rounded up to whole seconds, 2 s by default).
+ * Writing a value with a TTL costs one round trip, except for the first write of each
+ * bucket, which first grants the bucket's lease.
+ *
+ * A write attached to a lease that expired or was revoked fails with
+ * `ConstraintViolatedError`: its condition (a live lease) did not hold.
  *
  * After every host failed, etcd3's per-host circuit breaker fails calls at once for 5 s
  * before it tries the host again: operations reject with `UnavailableError` meanwhile,
@@ -209,9 +213,12 @@ export class EtcdKv implements Kv {
 
   /** Maps `ops` to compares and writes; waits for the TTL leases the writes need. */
   private async plan(ops: readonly KvOp[], deadline: number): Promise<TxnPlan> {
-    const leaseIds = await Promise.all(ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.leaseIdFor(op.options, deadline) : '0')));
+    const compares = ops.flatMap(comparesOf);
+    const leaseIds = await Promise.all(
+      ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.leaseIdFor(op.options, deadline) : '0')),
+    );
     const writes = ops.flatMap((op, index) => this.writesOf(op, leaseIds[index] ?? '0'));
-    return { compares: ops.flatMap(comparesOf), writes };
+    return { compares, writes };
   }
 
   /**
@@ -348,7 +355,9 @@ class EtcdLease implements KvLease {
   private armExpiry(lose: (reason: Error) => void, ttlSeconds = this.ttlSeconds): void {
     clearTimeout(this.expiryTimer);
     const expiresAt = this.validFrom + Math.min(ttlSeconds, this.ttlSeconds) * 1000;
-    const reason = new UnavailableError(`lease ${this.id} could not be renewed within its TTL of ${this.ttlSeconds} s`);
+    const reason = new UnavailableError(
+      `lease ${this.id} could not be renewed within its TTL of ${this.ttlSeconds} s`,
+    );
     this.expiryTimer = unrefTimer(() => lose(reason), expiresAt - Date.now());
   }
 

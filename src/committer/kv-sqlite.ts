@@ -96,7 +96,8 @@ interface Statements {
 /**
  * KV in one SQLite file. Methods return promises for the contract's sake; the work is
  * synchronous. Several processes may share the file: writes take SQLite's write lock at
- * once (`BEGIN IMMEDIATE`) and wait up to `timeoutMs` for it.
+ * once (`BEGIN IMMEDIATE`) and wait up to `timeoutMs` for it. A write attached to a lease
+ * that expired or was revoked fails with `ConstraintViolatedError`, as in the etcd backend.
  */
 export class SqliteKv implements Kv {
   private readonly db: Database.Database;

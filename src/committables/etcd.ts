@@ -1,0 +1,284 @@
+/**
+ * The `etcd` store type. Changes (`{op: "put" | "delete", key, value?}`, keys relative to the
+ * store's `prefix`) are buffered; commit is one etcd transaction: if the marker
+ * `<prefix>commitd/sessions/<key>` was never created, apply every change and create the
+ * marker (value: the session ID in hex); else read the marker back, in the same round trip.
+ *
+ * Decisions:
+ * - The marker lives under the store's prefix, so it is covered by the same etcd
+ *   permissions; `commitd/` under the prefix is reserved and changes may not touch it.
+ * - etcd refuses a transaction of more than `--max-txn-ops` operations (default 128). A
+ *   session writes at most {@link ETCD_MAX_CHANGED_KEYS} distinct keys (plus the marker);
+ *   the next one fails at apply with `TooManyOperationsError`. Splitting into several
+ *   transactions would give up atomicity, so it is never done. Several changes to one key
+ *   count once: only the last one is sent (etcd refuses a key twice in one transaction).
+ * - Markers expire after the retention period (`ctx.retentionSeconds`), like the
+ *   coordinator's results, so etcd does not grow forever. They share one lease per period
+ *   of 1 % of the retention (at least 1 s), not a lease per commit, and live between
+ *   retention and retention + 1 %. A recovery of an older session re-applies.
+ * - Request size is etcd's (`--max-request-bytes`, default 1.5 MiB): larger sessions are
+ *   rejected at commit.
+ * @module
+ */
+import { Type } from '@sinclair/typebox';
+import { ClientClosedError, Etcd3, EtcdLeaseInvalidError, isRecoverableError, type Namespace } from 'etcd3';
+import { CommitdError } from '../committer/errors.ts';
+import { describeKey, fromHex, toHex } from '../committer/keys.ts';
+import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
+import type { Store, StoreContext, StoreType } from './types.ts';
+
+/** Options of an `etcd` store. */
+export interface EtcdOptions {
+  /** etcd client URLs; default: the coordinator's etcd endpoints. */
+  readonly endpoints?: readonly string[];
+  /** Prepended to every key of a change, e.g. `/app/`. */
+  readonly prefix: string;
+}
+
+/** One change: put or delete one key (relative to the store's prefix). */
+export type EtcdChange =
+  | { readonly op: 'put'; readonly key: string; readonly value: string }
+  | { readonly op: 'delete'; readonly key: string };
+
+/** Distinct keys one session may change: etcd's default `--max-txn-ops` (128) minus the marker. */
+export const ETCD_MAX_CHANGED_KEYS = 127;
+
+/** Keys under the prefix that belong to commitd. */
+export const ETCD_RESERVED_PREFIX = 'commitd/';
+const MARKER_DIR = `${ETCD_RESERVED_PREFIX}sessions/`;
+
+/** Bound of every etcd call, retries inside etcd3 included. */
+const RPC_TIMEOUT_MS = 5_000;
+
+const keySchema = Type.String({ minLength: 1, pattern: `^(?!${ETCD_RESERVED_PREFIX})` });
+
+const optionsSchema = Type.Object(
+  {
+    endpoints: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })),
+    prefix: Type.String(),
+  },
+  { additionalProperties: false },
+);
+
+const changeSchema = Type.Union([
+  Type.Object({ op: Type.Literal('put'), key: keySchema, value: Type.String() }, { additionalProperties: false }),
+  Type.Object({ op: Type.Literal('delete'), key: keySchema }, { additionalProperties: false }),
+]);
+
+/** A session would change more keys than one etcd transaction can hold. */
+export class TooManyOperationsError extends CommitdError {
+  constructor(message: string) {
+    super('PAYLOAD_TOO_LARGE', message);
+  }
+}
+
+/** etcd could not be reached within the timeout. Retry later. */
+export class EtcdStoreUnavailableError extends CommitdError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('UNAVAILABLE', message, options);
+  }
+}
+
+/** The store has no endpoints: none in its options, and the coordinator does not run on etcd. */
+export class EtcdEndpointsMissingError extends CommitdError {
+  constructor(storeName: string) {
+    super('INVALID_REQUEST', `etcd store ${storeName} needs endpoints: set options.endpoints, or run commitd on etcd`);
+  }
+}
+
+function markerKey(key: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from(MARKER_DIR), key]);
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** cockatiel's `BrokenCircuitError` (etcd3's per-host breaker), recognised by its flag. */
+function isBrokenCircuit(err: Error): boolean {
+  return 'isBrokenCircuitError' in err && err.isBrokenCircuitError === true;
+}
+
+/** One lease per retention bucket, granted on first use and replaced when the bucket ends. */
+class MarkerLease {
+  readonly #grant: (ttlSeconds: number) => Promise<string>;
+  readonly #ttlSeconds: number;
+  readonly #widthMs: number;
+  #current: { readonly grantedAt: number; readonly id: Promise<string> } | undefined;
+
+  constructor(retentionSeconds: number, grant: (ttlSeconds: number) => Promise<string>) {
+    this.#grant = grant;
+    this.#widthMs = Math.max(1_000, retentionSeconds * 10);
+    this.#ttlSeconds = Math.ceil(retentionSeconds + this.#widthMs / 1_000);
+  }
+
+  /** The id of a lease under which a marker lives at least the retention period. */
+  id(): Promise<string> {
+    const now = Date.now();
+    if (this.#current && now - this.#current.grantedAt < this.#widthMs) return this.#current.id;
+    const current = { grantedAt: now, id: this.#grant(this.#ttlSeconds) };
+    this.#current = current;
+    // A failed grant must not be handed to the next commits of the bucket.
+    current.id.catch(() => {
+      if (this.#current === current) this.forget();
+    });
+    return current.id;
+  }
+
+  /** Drops the current lease, e.g. after etcd said it no longer knows it. */
+  forget(): void {
+    this.#current = undefined;
+  }
+}
+
+/** A store's etcd client, namespace and marker lease. */
+class EtcdBackend {
+  readonly name: string;
+  readonly #client: Etcd3;
+  readonly ns: Namespace;
+  readonly lease: MarkerLease;
+
+  constructor(name: string, endpoints: readonly string[], prefix: string, retentionSeconds: number) {
+    this.name = name;
+    this.#client = new Etcd3({ hosts: [...endpoints] });
+    this.ns = this.#client.namespace(prefix);
+    this.lease = new MarkerLease(retentionSeconds, (ttl) =>
+      this.rpc('lease grant', (deadline) => this.ns.lease(ttl, { autoKeepAlive: false, deadline }).grant()),
+    );
+  }
+
+  /** The ID stored in `key`'s marker, if any. */
+  async readMarker(key: Uint8Array): Promise<Uint8Array | undefined> {
+    const stored = await this.rpc('marker read', (deadline) => this.ns.get(markerKey(key)).options({ deadline }).string());
+    return stored === null ? undefined : fromHex(stored);
+  }
+
+  /** Runs one call under the timeout; "etcd did not answer" becomes `EtcdStoreUnavailableError`. */
+  async rpc<T>(what: string, call: (deadline: Date) => Promise<T>): Promise<T> {
+    const deadline = Date.now() + RPC_TIMEOUT_MS;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new EtcdStoreUnavailableError(`etcd store ${this.name}: no answer to ${what} within ${RPC_TIMEOUT_MS} ms`)), RPC_TIMEOUT_MS);
+    });
+    try {
+      return await Promise.race([call(new Date(deadline)), expired]);
+    } catch (err) {
+      if (err instanceof Error && (isRecoverableError(err) || isBrokenCircuit(err) || err instanceof ClientClosedError)) {
+        throw new EtcdStoreUnavailableError(`etcd store ${this.name} is unavailable (${what}): ${err.message}`, { cause: err });
+      }
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  close(): void {
+    this.#client.close();
+  }
+}
+
+/** One session's driver: keeps the last change per key, commits them in one transaction. */
+class EtcdDriver implements StoreDriver<EtcdChange> {
+  readonly #backend: EtcdBackend;
+  /** The last change of each key, in first-change order. */
+  #changes = new Map<string, EtcdChange>();
+
+  constructor(backend: EtcdBackend) {
+    this.#backend = backend;
+  }
+
+  findMarker(key: Uint8Array): Promise<Uint8Array | undefined> {
+    return this.#backend.readMarker(key);
+  }
+
+  async open(): Promise<void> {
+    this.#changes = new Map();
+  }
+
+  async apply(change: EtcdChange): Promise<void> {
+    if (change.key.startsWith(ETCD_RESERVED_PREFIX)) {
+      throw new ChangeRejectedError(`keys under ${JSON.stringify(ETCD_RESERVED_PREFIX)} belong to commitd`, { reason: 'reserved-key', key: change.key });
+    }
+    if (!this.#changes.has(change.key) && this.#changes.size >= ETCD_MAX_CHANGED_KEYS) {
+      throw new TooManyOperationsError(
+        `etcd store ${this.#backend.name}: a session may change at most ${ETCD_MAX_CHANGED_KEYS} keys, all committed in one etcd transaction; ` +
+          `${JSON.stringify(change.key)} would be key ${ETCD_MAX_CHANGED_KEYS + 1}`,
+      );
+    }
+    this.#changes.set(change.key, change);
+  }
+
+  /** Checks the marker, so a key committed by someone else skips before the commit point. */
+  async prepare(key: Uint8Array): Promise<void> {
+    const stored = await this.#backend.readMarker(key);
+    if (stored) throw new MarkerExistsError(key, stored);
+  }
+
+  async commit(key: Uint8Array, id: Uint8Array): Promise<void> {
+    try {
+      await this.#commitOnce(key, id);
+    } catch (err) {
+      // etcd forgot the lease (its data was restored, say): take a new one, once.
+      if (!(err instanceof EtcdLeaseInvalidError)) throw this.#rejection(err);
+      this.#backend.lease.forget();
+      await this.#commitOnce(key, id).catch((retryErr: unknown) => Promise.reject(this.#rejection(retryErr)));
+    }
+    this.#changes = new Map();
+  }
+
+  async rollback(): Promise<void> {
+    this.#changes = new Map();
+  }
+
+  async #commitOnce(key: Uint8Array, id: Uint8Array): Promise<void> {
+    const { ns } = this.#backend;
+    const marker = markerKey(key);
+    const leaseId = await this.#backend.lease.id();
+    // Builders are built inside the call: etcd3's builders are thenables, awaiting one sends it.
+    const response = await this.#backend.rpc('commit', (deadline) =>
+      ns
+        .if(marker, 'Create', '==', 0)
+        .then(
+          ...[...this.#changes.values()].map((change) => (change.op === 'put' ? ns.put(change.key).value(change.value) : ns.delete().key(change.key))),
+          ns.put(marker).value(toHex(id)).lease(leaseId),
+        )
+        .else(ns.get(marker))
+        .options({ deadline })
+        .commit(),
+    );
+    if (response.succeeded) return;
+    const stored = response.responses[0]?.response_range.kvs[0]?.value;
+    if (!stored) throw new Error(`etcd store ${this.#backend.name}: the marker of ${JSON.stringify(describeKey(key))} exists but could not be read`);
+    throw new MarkerExistsError(key, fromHex(stored.toString('utf8')));
+  }
+
+  /** etcd's refusals of the transaction itself, as commitd errors. */
+  #rejection(err: unknown): unknown {
+    const message = errorMessage(err);
+    if (message.includes('too many operations in txn request')) {
+      return new TooManyOperationsError(`etcd store ${this.#backend.name}: etcd refused the transaction (${message}); its --max-txn-ops is below ${ETCD_MAX_CHANGED_KEYS + 1}`);
+    }
+    if (message.includes('request is too large')) {
+      return new ChangeRejectedError(`etcd refused the session's transaction as too large (${message})`, { reason: 'request-too-large' });
+    }
+    return err;
+  }
+}
+
+/** The built-in `etcd` store type, on etcd3 (the client the coordinator KV uses). */
+export const etcdStoreType: StoreType<EtcdOptions, EtcdChange> = {
+  type: 'etcd',
+  optionsSchema,
+  changeSchema,
+  create(options: EtcdOptions, ctx: StoreContext): Store<EtcdChange> {
+    const endpoints = options.endpoints ?? ctx.etcdEndpoints;
+    if (!endpoints || endpoints.length === 0) throw new EtcdEndpointsMissingError(ctx.name);
+    const backend = new EtcdBackend(ctx.name, endpoints, options.prefix, ctx.retentionSeconds);
+    return {
+      name: ctx.name,
+      type: 'etcd',
+      session: () => new HelperCommittable(ctx.name, new EtcdDriver(backend)),
+      close: async () => backend.close(),
+    };
+  },
+};

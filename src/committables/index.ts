@@ -1,0 +1,40 @@
+/**
+ * Store types and the machinery around them: the committable helper, the built-in types,
+ * the plugin loader and the registry. Knows nothing of HTTP.
+ * @module
+ */
+import { etcdStoreType } from './etcd.ts';
+import { postgresStoreType } from './postgres.ts';
+import { redisStoreType } from './redis.ts';
+import { sqliteStoreType } from './sqlite.ts';
+import type { StoreType } from './types.ts';
+
+export type { JsonSchema, OrphanDecision, Store, StoreContext, StoreSession, StoreType } from './types.ts';
+export {
+  ChangeRejectedError,
+  HelperCommittable,
+  MarkerConflictError,
+  MarkerExistsError,
+  type StoreDriver,
+} from './helper.ts';
+export { sqliteStoreType, StoreBusyError, type SqliteChange, type SqliteOptions } from './sqlite.ts';
+export { loadPlugin, PluginLoadError } from './plugins.ts';
+export { etcdStoreType } from './etcd.ts';
+export { postgresStoreType } from './postgres.ts';
+export { redisStoreType } from './redis.ts';
+export {
+  createValidatorCompiler,
+  describeSchemaError,
+  DuplicateStoreTypeError,
+  InvalidChangeError,
+  InvalidStoreError,
+  StoreOpenError,
+  StoreRegistry,
+  type RegistryContext,
+  type StoreDefinition,
+} from './registry.ts';
+
+/** The store types commitd ships with; register each in a `StoreRegistry`. */
+export function builtinStoreTypes(): StoreType[] {
+  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType];
+}

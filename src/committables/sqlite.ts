@@ -1,0 +1,361 @@
+/**
+ * The `sqlite` store type: changes are SQL statements, buffered until `prepare`, then run
+ * in one `BEGIN IMMEDIATE` transaction together with the session's marker row.
+ *
+ * Single-writer design, and what it costs: SQLite allows one writer per database file, so
+ * every session on a store queues, first come first served, on an in-process mutex from
+ * `prepare` until `commit` or `cancel`. Throughput is therefore bounded by one writer per
+ * file, and the write lock is held across the coordinator's commit point (a KV write), so
+ * a slow commit point delays every session queued behind it. In exchange nothing is locked
+ * while clients send changes: a slow or frozen worker stalls no one.
+ * @module
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Type } from '@sinclair/typebox';
+import Database from 'better-sqlite3';
+import { CommitdError } from '../committer/errors.ts';
+import { describeKey, fromHex, toHex } from '../committer/keys.ts';
+import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
+import type { Store, StoreContext, StoreType } from './types.ts';
+
+/** Options of a `sqlite` store. */
+export interface SqliteOptions {
+  /** The database file; its directory is created if missing. Relative to the working directory. */
+  readonly path: string;
+  /** How long `prepare` waits for another process's write lock before failing (default 5000). */
+  readonly busyTimeoutMs?: number;
+}
+
+/** One change: a single SQL statement with positional (array) or named (object) parameters. */
+export interface SqliteChange {
+  readonly sql: string;
+  readonly params?: unknown[] | Record<string, unknown>;
+}
+
+/** Another process held the database's write lock for longer than `busyTimeoutMs`. */
+export class StoreBusyError extends CommitdError {
+  /** A passing condition: worth retrying after about this long. */
+  readonly retryAfterSeconds = 1;
+
+  constructor(path: string, waitedMs: number, options?: { cause?: unknown }) {
+    super('STORE_BUSY', `sqlite database ${path} stayed locked by another process for ${waitedMs} ms`, options);
+  }
+}
+
+const DEFAULT_BUSY_TIMEOUT_MS = 5000;
+const MAX_BACKOFF_MS = 50;
+
+/**
+ * Statements a change may start with: those that read or write data, and DDL (transactional
+ * in SQLite). Everything else — BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT, RELEASE, ATTACH,
+ * DETACH, VACUUM, PRAGMA, … — would break the one transaction commitd runs, or escape it.
+ */
+const ALLOWED_VERBS = new Set(['SELECT', 'VALUES', 'WITH', 'INSERT', 'REPLACE', 'UPDATE', 'DELETE', 'CREATE', 'DROP', 'ALTER']);
+
+const SqlValue = Type.Union([Type.String(), Type.Number(), Type.Boolean(), Type.Null()]);
+
+const optionsSchema = Type.Object(
+  {
+    path: Type.String({ minLength: 1 }),
+    busyTimeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+
+const changeSchema = Type.Object(
+  {
+    sql: Type.String({ minLength: 1 }),
+    params: Type.Optional(Type.Union([Type.Array(SqlValue), Type.Record(Type.String(), SqlValue)])),
+  },
+  { additionalProperties: false },
+);
+
+/** A SQLite error code (`SQLITE_BUSY`, `SQLITE_CONSTRAINT_PRIMARYKEY`, …), if `err` has one. */
+function sqliteCode(err: unknown): string | undefined {
+  return err instanceof Database.SqliteError ? err.code : undefined;
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The first keyword of a statement, past whitespace and comments. */
+function leadingVerb(sql: string): string {
+  const rest = sql.replace(/^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?(?:\*\/|$))*/, '');
+  return /^[A-Za-z]+/.exec(rest)?.[0].toUpperCase() ?? '';
+}
+
+/**
+ * A JSON scalar as SQLite binds it. Booleans become 1/0 (SQLite has no boolean type; its own
+ * TRUE/FALSE are 1/0). Integral numbers bind as INTEGER, not REAL: JSON does not tell 5 from
+ * 5.0, SQL does, and a REAL 5.0 in an untyped column would surprise.
+ */
+function bindable(value: unknown, where: string): string | number | bigint | null {
+  if (typeof value === 'boolean') return value ? 1n : 0n;
+  if (typeof value === 'number') return Number.isSafeInteger(value) ? BigInt(value) : value;
+  if (typeof value === 'string' || value === null) return value;
+  throw new ChangeRejectedError(`parameter ${where} must be a string, number, boolean or null`, { reason: 'params' });
+}
+
+function bindableParams(params: SqliteChange['params']): unknown[] {
+  if (params === undefined) return [];
+  if (Array.isArray(params)) return params.map((value, i) => bindable(value, `[${i}]`));
+  const named: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(params)) named[name] = bindable(value, JSON.stringify(name));
+  return [named];
+}
+
+/** A FIFO async mutex: waiters are served in arrival order, so no session starves. */
+class FifoMutex {
+  #held = false;
+  readonly #waiters: Array<() => void> = [];
+
+  async acquire(): Promise<void> {
+    if (!this.#held) {
+      this.#held = true;
+      return;
+    }
+    await new Promise<void>((wake) => this.#waiters.push(wake));
+  }
+
+  /** Hands the lock to the next waiter, still held, so no newcomer can jump the queue. */
+  release(): void {
+    const next = this.#waiters.shift();
+    if (next) next();
+    else this.#held = false;
+  }
+}
+
+interface MarkerStatements {
+  /** On the reader: committed markers only. */
+  readonly find: Database.Statement<[string], { session_id: string }>;
+  readonly insert: Database.Statement<[string, string, string]>;
+  /** On the writer, inside the transaction that holds the write lock. */
+  readonly findInTransaction: Database.Statement<[string], { session_id: string }>;
+}
+
+/** The long-lived part of a store: its connections and its writer queue. */
+class SqliteDatabase {
+  /** Runs every write, and compiles changes; only the holder of `writeLock` executes on it. */
+  readonly writer: Database.Database;
+  /**
+   * Reads markers. A second connection because the writer may be inside another session's
+   * open transaction, where it would see that session's uncommitted marker.
+   */
+  readonly reader: Database.Database;
+  readonly writeLock = new FifoMutex();
+  readonly path: string;
+  readonly #busyTimeoutMs: number;
+  #markers: MarkerStatements | undefined;
+
+  private constructor(path: string, busyTimeoutMs: number) {
+    this.path = path;
+    this.#busyTimeoutMs = busyTimeoutMs;
+    // timeout 0: better-sqlite3's busy handler sleeps synchronously and would block the event loop.
+    this.writer = new Database(path, { timeout: 0 });
+    this.reader = new Database(path, { timeout: 0 });
+  }
+
+  static async open(options: SqliteOptions): Promise<SqliteDatabase> {
+    if (options.path === ':memory:' || options.path === '') {
+      throw new Error('sqlite store needs a file path: an in-memory database cannot be shared by its two connections');
+    }
+    const path = resolve(options.path);
+    mkdirSync(dirname(path), { recursive: true });
+    const db = new SqliteDatabase(path, options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS);
+    try {
+      await db.whenNotBusy(() => db.writer.pragma('journal_mode = WAL'));
+      db.writer.pragma('synchronous = FULL');
+      await db.whenNotBusy(() =>
+        db.writer.exec(
+          'CREATE TABLE IF NOT EXISTS commitd_sessions (key TEXT PRIMARY KEY, session_id TEXT NOT NULL, committed_at TEXT NOT NULL)',
+        ),
+      );
+      db.reader.pragma('query_only = ON');
+      db.#markers = {
+        find: db.reader.prepare('SELECT session_id FROM commitd_sessions WHERE key = ?'),
+        insert: db.writer.prepare('INSERT INTO commitd_sessions (key, session_id, committed_at) VALUES (?, ?, ?)'),
+        findInTransaction: db.writer.prepare('SELECT session_id FROM commitd_sessions WHERE key = ?'),
+      };
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+    return db;
+  }
+
+  /** Statements on the marker table, compiled once the table exists. */
+  get markers(): MarkerStatements {
+    if (!this.#markers) throw new Error(`sqlite database ${this.path} is not open`);
+    return this.#markers;
+  }
+
+  /**
+   * Runs `step`, retrying asynchronously with a short exponential backoff while another
+   * process holds the lock (SQLITE_BUSY), for at most `busyTimeoutMs`.
+   */
+  async whenNotBusy<T>(step: () => T): Promise<T> {
+    const started = Date.now();
+    for (let backoff = 1; ; backoff = Math.min(backoff * 2, MAX_BACKOFF_MS)) {
+      try {
+        return step();
+      } catch (err) {
+        if (!sqliteCode(err)?.startsWith('SQLITE_BUSY')) throw err;
+        const waited = Date.now() - started;
+        if (waited >= this.#busyTimeoutMs) throw new StoreBusyError(this.path, waited, { cause: err });
+        await sleep(Math.min(backoff, this.#busyTimeoutMs - waited));
+      }
+    }
+  }
+
+  close(): void {
+    // Closing the writer rolls back a transaction still open: sessions in flight are abandoned.
+    this.writer.close();
+    this.reader.close();
+  }
+}
+
+/** One session's driver: compiles changes as they arrive, runs them all at prepare. */
+class SqliteDriver implements StoreDriver<SqliteChange> {
+  readonly #db: SqliteDatabase;
+  #statements: Database.Statement[] = [];
+  /** True from prepare until commit or rollback: this session holds the write lock and a transaction. */
+  #holding = false;
+
+  constructor(db: SqliteDatabase) {
+    this.#db = db;
+  }
+
+  async findMarker(key: Uint8Array): Promise<Uint8Array | undefined> {
+    const row = await this.#db.whenNotBusy(() => this.#db.markers.find.get(describeKey(key)));
+    return row && fromHex(row.session_id);
+  }
+
+  async open(): Promise<void> {
+    this.#statements = [];
+  }
+
+  /**
+   * Compiles and binds the statement now, so a bad statement fails at apply, not at commit.
+   * Compiling on the shared writer is safe while another session holds its transaction:
+   * it executes nothing.
+   */
+  async apply(change: SqliteChange): Promise<void> {
+    let statement: Database.Statement;
+    try {
+      statement = this.#db.writer.prepare(change.sql);
+    } catch (err) {
+      throw new ChangeRejectedError(`statement does not compile: ${errorMessage(err)}`, {
+        ...(sqliteCode(err) ? { code: sqliteCode(err) } : { reason: 'statement' }),
+        message: errorMessage(err),
+      });
+    }
+    const verb = leadingVerb(change.sql);
+    if (!ALLOWED_VERBS.has(verb)) {
+      throw new ChangeRejectedError(
+        `${verb || 'this'} statements are not allowed: a change must read or write data (commitd runs the transaction)`,
+        { reason: 'statement', verb },
+      );
+    }
+    try {
+      statement.bind(...bindableParams(change.params));
+    } catch (err) {
+      if (err instanceof ChangeRejectedError) throw err;
+      throw new ChangeRejectedError(`parameters do not fit the statement: ${errorMessage(err)}`, {
+        reason: 'params',
+        message: errorMessage(err),
+      });
+    }
+    this.#statements.push(statement);
+  }
+
+  /**
+   * Takes the write lock (queueing behind other sessions), begins, inserts the marker first
+   * — so a second committer of the same key stops at the marker, before its changes can
+   * fail on the first one's rows — then runs the changes. Keeps the transaction open.
+   */
+  async prepare(key: Uint8Array, id: Uint8Array): Promise<void> {
+    await this.#db.writeLock.acquire();
+    this.#holding = true;
+    try {
+      await this.#db.whenNotBusy(() => this.#db.writer.exec('BEGIN IMMEDIATE'));
+      this.#insertMarker(key, id);
+      this.#statements.forEach((statement, index) => this.#run(statement, index));
+    } catch (err) {
+      this.#release();
+      throw err;
+    }
+  }
+
+  async commit(key: Uint8Array, id: Uint8Array): Promise<void> {
+    if (!this.#holding) await this.prepare(key, id);
+    try {
+      await this.#db.whenNotBusy(() => this.#db.writer.exec('COMMIT'));
+    } finally {
+      this.#release();
+    }
+  }
+
+  async rollback(): Promise<void> {
+    this.#release();
+  }
+
+  #insertMarker(key: Uint8Array, id: Uint8Array): void {
+    const text = describeKey(key);
+    try {
+      this.#db.markers.insert.run(text, toHex(id), new Date().toISOString());
+    } catch (err) {
+      if (sqliteCode(err) !== 'SQLITE_CONSTRAINT_PRIMARYKEY') throw err;
+      const row = this.#db.markers.findInTransaction.get(text);
+      if (!row) throw err;
+      throw new MarkerExistsError(key, fromHex(row.session_id));
+    }
+  }
+
+  #run(statement: Database.Statement, index: number): void {
+    try {
+      statement.run();
+    } catch (err) {
+      throw new ChangeRejectedError(`change ${index + 1} failed: ${errorMessage(err)}`, {
+        ...(sqliteCode(err) ? { code: sqliteCode(err) } : {}),
+        message: errorMessage(err),
+        change: index,
+      }, { cause: err });
+    }
+  }
+
+  /** Rolls back whatever is open and lets the next queued session in. Safe to call twice. */
+  #release(): void {
+    this.#statements = [];
+    if (!this.#holding) return;
+    this.#holding = false;
+    try {
+      if (this.#db.writer.open && this.#db.writer.inTransaction) this.#db.writer.exec('ROLLBACK');
+    } finally {
+      this.#db.writeLock.release();
+    }
+  }
+}
+
+/**
+ * The built-in `sqlite` store type. Changes are checked when they arrive and run at
+ * `prepare`; sessions on one store take the file's single write lock in turn (FIFO), from
+ * prepare to commit — throughput is one writer per file, and a slow commit point delays
+ * the sessions queued behind it.
+ */
+export const sqliteStoreType: StoreType<SqliteOptions, SqliteChange> = {
+  type: 'sqlite',
+  optionsSchema,
+  changeSchema,
+  async create(options: SqliteOptions, ctx: StoreContext): Promise<Store<SqliteChange>> {
+    const db = await SqliteDatabase.open(options);
+    return {
+      name: ctx.name,
+      type: 'sqlite',
+      session: () => new HelperCommittable(ctx.name, new SqliteDriver(db)),
+      close: async () => db.close(),
+    };
+  },
+};

@@ -1,0 +1,89 @@
+/**
+ * Errors the coordinator raises; each `code` maps to one HTTP problem in `src/http/`.
+ * @module
+ */
+import { CommitdError } from '../committer/errors.ts';
+
+/** The request names an unknown store, or a change outside its store type's schema. */
+export class InvalidRequestError extends CommitdError {
+  constructor(message: string) {
+    super('INVALID_REQUEST', message);
+  }
+}
+
+/** No such session: never begun, cancelled, or expired. */
+export class SessionNotFoundError extends CommitdError {
+  constructor(key: string) {
+    super('NOT_FOUND', `no session under key ${JSON.stringify(key)}`);
+  }
+}
+
+/** The key is held by a live session (this instance or another one). */
+export class SessionBusyError extends CommitdError {
+  readonly owner: string;
+
+  constructor(key: string, owner: string, why: string) {
+    super('SESSION_BUSY', `key ${JSON.stringify(key)} is held by instance ${owner}: ${why}`);
+    this.owner = owner;
+  }
+}
+
+/** A store rejected a change; `store` names it and `detail` carries what it said. */
+export class StoreConflictError extends CommitdError {
+  readonly store: string;
+  readonly detail: Readonly<Record<string, unknown>>;
+
+  constructor(store: string, message: string, detail: Readonly<Record<string, unknown>> = {}, options?: { cause?: unknown }) {
+    super('STORE_CONFLICT', `store ${JSON.stringify(store)} rejected the change: ${message}`, options);
+    this.store = store;
+    this.detail = detail;
+  }
+}
+
+/** The key was used before with other stores or other changes. */
+export class KeyReusedError extends CommitdError {
+  constructor(key: string, why: string) {
+    super('KEY_REUSED', `key ${JSON.stringify(key)} was already used ${why}`);
+  }
+}
+
+/** A session's change log would exceed the configured limit. */
+export class PayloadTooLargeError extends CommitdError {
+  constructor(message: string) {
+    super('PAYLOAD_TOO_LARGE', message);
+  }
+}
+
+/** Try again later: the KV is unreachable, or too many sessions are open. */
+export class ServiceUnavailableError extends CommitdError {
+  /** Seconds the caller should wait before retrying. */
+  readonly retryAfterSeconds: number;
+
+  constructor(message: string, retryAfterSeconds = 1, options?: { cause?: unknown }) {
+    super('UNAVAILABLE', message, options);
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+/**
+ * Turns an error from a store step into what the caller should see: a rejected change is a
+ * conflict, input errors stay as they are, anything else (connection lost, disk) is a
+ * passing failure worth a retry.
+ */
+export function storeError(store: string, err: unknown): Error {
+  if (err instanceof CommitdError) {
+    if (err.code === 'CHANGE_REJECTED' || err.code === 'MARKER_CONFLICT') {
+      const detail = 'detail' in err && typeof err.detail === 'object' && err.detail !== null ? (err.detail as Record<string, unknown>) : {};
+      return new StoreConflictError(store, err.message, detail, { cause: err });
+    }
+    if (err.code === 'NOT_CANONICALIZABLE') return new InvalidRequestError(`store ${JSON.stringify(store)}: ${err.message}`);
+    return err;
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  return new ServiceUnavailableError(`store ${JSON.stringify(store)} failed: ${message}`, 1, { cause: err });
+}
+
+/** True for errors that mean a store will never take these changes (roll-forward must stop). */
+export function isRejection(err: unknown): boolean {
+  return err instanceof CommitdError && ['STORE_CONFLICT', 'INVALID_REQUEST', 'PAYLOAD_TOO_LARGE'].includes(err.code);
+}

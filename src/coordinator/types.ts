@@ -1,0 +1,79 @@
+/**
+ * The coordinator's public surface: what the HTTP layer (and tests) call.
+ * @module
+ */
+
+/** Session states as seen from outside. */
+export type SessionState = 'active' | 'committing' | 'committed' | 'failed';
+
+/** A committed session: the answer to commit, and to every replay of it. */
+export interface CommittedView {
+  readonly key: string;
+  readonly state: 'committed';
+  /** 32 lower-case hex digits. */
+  readonly sessionId: string;
+  /** Each store's ID (hex), by store name. */
+  readonly stores: Readonly<Record<string, string>>;
+  readonly committedAt?: string;
+}
+
+/** An open session as `begin` answers it. */
+export interface ActiveView {
+  readonly key: string;
+  readonly state: 'active';
+  /** True when a crashed session under this key was resumed (`beginRecovery`). */
+  readonly recovery: boolean;
+  readonly stores: readonly string[];
+}
+
+/** What `GET /v1/sessions/:key` shows. */
+export interface SessionView {
+  readonly key: string;
+  readonly state: SessionState;
+  /** Store names (open sessions) or store IDs by name (committed). */
+  readonly stores: readonly string[] | Readonly<Record<string, string>>;
+  readonly sessionId?: string;
+  readonly owner?: string;
+  readonly startedAt?: string;
+  readonly committedAt?: string;
+  /** Why a `failed` session failed. */
+  readonly error?: string;
+}
+
+/** A configured store. */
+export interface StoreInfo {
+  readonly name: string;
+  readonly type: string;
+}
+
+/** A store to register at run time. */
+export interface StoreDefinition {
+  readonly name: string;
+  readonly type: string;
+  readonly options: unknown;
+}
+
+/** The operations the HTTP API maps onto. Errors are the classes of `./errors.ts`. */
+export interface SessionCoordinator {
+  /** Begins a session on `stores` (all configured stores when absent). */
+  begin(key: string, stores?: readonly string[]): Promise<ActiveView | CommittedView>;
+  /** Applies changes to one store of an open session, in order. */
+  apply(key: string, store: string, changes: readonly unknown[]): Promise<{ key: string; store: string; applied: number }>;
+  /** Commits; every retry gets the same answer while the result is retained. */
+  commit(key: string): Promise<CommittedView>;
+  /** Cancels an open session. */
+  cancel(key: string): Promise<{ key: string; state: 'cancelled' }>;
+  /** Begin + apply + commit in one call. */
+  commitOnce(key: string, changes: Readonly<Record<string, readonly unknown[]>>): Promise<CommittedView>;
+  /** The session's state, or undefined when there is none. */
+  get(key: string): Promise<SessionView | undefined>;
+  /** Sessions in the KV, optionally of one state (open and failed ones; results are not listed). */
+  list(filter?: { state?: 'active' | 'committing' | 'failed' }): Promise<SessionView[]>;
+  /** Operator action on a `failed` session. */
+  resolve(key: string, action: 'retry' | 'abandon'): Promise<SessionView | { key: string; state: 'abandoned' }>;
+  listStores(): StoreInfo[];
+  addStore(definition: StoreDefinition): Promise<StoreInfo>;
+  removeStore(name: string): Promise<void>;
+  /** Resolves when the KV answers; rejects with ServiceUnavailableError otherwise. */
+  ready(): Promise<void>;
+}

@@ -1,0 +1,108 @@
+/**
+ * Builds the fastify app of HTTP API v1 around a coordinator handed in by the caller:
+ * validation and serialisation from the schemas, problem+json errors, bearer auth,
+ * OpenAPI at `/docs`. It does not listen; `src/main.ts` does.
+ * @module
+ */
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import type { SessionCoordinator } from '../coordinator/types.ts';
+import type { Metrics } from '../metrics.ts';
+import { assertServable, bearerAuth } from './auth.ts';
+import { handleError, handleNotFound } from './problems.ts';
+import { opsRoutes } from './routes/ops.ts';
+import { sessionRoutes } from './routes/sessions.ts';
+import { storeRoutes } from './routes/stores.ts';
+
+/** Request bodies above this many bytes are answered 413 unless `bodyLimit` says otherwise. */
+export const DEFAULT_BODY_LIMIT = 1024 * 1024;
+
+/** Long enough that an over-long key reaches validation (400) instead of missing the route (404). */
+const MAX_PARAM_LENGTH = 1024;
+
+export interface AppOptions {
+  readonly coordinator: SessionCoordinator;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  /** Bearer token every route but `/healthz` requires; unset (or empty) → no auth, loopback only. */
+  readonly token?: string;
+  /** Largest request body in bytes (default 1 MiB). */
+  readonly bodyLimit?: number;
+  /** The address `main` will listen on; without a token it must be loopback. Default 127.0.0.1. */
+  readonly host?: string;
+}
+
+/** Per-request lines at debug: at info they drown what matters. Errors keep their level. */
+class QuietLogController extends LogController {
+  override incomingRequest(request: FastifyRequest): void {
+    request.log.debug({ req: request }, 'incoming request');
+  }
+
+  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    if (error) reply.log.error({ res: reply, err: error, responseTime: reply.elapsedTime }, 'request errored');
+    else reply.log.debug({ res: reply, responseTime: reply.elapsedTime }, 'request completed');
+  }
+
+  override routeNotFound(request: FastifyRequest): void {
+    request.log.debug({ method: request.method, url: request.url }, 'route not found');
+  }
+}
+
+/** Builds the app; throws when it would serve beyond loopback without a token. */
+export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
+  // An empty COMMITD_TOKEN is how environments spell "unset"; it must not become the token "".
+  const token = options.token === '' ? undefined : options.token;
+  assertServable(options.host, token);
+
+  // Typed as fastify's base logger so the app is a plain `FastifyInstance` for callers.
+  const logger: FastifyBaseLogger = options.logger;
+  const app = Fastify({
+    loggerInstance: logger,
+    logController: new QuietLogController(),
+    bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    ajv: {
+      // Reject what the schema does not allow instead of quietly dropping or converting it.
+      customOptions: { removeAdditional: false, coerceTypes: false },
+    },
+  });
+
+  // An empty JSON body counts as no body, so clients that always send the header work.
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    const text = typeof body === 'string' ? body : body.toString('utf8');
+    if (text === '') done(null, undefined);
+    else parseJson(request, text, done);
+  });
+
+  app.setErrorHandler(handleError);
+  app.setNotFoundHandler(handleNotFound);
+  if (token !== undefined) app.addHook('onRequest', bearerAuth(token));
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'commitd',
+        version: '1',
+        description: 'Commits one unit of work to several datastores with an exactly-once effect. Errors are RFC 9457 application/problem+json.',
+      },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'COMMITD_TOKEN, when one is configured' } } },
+      security: [{ bearer: [] }],
+      tags: [
+        { name: 'sessions', description: 'Sessions and one-shot commits' },
+        { name: 'stores', description: 'Configured stores' },
+        { name: 'operations', description: 'Health, readiness, metrics' },
+      ],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  await app.register(opsRoutes, { coordinator: options.coordinator, metrics: options.metrics });
+  await app.register(sessionRoutes, { coordinator: options.coordinator });
+  await app.register(storeRoutes, { coordinator: options.coordinator });
+  return app;
+}

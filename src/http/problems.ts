@@ -1,0 +1,165 @@
+/**
+ * Every error the HTTP layer answers, as an RFC 9457 `application/problem+json` body
+ * `{type, title, status, detail, code}`: the mapping from error codes (coordinator, core,
+ * fastify) to statuses lives here and nowhere else.
+ * @module
+ */
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { CommitdError } from '../committer/errors.ts';
+import { PROBLEM_CONTENT_TYPE, type Problem, type ProblemCode } from './schemas.ts';
+
+/** Where problem type URIs live: `<base><code>`. */
+export const PROBLEM_TYPE_BASE = 'https://commitd.dev/problems/';
+
+const titles: Readonly<Record<ProblemCode, string>> = {
+  invalid_request: 'Invalid request',
+  unauthorized: 'Unauthorized',
+  not_found: 'Not found',
+  session_busy: 'Session busy',
+  store_conflict: 'Store conflict',
+  key_reused: 'Idempotency key reused',
+  payload_too_large: 'Payload too large',
+  unavailable: 'Service unavailable',
+  internal: 'Internal error',
+};
+
+interface Mapping {
+  readonly status: number;
+  readonly code: ProblemCode;
+}
+
+/** `CommitdError.code` → problem. Codes not listed are bugs of a lower layer: 500. */
+const byErrorCode: Readonly<Record<string, Mapping>> = {
+  INVALID_REQUEST: { status: 400, code: 'invalid_request' },
+  NOT_CANONICALIZABLE: { status: 400, code: 'invalid_request' },
+  // A store name registered twice: the request is wrong, not the service.
+  ALREADY_REGISTERED: { status: 400, code: 'invalid_request' },
+  NOT_FOUND: { status: 404, code: 'not_found' },
+  NOT_IN_SESSION: { status: 404, code: 'not_found' },
+  SESSION_BUSY: { status: 409, code: 'session_busy' },
+  IN_SESSION: { status: 409, code: 'session_busy' },
+  STORE_CONFLICT: { status: 409, code: 'store_conflict' },
+  CHANGE_REJECTED: { status: 409, code: 'store_conflict' },
+  KEY_REUSED: { status: 422, code: 'key_reused' },
+  IDEMPOTENCY_KEY_MISMATCH: { status: 422, code: 'key_reused' },
+  // A store already holds a marker for the key (its result expired here): the key was used.
+  ALREADY_COMMITTED: { status: 422, code: 'key_reused' },
+  PAYLOAD_TOO_LARGE: { status: 413, code: 'payload_too_large' },
+  UNAVAILABLE: { status: 503, code: 'unavailable' },
+};
+
+/** Members a store's own detail fields must not overwrite; such a field is renamed `storeCode`, `storeDetail`, … */
+const reservedMembers = new Set(['type', 'title', 'status', 'detail', 'code', 'instance', 'store']);
+
+/** A problem raised by the HTTP layer itself (auth, key resolution). */
+export class HttpProblem extends Error {
+  readonly status: number;
+  readonly code: ProblemCode;
+  readonly headers: Readonly<Record<string, string>>;
+
+  constructor(status: number, code: ProblemCode, detail: string, headers: Readonly<Record<string, string>> = {}) {
+    super(detail);
+    this.name = 'HttpProblem';
+    this.status = status;
+    this.code = code;
+    this.headers = headers;
+  }
+}
+
+/** A problem body, with the headers that go with it. */
+export interface ProblemAnswer {
+  readonly problem: Problem;
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/** Builds a problem body for `code`. */
+export function problem(status: number, code: ProblemCode, detail: string, extensions: Readonly<Record<string, unknown>> = {}): Problem {
+  return { ...extensions, type: `${PROBLEM_TYPE_BASE}${code}`, title: titles[code], status, detail, code };
+}
+
+/**
+ * Maps any thrown value to a problem, or to `undefined` when it is unexpected (a bug,
+ * which the caller answers with 500 and logs).
+ */
+export function problemFor(error: unknown): ProblemAnswer | undefined {
+  if (error instanceof HttpProblem) {
+    return { problem: problem(error.status, error.code, error.message), headers: error.headers };
+  }
+  if (error instanceof CommitdError) return fromCommitdError(error);
+  if (isFastifyClientError(error)) return fromFastifyError(error);
+  return undefined;
+}
+
+function fromCommitdError(error: CommitdError): ProblemAnswer | undefined {
+  const mapping = byErrorCode[error.code];
+  if (mapping === undefined) return undefined;
+  const headers: Record<string, string> = {};
+  if (mapping.code === 'unavailable') headers['retry-after'] = String(retryAfterSeconds(error));
+  return { problem: problem(mapping.status, mapping.code, error.message, extensionsOf(error)), headers };
+}
+
+/**
+ * A store conflict carries the store's name and what the store said (e.g. sqlite's
+ * `code: SQLITE_CONSTRAINT_UNIQUE`, which becomes `storeCode`) as extension members.
+ */
+function extensionsOf(error: CommitdError): Record<string, unknown> {
+  const extensions: Record<string, unknown> = {};
+  if ('detail' in error && isRecord(error.detail)) {
+    for (const [name, value] of Object.entries(error.detail)) {
+      extensions[reservedMembers.has(name) ? `store${name[0]?.toUpperCase()}${name.slice(1)}` : name] = value;
+    }
+  }
+  if ('store' in error && typeof error.store === 'string') extensions.store = error.store;
+  return extensions;
+}
+
+/** `ServiceUnavailableError` says how long to wait; the KV's `UnavailableError` does not: 1 s. */
+function retryAfterSeconds(error: CommitdError): number {
+  const seconds = 'retryAfterSeconds' in error ? error.retryAfterSeconds : undefined;
+  return typeof seconds === 'number' && Number.isFinite(seconds) && seconds > 0 ? Math.ceil(seconds) : 1;
+}
+
+function isFastifyClientError(error: unknown): error is FastifyError & { statusCode: number } {
+  return error instanceof Error && 'statusCode' in error && typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500;
+}
+
+/**
+ * Fastify's own 4xx (validation, bad JSON, unsupported media type, body limit). Statuses
+ * outside the contract's list collapse to 400: a 415 is an invalid request here.
+ */
+function fromFastifyError(error: FastifyError & { statusCode: number }): ProblemAnswer {
+  if (error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+    return { problem: problem(400, 'invalid_request', 'unsupported content type: send application/json'), headers: {} };
+  }
+  if (error.statusCode === 413) return { problem: problem(413, 'payload_too_large', error.message), headers: {} };
+  if (error.statusCode === 401) return { problem: problem(401, 'unauthorized', error.message), headers: {} };
+  if (error.statusCode === 404) return { problem: problem(404, 'not_found', error.message), headers: {} };
+  return { problem: problem(400, 'invalid_request', error.message), headers: {} };
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Sends a problem: status, headers, `application/problem+json`. */
+export function sendProblem(reply: FastifyReply, answer: ProblemAnswer): FastifyReply {
+  return reply.code(answer.problem.status).headers(answer.headers).type(PROBLEM_CONTENT_TYPE).send(answer.problem);
+}
+
+/** The app's error handler: expected errors become their problem, anything else a logged 500. */
+export function handleError(error: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const answer = problemFor(error);
+  if (answer === undefined) {
+    request.log.error({ err: error }, 'unexpected error answering a request');
+    return sendProblem(reply, { problem: problem(500, 'internal', `unexpected error; it was logged under request id ${request.id}`), headers: {} });
+  }
+  if (answer.problem.status === 503) request.log.warn({ err: error }, 'answering 503 unavailable');
+  else request.log.debug({ code: answer.problem.code, detail: answer.problem.detail }, 'answering a problem');
+  return sendProblem(reply, answer);
+}
+
+/** No route for this method and path (fastify answers a wrong method the same way). */
+export function handleNotFound(request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const path = request.url.split('?', 1)[0] ?? request.url;
+  return sendProblem(reply, { problem: problem(404, 'not_found', `no route ${request.method} ${path}`), headers: {} });
+}

@@ -1,0 +1,213 @@
+/**
+ * Session routes of HTTP API v1: begin, apply, commit, cancel, inspect, list, resolve, and
+ * the one-shot commit. Each maps onto one coordinator call.
+ * @module
+ */
+import { Type } from '@sinclair/typebox';
+import type { FastifyPluginAsync, FastifyRequest, RawServerDefault } from 'fastify';
+import { SessionNotFoundError } from '../../coordinator/errors.ts';
+import type { SessionCoordinator } from '../../coordinator/types.ts';
+import { HttpProblem } from '../problems.ts';
+import {
+  ActiveReply,
+  ApplyBody,
+  ApplyReply,
+  BeginBody,
+  CancelReply,
+  CommitOnceBody,
+  CommittedReply,
+  EmptyBody,
+  KeyHeaders,
+  ListSessionsQuery,
+  ResolveBody,
+  ResolveReply,
+  SessionListReply,
+  SessionParams,
+  SessionReply,
+  problemResponses,
+  type TypeBoxProvider,
+} from '../schemas.ts';
+
+export interface SessionRoutesOptions {
+  readonly coordinator: SessionCoordinator;
+}
+
+const tags = ['sessions'];
+
+/** A POST without a body (and so without a content type) means `{}`: `curl -X POST …/commit` works. */
+async function absentBodyIsEmpty(request: FastifyRequest): Promise<void> {
+  request.body ??= {};
+}
+
+/** The header value without the optional structured-field quotes. */
+function headerKey(header: string | undefined): string | undefined {
+  return header?.startsWith('"') ? header.slice(1, -1) : header;
+}
+
+/** The key of a body-keyed route: from the body or the header; both given must agree. */
+function requestKey(bodyKey: string | undefined, header: string | undefined): string {
+  const fromHeader = headerKey(header);
+  if (bodyKey !== undefined && fromHeader !== undefined && bodyKey !== fromHeader) {
+    throw new HttpProblem(400, 'invalid_request', `the body key ${JSON.stringify(bodyKey)} differs from the Idempotency-Key header ${JSON.stringify(fromHeader)}`);
+  }
+  const key = bodyKey ?? fromHeader;
+  if (key === undefined) throw new HttpProblem(400, 'invalid_request', 'an idempotency key is required: body "key" or the Idempotency-Key header');
+  return key;
+}
+
+/** On a path-keyed route a header is optional, but must name the same key. */
+function pathKey(key: string, header: string | undefined): string {
+  const fromHeader = headerKey(header);
+  if (fromHeader !== undefined && fromHeader !== key) {
+    throw new HttpProblem(400, 'invalid_request', `the path key ${JSON.stringify(key)} differs from the Idempotency-Key header ${JSON.stringify(fromHeader)}`);
+  }
+  return key;
+}
+
+export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDefault, TypeBoxProvider> = async (app, { coordinator }) => {
+  app.post(
+    '/v1/sessions',
+    {
+      preValidation: absentBodyIsEmpty,
+      schema: {
+        tags,
+        operationId: 'beginSession',
+        summary: 'Begin a session (all stores when `stores` is absent; the body may be omitted when the key is in the header)',
+        headers: KeyHeaders,
+        body: BeginBody,
+        response: {
+          201: { ...ActiveReply, description: 'Session begun' },
+          200: Type.Union([ActiveReply, CommittedReply], { description: 'A crashed session resumed (recovery: true), or the key is already committed' }),
+          ...problemResponses(400, 401, 409, 413, 422, 503),
+        },
+      },
+    },
+    async (request, reply) => {
+      const key = requestKey(request.body.key, request.headers['idempotency-key']);
+      const view = await coordinator.begin(key, request.body.stores);
+      return reply.code(view.state === 'active' && !view.recovery ? 201 : 200).send(view);
+    },
+  );
+
+  app.post(
+    '/v1/sessions/:key/changes',
+    {
+      schema: {
+        tags,
+        operationId: 'applyChanges',
+        summary: 'Apply changes to one store of an open session, in order',
+        headers: KeyHeaders,
+        params: SessionParams,
+        body: ApplyBody,
+        response: { 200: ApplyReply, ...problemResponses(400, 401, 404, 409, 413, 503) },
+      },
+    },
+    async (request) => {
+      const key = pathKey(request.params.key, request.headers['idempotency-key']);
+      return coordinator.apply(key, request.body.store, request.body.changes);
+    },
+  );
+
+  app.post(
+    '/v1/sessions/:key/commit',
+    {
+      preValidation: absentBodyIsEmpty,
+      schema: {
+        tags,
+        operationId: 'commitSession',
+        summary: 'Commit (no body, or {}); every retry gets the same answer while the result is retained',
+        headers: KeyHeaders,
+        params: SessionParams,
+        body: EmptyBody,
+        response: { 200: CommittedReply, ...problemResponses(400, 401, 404, 409, 413, 422, 503) },
+      },
+    },
+    async (request) => coordinator.commit(pathKey(request.params.key, request.headers['idempotency-key'])),
+  );
+
+  app.post(
+    '/v1/sessions/:key/cancel',
+    {
+      preValidation: absentBodyIsEmpty,
+      schema: {
+        tags,
+        operationId: 'cancelSession',
+        summary: 'Cancel an open session (no body, or {})',
+        headers: KeyHeaders,
+        params: SessionParams,
+        body: EmptyBody,
+        response: { 200: CancelReply, ...problemResponses(400, 401, 404, 409, 503) },
+      },
+    },
+    async (request) => coordinator.cancel(pathKey(request.params.key, request.headers['idempotency-key'])),
+  );
+
+  app.get(
+    '/v1/sessions/:key',
+    {
+      schema: {
+        tags,
+        operationId: 'getSession',
+        summary: 'A session’s state: active, committing, committed or failed',
+        params: SessionParams,
+        response: { 200: SessionReply, ...problemResponses(400, 401, 404, 503) },
+      },
+    },
+    async (request) => {
+      const view = await coordinator.get(request.params.key);
+      if (view === undefined) throw new SessionNotFoundError(request.params.key);
+      return view;
+    },
+  );
+
+  app.get(
+    '/v1/sessions',
+    {
+      schema: {
+        tags,
+        operationId: 'listSessions',
+        summary: 'Open and failed sessions, optionally of one state',
+        querystring: ListSessionsQuery,
+        response: { 200: SessionListReply, ...problemResponses(400, 401, 503) },
+      },
+    },
+    async (request) => {
+      const sessions = await coordinator.list(request.query.state === undefined ? undefined : { state: request.query.state });
+      return { sessions };
+    },
+  );
+
+  app.post(
+    '/v1/sessions/:key/resolve',
+    {
+      schema: {
+        tags,
+        operationId: 'resolveSession',
+        summary: 'Operator action on a failed session: retry or abandon',
+        headers: KeyHeaders,
+        params: SessionParams,
+        body: ResolveBody,
+        response: { 200: ResolveReply, ...problemResponses(400, 401, 404, 409, 503) },
+      },
+    },
+    async (request) => coordinator.resolve(pathKey(request.params.key, request.headers['idempotency-key']), request.body.action),
+  );
+
+  app.post(
+    '/v1/commits',
+    {
+      schema: {
+        tags,
+        operationId: 'commitOnce',
+        summary: 'Begin, apply and commit in one request',
+        headers: KeyHeaders,
+        body: CommitOnceBody,
+        response: { 200: CommittedReply, ...problemResponses(400, 401, 409, 413, 422, 503) },
+      },
+    },
+    async (request) => {
+      const key = requestKey(request.body.key, request.headers['idempotency-key']);
+      return coordinator.commitOnce(key, request.body.changes);
+    },
+  );
+};

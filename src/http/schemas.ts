@@ -1,0 +1,239 @@
+/**
+ * TypeBox schemas of HTTP API v1: every body, parameter, header and reply. Routes declare
+ * them; fastify validates and serialises with them and the OpenAPI document is built from
+ * them, so this file is the API's single source of truth.
+ * @module
+ */
+import { Type, type Static, type TSchema, type TUnsafe } from '@sinclair/typebox';
+import type { FastifyTypeProvider } from 'fastify';
+
+/** Read-only all the way down: the coordinator hands out read-only views, and replies may be those. */
+export type DeepReadonly<T> = T extends (infer E)[] ? readonly DeepReadonly<E>[] : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;
+
+/**
+ * Types request and reply objects from the TypeBox schemas of a route. Our own, because
+ * `@fastify/type-provider-typebox` 6 is written against `typebox` 1.x, not the
+ * `@sinclair/typebox` 0.34 the project uses; validation stays with fastify's Ajv.
+ */
+export interface TypeBoxProvider extends FastifyTypeProvider {
+  readonly validator: this['schema'] extends TSchema ? Static<this['schema']> : unknown;
+  readonly serializer: this['schema'] extends TSchema ? DeepReadonly<Static<this['schema']>> : unknown;
+}
+
+/**
+ * A string that is one of `values`, as a JSON Schema `enum`: Ajv then says "must be equal
+ * to one of the allowed values" once, where a union of literals repeats itself per branch.
+ */
+export function StringEnum<const T extends readonly string[]>(values: T, options: { description?: string } = {}): TUnsafe<T[number]> {
+  return Type.Unsafe<T[number]>({ type: 'string', enum: [...values], ...options });
+}
+
+// ---------------------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------------------
+
+/** An idempotency key over HTTP: 1–200 characters of `A–Z a–z 0–9 . _ ~ : -` (DESIGN.md). */
+export const KEY_PATTERN = '^[A-Za-z0-9._~:-]{1,200}$';
+/** A store name: a letter, then up to 62 letters, digits, `_` or `-` (safe in paths, metrics, logs). */
+export const STORE_NAME_PATTERN = '^[A-Za-z][A-Za-z0-9_-]{0,62}$';
+/** A store type name (built in or from a plugin); same alphabet as store names. */
+export const STORE_TYPE_PATTERN = STORE_NAME_PATTERN;
+/** Most changes one request may carry for one store. */
+export const MAX_CHANGES_PER_STORE = 10_000;
+/** Most stores one request may name. */
+export const MAX_STORES_PER_REQUEST = 64;
+
+export const IdempotencyKey = Type.String({
+  pattern: KEY_PATTERN,
+  description: 'Idempotency key chosen by the caller: 1–200 characters of A–Z a–z 0–9 . _ ~ : -',
+  examples: ['order-2024-0001'],
+});
+
+export const StoreName = Type.String({ pattern: STORE_NAME_PATTERN, description: 'Name of a configured store', examples: ['main'] });
+
+export const StoreTypeName = Type.String({ pattern: STORE_TYPE_PATTERN, description: 'Store type, e.g. sqlite, postgres, redis, etcd', examples: ['sqlite'] });
+
+/**
+ * The `Idempotency-Key` header: a bare key, or the key as a structured-field string in
+ * double quotes (draft-ietf-httpapi-idempotency-key-header); keys never contain quotes.
+ */
+export const KeyHeaders = Type.Object({
+  'idempotency-key': Type.Optional(
+    Type.String({
+      pattern: '^(?:[A-Za-z0-9._~:-]{1,200}|"[A-Za-z0-9._~:-]{1,200}")$',
+      description: 'The idempotency key, when it is not in the body or path',
+    }),
+  ),
+});
+
+// ---------------------------------------------------------------------------------------
+// Request parts
+// ---------------------------------------------------------------------------------------
+
+/** One change, in the format of its store's type; the coordinator validates it against that type. */
+export const Change = Type.Object({}, { additionalProperties: true, description: 'One change, in its store type’s format (sqlite: {sql, params?})' });
+
+export const Changes = Type.Array(Change, { maxItems: MAX_CHANGES_PER_STORE, description: 'Changes for one store, applied in order' });
+
+/** One-shot changes: store name → that store's changes. */
+export const ChangesByStore = Type.Record(StoreName, Changes, {
+  // Names outside the store-name pattern are refused, not ignored.
+  additionalProperties: false,
+  minProperties: 1,
+  maxProperties: MAX_STORES_PER_REQUEST,
+  description: 'Changes by store name; the session spans exactly these stores',
+});
+
+export const SessionParams = Type.Object({ key: IdempotencyKey });
+
+export const StoreParams = Type.Object({ name: StoreName });
+
+export const BeginBody = Type.Object(
+  {
+    key: Type.Optional(IdempotencyKey),
+    stores: Type.Optional(
+      Type.Array(StoreName, {
+        minItems: 1,
+        maxItems: MAX_STORES_PER_REQUEST,
+        uniqueItems: true,
+        description: 'Stores taking part; all configured stores when absent',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const ApplyBody = Type.Object({ store: StoreName, changes: Changes }, { additionalProperties: false });
+
+/** Commit and cancel take no fields; an absent body counts as `{}`. */
+export const EmptyBody = Type.Object({}, { additionalProperties: false });
+
+export const ResolveBody = Type.Object(
+  {
+    action: StringEnum(['retry', 'abandon'], { description: 'retry: roll the failed session forward again; abandon: drop it with its log' }),
+  },
+  { additionalProperties: false },
+);
+
+export const CommitOnceBody = Type.Object({ key: Type.Optional(IdempotencyKey), changes: ChangesByStore }, { additionalProperties: false });
+
+export const ListSessionsQuery = Type.Object({
+  state: Type.Optional(StringEnum(['active', 'committing', 'failed'])),
+});
+
+export const AddStoreBody = Type.Object(
+  {
+    name: StoreName,
+    type: StoreTypeName,
+    options: Type.Optional(Type.Unknown({ description: 'Options of the store type, checked against its schema; {} when absent' })),
+  },
+  { additionalProperties: false },
+);
+
+// ---------------------------------------------------------------------------------------
+// Replies
+// ---------------------------------------------------------------------------------------
+
+const StoreIds = Type.Record(Type.String(), Type.String(), { description: 'Each store’s ID (hex), by store name' });
+
+const SessionIdHex = Type.String({ description: 'Session ID: lower-case hex, derived from the applied changes' });
+
+export const ActiveReply = Type.Object({
+  key: Type.String(),
+  state: Type.Literal('active'),
+  recovery: Type.Boolean({ description: 'True when a crashed session under this key was resumed' }),
+  stores: Type.Array(Type.String(), { description: 'Stores taking part' }),
+});
+
+export const CommittedReply = Type.Object({
+  key: Type.String(),
+  state: Type.Literal('committed'),
+  sessionId: SessionIdHex,
+  stores: StoreIds,
+  committedAt: Type.Optional(Type.String({ description: 'ISO 8601' })),
+});
+
+export const ApplyReply = Type.Object({
+  key: Type.String(),
+  store: Type.String(),
+  applied: Type.Integer({ description: 'Changes applied by this request' }),
+});
+
+export const CancelReply = Type.Object({ key: Type.String(), state: Type.Literal('cancelled') });
+
+export const SessionReply = Type.Object({
+  key: Type.String(),
+  state: StringEnum(['active', 'committing', 'committed', 'failed']),
+  stores: Type.Union([Type.Array(Type.String()), StoreIds], { description: 'Store names (open sessions) or store IDs by name (committed)' }),
+  sessionId: Type.Optional(SessionIdHex),
+  owner: Type.Optional(Type.String({ description: 'Instance driving the session' })),
+  startedAt: Type.Optional(Type.String()),
+  committedAt: Type.Optional(Type.String()),
+  error: Type.Optional(Type.String({ description: 'Why a failed session failed' })),
+});
+
+export const SessionListReply = Type.Object({ sessions: Type.Array(SessionReply) });
+
+export const AbandonedReply = Type.Object({ key: Type.String(), state: Type.Literal('abandoned') });
+
+export const ResolveReply = Type.Union([SessionReply, AbandonedReply]);
+
+export const StoreInfoReply = Type.Object({ name: Type.String(), type: Type.String() });
+
+export const StoreListReply = Type.Object({ stores: Type.Array(StoreInfoReply) });
+
+export const HealthReply = Type.Object({ status: Type.Literal('ok') });
+
+// ---------------------------------------------------------------------------------------
+// Problems (RFC 9457)
+// ---------------------------------------------------------------------------------------
+
+/** The stable problem codes of the contract, plus `internal` for a bug. */
+export const ProblemCodeSchema = StringEnum([
+  'invalid_request',
+  'unauthorized',
+  'not_found',
+  'session_busy',
+  'store_conflict',
+  'key_reused',
+  'payload_too_large',
+  'unavailable',
+  'internal',
+]);
+
+export type ProblemCode = Static<typeof ProblemCodeSchema>;
+
+/** An RFC 9457 problem; extension members (e.g. `store` on a store conflict) are allowed. */
+export const Problem = Type.Object(
+  {
+    type: Type.String({ description: 'URI naming the problem type' }),
+    title: Type.String(),
+    status: Type.Integer(),
+    detail: Type.String(),
+    code: ProblemCodeSchema,
+  },
+  { additionalProperties: true },
+);
+
+export type Problem = Static<typeof Problem>;
+
+export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
+
+const problemDescriptions: Readonly<Record<number, string>> = {
+  400: 'invalid_request: malformed JSON, a body, key or header outside its schema, an unknown store',
+  401: 'unauthorized: missing or wrong bearer token',
+  404: 'not_found: no such session or store',
+  409: 'session_busy (the key is held by a live session) or store_conflict (a store rejected a change)',
+  413: 'payload_too_large',
+  422: 'key_reused: the key was used with other stores or changes',
+  503: 'unavailable: retry after Retry-After seconds',
+};
+
+/** Response entries documenting the problems a route can answer, as `application/problem+json`. */
+export function problemResponses<const S extends number>(...statuses: S[]): Record<S, { description: string; content: { 'application/problem+json': { schema: typeof Problem } } }> {
+  const responses = {} as Record<S, { description: string; content: { 'application/problem+json': { schema: typeof Problem } } }>;
+  for (const status of statuses) {
+    responses[status] = { description: problemDescriptions[status] ?? 'problem', content: { [PROBLEM_CONTENT_TYPE]: { schema: Problem } } };
+  }
+  return responses;
+}

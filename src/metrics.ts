@@ -1,0 +1,58 @@
+/**
+ * Prometheus metrics (prom-client), one registry per process, handed to the coordinator
+ * (which counts) and to the HTTP layer (which serves `/metrics`).
+ * @module
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** The metrics commitd keeps. */
+export interface Metrics {
+  readonly registry: Registry;
+  readonly sessionsBegun: Counter;
+  readonly sessionsCommitted: Counter;
+  readonly sessionsCancelled: Counter<'reason'>;
+  readonly sessionsRecovered: Counter<'outcome'>;
+  readonly sessionsOpen: Gauge;
+  readonly sessionsFailed: Gauge;
+  readonly commitSeconds: Histogram;
+  readonly kvSeconds: Histogram<'op' | 'ok'>;
+}
+
+/** Creates a fresh registry with commitd's metrics and Node's default ones. */
+export function createMetrics(): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  return {
+    registry,
+    sessionsBegun: new Counter({ name: 'commitd_sessions_begun_total', help: 'Sessions begun (interactive and one-shot)', registers }),
+    sessionsCommitted: new Counter({ name: 'commitd_sessions_committed_total', help: 'Sessions committed', registers }),
+    sessionsCancelled: new Counter({
+      name: 'commitd_sessions_cancelled_total',
+      help: 'Sessions cancelled, by reason (request, idle, error, shutdown, recovery)',
+      labelNames: ['reason'],
+      registers,
+    }),
+    sessionsRecovered: new Counter({
+      name: 'commitd_sessions_recovered_total',
+      help: 'Sessions adopted after a crash, by outcome (committed, cancelled, failed)',
+      labelNames: ['outcome'],
+      registers,
+    }),
+    sessionsOpen: new Gauge({ name: 'commitd_sessions_open', help: 'Sessions this instance drives now', registers }),
+    sessionsFailed: new Gauge({ name: 'commitd_sessions_failed', help: 'Sessions in state failed, awaiting an operator (last listing)', registers }),
+    commitSeconds: new Histogram({
+      name: 'commitd_commit_duration_seconds',
+      help: 'Time from commit request to answer',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    }),
+    kvSeconds: new Histogram({
+      name: 'commitd_kv_operation_duration_seconds',
+      help: 'Coordinator KV round trips, by operation and outcome',
+      labelNames: ['op', 'ok'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers,
+    }),
+  };
+}

@@ -1,0 +1,135 @@
+/**
+ * The session lifecycle through the HTTP API, against both KV backends: interactive and
+ * one-shot commits, replay, key reuse, cancel, recovery of a crashed session, load.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
+import { join } from 'node:path';
+import { KV_BACKENDS, skipUnless, startTestService, type TestService } from './support/service.ts';
+
+const insert = (table: string, id: number) => ({ sql: `INSERT INTO ${table}(id) VALUES (?)`, params: [id] });
+
+function rows(service: TestService, store: string, table: string): number[] {
+  const db = new Database(join(service.dir, `${store}.db`), { readonly: true });
+  try {
+    return (db.prepare(`SELECT id FROM ${table} ORDER BY id`).all() as { id: number }[]).map((r) => r.id);
+  } finally {
+    db.close();
+  }
+}
+
+for (const kv of KV_BACKENDS) {
+  describe(`sessions over ${kv} KV`, { skip: skipUnless(kv) }, () => {
+    let service: TestService;
+
+    before(async () => {
+      service = await startTestService({ kv });
+      for (const store of ['main', 'audit']) {
+        const res = await service.app.inject({
+          method: 'POST',
+          url: '/v1/commits',
+          payload: { key: `setup-${store}`, changes: { [store]: [{ sql: 'CREATE TABLE t(id INTEGER PRIMARY KEY)' }] } },
+        });
+        assert.equal(res.statusCode, 200, res.body);
+      }
+    });
+    after(async () => service?.dispose());
+
+    const post = (url: string, payload?: object) => service.app.inject({ method: 'POST', url, payload });
+
+    it('an interactive session commits two sqlite stores; replay returns the same sessionId', async () => {
+      const begun = await post('/v1/sessions', { key: 'order-1', stores: ['main', 'audit'] });
+      assert.equal(begun.statusCode, 201, begun.body);
+      assert.deepEqual(begun.json(), { key: 'order-1', state: 'active', recovery: false, stores: ['audit', 'main'] });
+      assert.equal((await post('/v1/sessions/order-1/changes', { store: 'main', changes: [insert('t', 1), insert('t', 2)] })).statusCode, 200);
+      const applied = await post('/v1/sessions/order-1/changes', { store: 'audit', changes: [insert('t', 1)] });
+      assert.deepEqual(applied.json(), { key: 'order-1', store: 'audit', applied: 1 });
+      const committed = await post('/v1/sessions/order-1/commit');
+      assert.equal(committed.statusCode, 200, committed.body);
+      const body = committed.json();
+      assert.equal(body.state, 'committed');
+      assert.match(body.sessionId, /^[0-9a-f]{32}$/);
+      assert.deepEqual(Object.keys(body.stores).sort(), ['audit', 'main']);
+      assert.deepEqual(rows(service, 'main', 't').filter((id) => id <= 2), [1, 2]);
+
+      const again = await post('/v1/sessions/order-1/commit');
+      assert.equal(again.statusCode, 200);
+      assert.equal(again.json().sessionId, body.sessionId);
+      const rebegun = await post('/v1/sessions', { key: 'order-1', stores: ['main', 'audit'] });
+      assert.equal(rebegun.statusCode, 200);
+      assert.equal(rebegun.json().state, 'committed');
+      assert.equal(rebegun.json().sessionId, body.sessionId);
+      const shown = await service.app.inject({ method: 'GET', url: '/v1/sessions/order-1' });
+      assert.equal(shown.json().sessionId, body.sessionId);
+      assert.deepEqual(rows(service, 'main', 't').filter((id) => id <= 2), [1, 2], 'replays must not apply twice');
+    });
+
+    it('a one-shot commit replays with the same answer; other changes under the key get 422', async () => {
+      const changes = { main: [insert('t', 10)], audit: [insert('t', 10)] };
+      const first = await post('/v1/commits', { key: 'once-1', changes });
+      assert.equal(first.statusCode, 200, first.body);
+      const second = await post('/v1/commits', { key: 'once-1', changes });
+      assert.deepEqual(second.json(), first.json());
+      const reused = await post('/v1/commits', { key: 'once-1', changes: { main: [insert('t', 11)] } });
+      assert.equal(reused.statusCode, 422);
+      assert.equal(reused.json().code, 'key_reused');
+      assert.equal(rows(service, 'main', 't').filter((id) => id >= 10 && id < 20).length, 1);
+    });
+
+    it('the same session ID for the same changes under another key', async () => {
+      const a = await post('/v1/commits', { key: 'same-a', changes: { main: [{ sql: 'SELECT 1' }] } });
+      const b = await post('/v1/commits', { key: 'same-b', changes: { main: [{ sql: 'SELECT 1' }] } });
+      assert.equal(a.json().sessionId, b.json().sessionId);
+    });
+
+    it('a begin on an open key is session_busy; cancel frees the key and applies nothing', async () => {
+      assert.equal((await post('/v1/sessions', { key: 'busy-1' })).statusCode, 201);
+      await post('/v1/sessions/busy-1/changes', { store: 'main', changes: [insert('t', 30)] });
+      const busy = await post('/v1/sessions', { key: 'busy-1' });
+      assert.equal(busy.statusCode, 409);
+      assert.equal(busy.json().code, 'session_busy');
+      const cancelled = await post('/v1/sessions/busy-1/cancel');
+      assert.deepEqual(cancelled.json(), { key: 'busy-1', state: 'cancelled' });
+      assert.equal((await service.app.inject({ method: 'GET', url: '/v1/sessions/busy-1' })).statusCode, 404);
+      assert.equal(rows(service, 'main', 't').includes(30), false);
+      assert.equal((await post('/v1/sessions', { key: 'busy-1' })).statusCode, 201);
+      await post('/v1/sessions/busy-1/cancel');
+    });
+
+    it('a store rejecting a change cancels the session with 409 store_conflict', async () => {
+      await post('/v1/sessions', { key: 'conflict-1', stores: ['main'] });
+      await post('/v1/sessions/conflict-1/changes', { store: 'main', changes: [insert('t', 40), insert('t', 40)] });
+      const res = await post('/v1/sessions/conflict-1/commit');
+      assert.equal(res.statusCode, 409, res.body);
+      assert.equal(res.json().code, 'store_conflict');
+      assert.equal(rows(service, 'main', 't').includes(40), false);
+      assert.equal((await service.app.inject({ method: 'GET', url: '/v1/sessions/conflict-1' })).statusCode, 404);
+    });
+
+    it('a change log larger than one KV value is split and the session commits', async () => {
+      // A sqlite change must compile against the committed schema: create the table first.
+      await post('/v1/commits', { key: 'big-schema', changes: { main: [{ sql: 'CREATE TABLE big(id INTEGER PRIMARY KEY, pad TEXT)' }] } });
+      await post('/v1/sessions', { key: 'big-1', stores: ['main'] });
+      const pad = 'x'.repeat(300_000);
+      for (let i = 0; i < 5; i++) {
+        const res = await post('/v1/sessions/big-1/changes', { store: 'main', changes: [{ sql: 'INSERT INTO big VALUES (?, ?)', params: [i, pad] }] });
+        assert.equal(res.statusCode, 200, res.body);
+      }
+      const res = await post('/v1/sessions/big-1/commit');
+      assert.equal(res.statusCode, 200, res.body);
+      assert.deepEqual(rows(service, 'main', 'big'), [0, 1, 2, 3, 4]);
+      assert.deepEqual(await service.kv.list('logs/'), [], 'log chunks are deleted with the session');
+    });
+
+    it('500 concurrent one-shot commits with distinct keys all commit, each row once', async () => {
+      const results = await Promise.all(
+        Array.from({ length: 500 }, (_, i) => post('/v1/commits', { key: `load-${i}`, changes: { main: [insert('t', 1000 + i)], audit: [insert('t', 1000 + i)] } })),
+      );
+      assert.deepEqual([...new Set(results.map((r) => r.statusCode))], [200]);
+      const ids = rows(service, 'main', 't').filter((id) => id >= 1000);
+      assert.equal(ids.length, 500);
+      assert.equal(rows(service, 'audit', 't').filter((id) => id >= 1000).length, 500);
+    });
+  });
+}

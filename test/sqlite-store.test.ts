@@ -1,0 +1,248 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { pino } from 'pino';
+import { ChangeRejectedError } from '../src/committables/helper.ts';
+import { sqliteStoreType, type SqliteChange, type SqliteOptions } from '../src/committables/sqlite.ts';
+import type { Store } from '../src/committables/types.ts';
+import { AlreadyCommittedError } from '../src/committer/errors.ts';
+import { keyBytes, toHex } from '../src/committer/keys.ts';
+
+const writerFixture = fileURLToPath(new URL('./fixtures/sqlite-writer.ts', import.meta.url));
+
+describe('sqlite store', () => {
+  let dir: string;
+  let path: string;
+  let stores: Store<SqliteChange>[];
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'commitd-sqlite-'));
+    path = join(dir, 'nested', 'store.db');
+    stores = [];
+  });
+  afterEach(async () => {
+    for (const store of stores) await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function open(options: Partial<SqliteOptions> = {}): Promise<Store<SqliteChange>> {
+    const store = await sqliteStoreType.create(
+      { path, ...options },
+      { name: 'main', logger: pino({ level: 'silent' }), dataDir: dir, retentionSeconds: 60 },
+    );
+    stores.push(store);
+    return store;
+  }
+
+  /** A store with an `items` table whose `name` is unique. */
+  async function openWithItems(options: Partial<SqliteOptions> = {}): Promise<Store<SqliteChange>> {
+    const store = await open(options);
+    query((db) => db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT UNIQUE, flag)'));
+    return store;
+  }
+
+  /** Runs `read` on a connection of its own, as another reader of the file would. */
+  function query<T>(read: (db: Database.Database) => T): T {
+    const db = new Database(path);
+    try {
+      return read(db);
+    } finally {
+      db.close();
+    }
+  }
+
+  const names = () => query((db) => db.prepare('SELECT name FROM items ORDER BY id').pluck().all());
+  const markerCount = () => query((db) => db.prepare('SELECT count(*) FROM commitd_sessions').pluck().get());
+  const insert = (name: string): SqliteChange => ({ sql: 'INSERT INTO items (name) VALUES (?)', params: [name] });
+
+  async function commitOnce(store: Store<SqliteChange>, key: string, changes: SqliteChange[]): Promise<Uint8Array> {
+    const session = store.session();
+    await session.begin(keyBytes(key));
+    for (const change of changes) await session.apply(change);
+    return session.commit(keyBytes(key));
+  }
+
+  it('commits each session once, data and marker together', async () => {
+    const store = await openWithItems();
+    const first = await commitOnce(store, 'k1', [insert('a'), insert('b')]);
+    const second = await commitOnce(store, 'k2', [insert('c')]);
+    assert.deepEqual(names(), ['a', 'b', 'c']);
+    assert.notEqual(toHex(first), toHex(second));
+    const marker = query((db) => db.prepare('SELECT key, session_id FROM commitd_sessions ORDER BY key').all());
+    assert.deepEqual(marker, [
+      { key: 'k1', session_id: toHex(first) },
+      { key: 'k2', session_id: toHex(second) },
+    ]);
+  });
+
+  it('skips on recovery when the marker is there, returning the stored ID', async () => {
+    const store = await openWithItems();
+    const id = await commitOnce(store, 'k1', [insert('a')]);
+    const session = store.session();
+    await session.beginRecovery(keyBytes('k1'));
+    assert.equal(session.skipping, true);
+    await session.apply(insert('a'));
+    assert.deepEqual(await session.commit(keyBytes('k1')), id);
+    assert.deepEqual(names(), ['a']);
+  });
+
+  it('refuses begin on a key it already committed', async () => {
+    const store = await openWithItems();
+    await commitOnce(store, 'k1', [insert('a')]);
+    await assert.rejects(store.session().begin(keyBytes('k1')), AlreadyCommittedError);
+  });
+
+  it('rejects a bad change at apply, naming the SQLite error', async () => {
+    const store = await openWithItems();
+    const session = store.session();
+    await session.begin(keyBytes('k1'));
+    const rejected = (detail: Record<string, unknown>) => (err: unknown) => {
+      assert.ok(err instanceof ChangeRejectedError, String(err));
+      assert.equal(err.code, 'CHANGE_REJECTED');
+      for (const [field, value] of Object.entries(detail)) assert.equal(err.detail[field], value, err.message);
+      return true;
+    };
+    await assert.rejects(session.apply({ sql: 'INSRT INTO items VALUES (1)' }), rejected({ code: 'SQLITE_ERROR' }));
+    await assert.rejects(session.apply({ sql: 'INSERT INTO nowhere VALUES (1)' }), rejected({ code: 'SQLITE_ERROR' }));
+    await assert.rejects(session.apply({ sql: "INSERT INTO items (name) VALUES ('x'); SELECT 1" }), rejected({ reason: 'statement' }));
+    for (const sql of ['BEGIN', 'COMMIT', ' -- sneaky\n rollback', 'SAVEPOINT s', 'RELEASE s', 'PRAGMA journal_mode = DELETE', 'VACUUM', "ATTACH 'x.db' AS x"]) {
+      await assert.rejects(session.apply({ sql }), rejected({ reason: 'statement' }), sql);
+    }
+    await assert.rejects(session.apply({ sql: 'INSERT INTO items (name) VALUES (?)', params: [] }), rejected({ reason: 'params' }));
+    await assert.rejects(session.apply({ sql: 'INSERT INTO items (name) VALUES (@name)', params: {} }), rejected({ reason: 'params' }));
+    await assert.rejects(session.apply({ sql: 'INSERT INTO items (name) VALUES (?)', params: [{ nested: 1 }] }), rejected({ reason: 'params' }));
+    await session.cancel();
+  });
+
+  it('binds named params, booleans as 1/0 and integral numbers as INTEGER', async () => {
+    const store = await openWithItems();
+    await commitOnce(store, 'k1', [
+      { sql: 'INSERT INTO items (name, flag) VALUES (@name, $flag)', params: { name: 'yes', flag: true } },
+      { sql: 'INSERT INTO items (name, flag) VALUES (?, ?)', params: ['no', false] },
+      { sql: 'INSERT INTO items (name, flag) VALUES (?, ?)', params: ['five', 5] },
+    ]);
+    const rows = query((db) => db.prepare('SELECT flag, typeof(flag) AS kind FROM items ORDER BY id').all());
+    assert.deepEqual(rows, [
+      { flag: 1, kind: 'integer' },
+      { flag: 0, kind: 'integer' },
+      { flag: 5, kind: 'integer' },
+    ]);
+  });
+
+  it('a constraint failure at prepare rejects the change and writes nothing', async () => {
+    const store = await openWithItems();
+    await commitOnce(store, 'k0', [insert('taken')]);
+    const session = store.session();
+    await session.begin(keyBytes('k1'));
+    await session.apply(insert('fresh'));
+    await session.apply(insert('taken'));
+    await assert.rejects(session.prepare(keyBytes('k1')), (err: unknown) => {
+      assert.ok(err instanceof ChangeRejectedError);
+      assert.equal(err.detail.code, 'SQLITE_CONSTRAINT_UNIQUE');
+      assert.equal(err.detail.change, 1);
+      return true;
+    });
+    await session.cancel();
+    assert.deepEqual(names(), ['taken']);
+    assert.equal(markerCount(), 1);
+    // The write lock was released: the next session commits.
+    await commitOnce(store, 'k2', [insert('after')]);
+    assert.deepEqual(names(), ['taken', 'after']);
+  });
+
+  it('two committers racing on one key apply the data once; the loser skips', async () => {
+    // As a paused instance and its successor would: separate connections on one file.
+    const paused = await openWithItems();
+    const successor = await open();
+    const changes = [insert('once'), { sql: 'UPDATE items SET flag = coalesce(flag, 0) + 1' }];
+    const racers = [paused.session(), successor.session(), paused.session()];
+    await racers[0]!.begin(keyBytes('k1'));
+    await racers[1]!.beginRecovery(keyBytes('k1'));
+    await racers[2]!.begin(keyBytes('k1'));
+    for (const racer of racers) for (const change of changes) await racer.apply(change);
+    const ids = await Promise.all(racers.map((racer) => racer.commit(keyBytes('k1'))));
+    assert.equal(new Set(ids.map(toHex)).size, 1);
+    assert.deepEqual(query((db) => db.prepare('SELECT name, flag FROM items').all()), [{ name: 'once', flag: 1 }]);
+    assert.equal(markerCount(), 1);
+    // Every racer finished cleanly: the store takes new sessions.
+    await commitOnce(successor, 'k2', [insert('next')]);
+    assert.deepEqual(names(), ['once', 'next']);
+  });
+
+  it('50 concurrent sessions on one store all commit, in FIFO order', async () => {
+    const store = await openWithItems();
+    const keys = Array.from({ length: 50 }, (_, i) => `k${String(i).padStart(2, '0')}`);
+    const sessions = await Promise.all(
+      keys.map(async (key) => {
+        const session = store.session();
+        await session.begin(keyBytes(key));
+        await session.apply(insert(key));
+        return session;
+      }),
+    );
+    await Promise.all(sessions.map((session, i) => session.commit(keyBytes(keys[i]!))));
+    // Sessions that asked for the write lock in order got it in order.
+    assert.deepEqual(names(), keys);
+    assert.equal(markerCount(), 50);
+  });
+
+  it('does not hold the write lock between applies', async () => {
+    const store = await openWithItems();
+    const slow = store.session();
+    await slow.begin(keyBytes('slow'));
+    await slow.apply(insert('slow-1'));
+    await commitOnce(store, 'fast', [insert('fast')]);
+    await slow.apply(insert('slow-2'));
+    await slow.commit(keyBytes('slow'));
+    assert.deepEqual(names(), ['fast', 'slow-1', 'slow-2']);
+  });
+
+  it('waits asynchronously for another process holding the write lock', async (t) => {
+    const store = await openWithItems();
+    const child = spawn(process.execPath, ['--import', 'tsx', writerFixture, path], { stdio: ['pipe', 'pipe', 'inherit'] });
+    t.after(() => child.kill('SIGKILL'));
+    const lines = createInterface({ input: child.stdout });
+    const nextLine = () => new Promise<string>((resolve) => lines.once('line', resolve));
+    assert.equal(await nextLine(), 'locked');
+
+    const session = store.session();
+    await session.begin(keyBytes('k1'));
+    await session.apply(insert('ours'));
+    let ticks = 0;
+    const ticker = setInterval(() => (ticks += 1), 10);
+    let settled = false;
+    const committing = session.commit(keyBytes('k1')).finally(() => (settled = true));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    clearInterval(ticker);
+    assert.equal(settled, false, 'prepare must wait for the other process');
+    assert.ok(ticks >= 10, `the event loop kept running while waiting (${ticks} ticks)`);
+
+    child.stdin.write('go\n');
+    assert.equal(await nextLine(), 'committed');
+    await committing;
+    assert.deepEqual(names(), ['from-other-process', 'ours']);
+  });
+
+  it('fails with STORE_BUSY when the other process holds the lock past busyTimeoutMs', async (t) => {
+    const store = await openWithItems({ busyTimeoutMs: 100 });
+    const child = spawn(process.execPath, ['--import', 'tsx', writerFixture, path], { stdio: ['pipe', 'pipe', 'inherit'] });
+    t.after(() => child.kill('SIGKILL'));
+    const lines = createInterface({ input: child.stdout });
+    assert.equal(await new Promise<string>((resolve) => lines.once('line', resolve)), 'locked');
+    const session = store.session();
+    await session.begin(keyBytes('k1'));
+    await session.apply(insert('ours'));
+    await assert.rejects(session.commit(keyBytes('k1')), { code: 'STORE_BUSY' });
+    await session.cancel();
+    child.stdin.write('go\n');
+    await new Promise((resolve) => child.once('exit', resolve));
+    await commitOnce(store, 'k1', [insert('ours')]);
+    assert.deepEqual(names(), ['from-other-process', 'ours']);
+  });
+});
