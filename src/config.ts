@@ -53,6 +53,8 @@ export interface Config {
   readonly idleTimeoutMs: number;
   readonly maxOpenSessions: number;
   readonly leaseTtlSeconds: number;
+  /** How often recovery looks for sessions of dead instances, in ms. */
+  readonly recoveryIntervalMs: number;
   readonly instanceId?: string;
   /** The config file read, absolute; undefined when `COMMITD_CONFIG` is unset. */
   readonly configFile?: string;
@@ -68,6 +70,7 @@ const DEFAULTS = {
   retention: '24h',
   sessionIdleTimeout: '60s',
   leaseTtl: '10s',
+  recoveryInterval: '5s',
   maxOpenSessions: 10_000,
 } as const;
 
@@ -103,6 +106,7 @@ const ConfigFileSchema = Type.Object(
     retention: Type.Optional(Duration),
     sessionIdleTimeout: Type.Optional(Duration),
     leaseTtl: Type.Optional(Duration),
+    recoveryInterval: Type.Optional(Duration),
     maxOpenSessions: Type.Optional(Type.Integer({ minimum: 1 })),
     instanceId: Type.Optional(NonEmpty),
     token: Type.Optional(NonEmpty),
@@ -204,7 +208,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ({ name, type, options }) => ({ name, type, options: options ?? {} }),
   );
   const plugins = (file.plugins ?? []).map((plugin) => (plugin.startsWith('.') || isAbsolute(plugin) ? resolve(pluginBaseDir, plugin) : plugin));
-  const duration = (field: 'retention' | 'sessionIdleTimeout' | 'leaseTtl') =>
+  const duration = (field: 'retention' | 'sessionIdleTimeout' | 'leaseTtl' | 'recoveryInterval') =>
     file[field] === undefined ? parseDuration(DEFAULTS[field], field) : parseDuration(file[field], inFile(field));
 
   return {
@@ -223,6 +227,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     idleTimeoutMs: duration('sessionIdleTimeout'),
     maxOpenSessions: file.maxOpenSessions ?? DEFAULTS.maxOpenSessions,
     leaseTtlSeconds: duration('leaseTtl') / 1000,
+    recoveryIntervalMs: duration('recoveryInterval'),
     instanceId: file.instanceId,
     configFile,
   };

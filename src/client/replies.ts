@@ -6,7 +6,7 @@
  * @module
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
-import { Ajv } from 'ajv';
+import { Ajv, type ValidateFunction } from 'ajv';
 import * as schemas from '../http/schemas.ts';
 
 /** A committed session: the answer to commit, one-shot commit, and every replay of them. */
@@ -34,9 +34,11 @@ export class ReplyShapeError extends Error {}
 // validator understands — and Ajv is what checks them on the server side too.
 const ajv = new Ajv();
 
+/** A parser for replies of `schema`, compiled at its first use: a CLI run needs one or two of them. */
 function parser<S extends TSchema>(schema: S): (value: unknown) => Static<S> {
-  const validate = ajv.compile<Static<S>>(schema);
+  let validate: ValidateFunction<Static<S>> | undefined;
   return (value) => {
+    validate ??= ajv.compile<Static<S>>(schema);
     if (!validate(value)) throw new ReplyShapeError(ajv.errorsText(validate.errors, { dataVar: 'reply' }));
     return value;
   };

@@ -13,6 +13,7 @@ import {
   isRecoverableError,
   type ComparatorBuilder,
   type IKeyValue,
+  type IRangeResponse,
   type Lease,
   type Namespace,
   type PutBuilder,
@@ -47,6 +48,11 @@ export interface EtcdKvOptions {
    * error); a condition that did not hold is an answer.
    */
   readonly onOperation?: (op: EtcdKvOperation, durationMs: number, ok: boolean) => void;
+  /**
+   * Called when the ordering guard drops a serializable response older than a revision this
+   * client already saw (the read is then repeated as a linearizable one).
+   */
+  readonly onStaleRead?: (op: 'get' | 'list', staleRevision: number, seenRevision: number) => void;
 }
 
 /** The default key prefix of the coordinator's records. */
@@ -106,39 +112,57 @@ interface TxnOutcome {
  * After every host failed, etcd3's per-host circuit breaker fails calls at once for 5 s
  * before it tries the host again: operations reject with `UnavailableError` meanwhile,
  * and succeed again within about 5 s after etcd is back.
+ *
+ * Ordering guard (as etcd's Go `clientv3/ordering`): the client remembers the highest store
+ * revision in any response header it received. A serializable read is answered by whichever
+ * member the call reached, from that member's local state; a member that was frozen or cut
+ * off may answer from before writes this client already saw. Such a response (header
+ * revision below the highest seen) is dropped and the read is repeated as a linearizable
+ * one, which etcd answers at a revision at least as new as every write it acknowledged.
+ * Retrying rather than failing keeps listings available while one member lags; the cost is
+ * one extra round trip, only when a stale member answered.
  */
 export class EtcdKv implements Kv {
   private readonly client: Etcd3;
   private readonly ns: Namespace;
   private readonly timeoutMs: number;
   private readonly onOperation: EtcdKvOptions['onOperation'];
+  private readonly onStaleRead: EtcdKvOptions['onStaleRead'];
   private readonly buckets: LeaseBuckets;
   private readonly keptAlive = new Set<EtcdLease>();
+  private readonly floor: RevisionFloor;
 
   constructor(options: EtcdKvOptions) {
     if (options.endpoints.length === 0) throw new RangeError('EtcdKv needs at least one endpoint');
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.onOperation = options.onOperation;
+    this.onStaleRead = options.onStaleRead;
+    this.floor = new RevisionFloor();
     this.client = new Etcd3({ hosts: [...options.endpoints] });
     this.ns = this.client.namespace(options.namespace ?? DEFAULT_ETCD_NAMESPACE);
     this.buckets = new LeaseBuckets((ttl, deadline) => this.grantRaw(ttl, deadline).then((lease) => lease.id));
   }
 
-  /** {@inheritDoc Kv.get} */
+  /** {@inheritDoc Kv.get} A serializable read passes the ordering guard (class comment). */
   async get(key: string, options?: ReadOptions): Promise<KvEntry | undefined> {
-    const response = await this.rpc('get', this.deadline(), (call) =>
-      this.ns.get(key).serializable(isSerializable(options)).options(call).exec(),
+    const response = await this.read('get', options, (serializable) => (call) =>
+      this.ns.get(key).serializable(serializable).options(call).exec(),
     );
     const [found] = response.kvs;
     return found === undefined ? undefined : toEntry(key, found);
   }
 
-  /** {@inheritDoc Kv.list} */
+  /** {@inheritDoc Kv.list} A serializable read passes the ordering guard (class comment). */
   async list(prefix: string, options?: ReadOptions): Promise<KvEntry[]> {
-    const response = await this.rpc('list', this.deadline(), (call) =>
-      this.ns.getAll().prefix(prefix).sort('Key', 'Ascend').serializable(isSerializable(options)).options(call).exec(),
+    const response = await this.read('list', options, (serializable) => (call) =>
+      this.ns.getAll().prefix(prefix).sort('Key', 'Ascend').serializable(serializable).options(call).exec(),
     );
     return response.kvs.map((kv) => toEntry(kv.key.toString(), kv));
+  }
+
+  /** The highest store revision this client has seen in a response (0 before the first). */
+  get highestRevisionSeen(): number {
+    return this.floor.highest;
   }
 
   /** {@inheritDoc Kv.create} */
@@ -203,11 +227,25 @@ export class EtcdKv implements Kv {
     return Date.now() + this.timeoutMs;
   }
 
+  /** One range read under one deadline, through the ordering guard when serializable. */
+  private read(
+    op: 'get' | 'list',
+    options: ReadOptions | undefined,
+    request: (serializable: boolean) => (call: CallOptions) => Promise<IRangeResponse>,
+  ): Promise<IRangeResponse> {
+    const deadline = this.deadline();
+    const linearizable = () => this.rpc(op, deadline, request(false));
+    if (!isSerializable(options)) return this.floor.observed(linearizable());
+    return orderedRead(this.floor, () => this.rpc(op, deadline, request(true)), linearizable, (stale, seen) =>
+      this.onStaleRead?.(op, stale, seen),
+    );
+  }
+
   /** Builds and commits one etcd transaction for `ops` under one deadline. */
   private async commit(op: EtcdKvOperation, ops: readonly KvOp[]): Promise<TxnOutcome> {
     const deadline = this.deadline();
     const plan = await this.plan(ops, deadline);
-    const response = await this.rpc(op, deadline, (call) => toComparatorBuilder(this.ns, plan).options(call).commit());
+    const response = await this.floor.observed(this.rpc(op, deadline, (call) => toComparatorBuilder(this.ns, plan).options(call).commit()));
     return { succeeded: response.succeeded, revision: Number(response.header.revision) };
   }
 
@@ -249,7 +287,7 @@ export class EtcdKv implements Kv {
   }
 
   private async currentRevision(): Promise<number> {
-    const response = await this.rpc('txn', this.deadline(), (call) => this.ns.get(PING_KEY).options(call).exec());
+    const response = await this.floor.observed(this.rpc('txn', this.deadline(), (call) => this.ns.get(PING_KEY).options(call).exec()));
     return Number(response.header.revision);
   }
 
@@ -367,6 +405,55 @@ class EtcdLease implements KvLease {
     clearTimeout(this.expiryTimer);
     this.owner.keptAlive.delete(this);
   }
+}
+
+/** A response that carries etcd's header: its `revision` is the store revision it reflects. */
+export interface RevisionedResponse {
+  readonly header: { readonly revision: string | number };
+}
+
+/** The highest store revision one client has seen in a response header. Never goes down. */
+export class RevisionFloor {
+  #highest = 0;
+
+  get highest(): number {
+    return this.#highest;
+  }
+
+  /** Records the revision of a response; true when it is older than one seen before (stale). */
+  observe(response: RevisionedResponse): boolean {
+    const revision = Number(response.header.revision);
+    if (revision < this.#highest) return true;
+    this.#highest = revision;
+    return false;
+  }
+
+  /** Records the revision of `response` once it arrives and passes it on. */
+  async observed<T extends RevisionedResponse>(response: Promise<T>): Promise<T> {
+    const answer = await response;
+    this.observe(answer);
+    return answer;
+  }
+}
+
+/**
+ * The ordering guard of a serializable read: its answer is used unless it is older than the
+ * revision `floor` had seen when the read was sent (answers to calls running at the same
+ * time may legitimately be newer); then `onStale` is told and the linearizable read answers.
+ */
+export async function orderedRead<T extends RevisionedResponse>(
+  floor: RevisionFloor,
+  serializable: () => Promise<T>,
+  linearizable: () => Promise<T>,
+  onStale?: (staleRevision: number, seenRevision: number) => void,
+): Promise<T> {
+  const seen = floor.highest;
+  const answer = await serializable();
+  floor.observe(answer);
+  const revision = Number(answer.header.revision);
+  if (revision >= seen) return answer;
+  onStale?.(revision, seen);
+  return floor.observed(linearizable());
 }
 
 /** One shared, not-kept-alive lease per TTL, replaced after its bucket width. */

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Logger } from 'pino';
-import { AlreadyCommittedError } from '../committer/errors.ts';
+import { AlreadyCommittedError, CommitdError } from '../committer/errors.ts';
 import { describeKey, toHex } from '../committer/keys.ts';
 import type { Kv } from '../committer/kv.ts';
 import { VersionMismatchError } from '../committer/kv-errors.ts';
@@ -272,8 +272,14 @@ export class Coordinator implements SessionCoordinator {
     return this.#stores.list();
   }
 
-  addStore(definition: StoreDefinition): Promise<StoreInfo> {
-    return this.#stores.add(definition);
+  async addStore(definition: StoreDefinition): Promise<StoreInfo> {
+    try {
+      return await this.#stores.add(definition);
+    } catch (err) {
+      // A store that cannot open (bad options, server unreachable) is the request's problem.
+      if (err instanceof CommitdError && err.code === 'STORE_OPEN_FAILED') throw new InvalidRequestError(err.message);
+      throw err;
+    }
   }
 
   async removeStore(name: string): Promise<void> {

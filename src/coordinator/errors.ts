@@ -65,6 +65,9 @@ export class ServiceUnavailableError extends CommitdError {
   }
 }
 
+/** Codes a store step may raise that already mean what the caller should see. */
+const PASSED_THROUGH = new Set(['INVALID_REQUEST', 'PAYLOAD_TOO_LARGE', 'UNAVAILABLE', 'SESSION_BUSY', 'ALREADY_COMMITTED', 'FAILPOINT']);
+
 /**
  * Turns an error from a store step into what the caller should see: a rejected change is a
  * conflict, input errors stay as they are, anything else (connection lost, disk) is a
@@ -77,7 +80,7 @@ export function storeError(store: string, err: unknown): Error {
       return new StoreConflictError(store, err.message, detail, { cause: err });
     }
     if (err.code === 'NOT_CANONICALIZABLE') return new InvalidRequestError(`store ${JSON.stringify(store)}: ${err.message}`);
-    return err;
+    if (PASSED_THROUGH.has(err.code)) return err;
   }
   const message = err instanceof Error ? err.message : String(err);
   return new ServiceUnavailableError(`store ${JSON.stringify(store)} failed: ${message}`, 1, { cause: err });

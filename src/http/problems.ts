@@ -46,6 +46,9 @@ const byErrorCode: Readonly<Record<string, Mapping>> = {
   ALREADY_COMMITTED: { status: 422, code: 'key_reused' },
   PAYLOAD_TOO_LARGE: { status: 413, code: 'payload_too_large' },
   UNAVAILABLE: { status: 503, code: 'unavailable' },
+  // Passing conditions a retry can get past: a store's lock held elsewhere, an injected fault.
+  STORE_BUSY: { status: 503, code: 'unavailable' },
+  FAILPOINT: { status: 503, code: 'unavailable' },
 };
 
 /** Members a store's own detail fields must not overwrite; such a field is renamed `storeCode`, `storeDetail`, … */

@@ -215,7 +215,8 @@ export const Problem = Type.Object(
   { additionalProperties: true },
 );
 
-export type Problem = Static<typeof Problem>;
+/** A problem with its extension members (TypeBox's `Static` leaves out `additionalProperties`). */
+export type Problem = Static<typeof Problem> & { readonly [member: string]: unknown };
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
 

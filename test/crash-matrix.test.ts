@@ -1,0 +1,105 @@
+/**
+ * The crash matrix: for every failpoint × 1, 2 and 3 stores, a one-shot commit and an
+ * interactive session are SIGKILLed there; after a restart the session ends committed
+ * exactly once with the session ID its changes define — or, when the crash came before
+ * the commit point, absent, and a retry commits it. Both KV backends.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
+import { logSessionId } from '../src/coordinator/coordinator.ts';
+import { makeTempDir, removeTempDir } from './harness/child.ts';
+import { startProcess, type ProcessServiceOptions } from './support/process.ts';
+import { KV_BACKENDS, sharedEtcdServer, skipUnless, sqliteStores } from './support/service.ts';
+
+type Mode = 'one-shot' | 'interactive';
+
+function pointsFor(storeCount: number): string[] {
+  const afterStores = Array.from({ length: storeCount }, (_, i) => `commit.afterStore.${i + 1}`);
+  return ['begin.afterRecord', 'commit.afterIntent', ...afterStores, 'commit.beforeResult', 'recovery.afterAdopt'];
+}
+
+/** Before the commit point only an interactive session's first record exists: it is cancelled. */
+const endsAbsent = (point: string, mode: Mode) => point === 'begin.afterRecord' && mode === 'interactive';
+
+function countRows(dir: string, store: string, key: string): number {
+  const db = new Database(join(dir, `${store}.db`), { readonly: true });
+  try {
+    return (db.prepare('SELECT count(*) AS n FROM t WHERE k = ?').get(key) as { n: number }).n;
+  } finally {
+    db.close();
+  }
+}
+
+async function runSession(request: (m: string, p: string, b?: unknown) => Promise<{ status: number; body: Record<string, unknown> }>, mode: Mode, key: string, changes: Record<string, unknown[]>) {
+  if (mode === 'one-shot') return request('POST', '/v1/commits', { key, changes });
+  await request('POST', '/v1/sessions', { key, stores: Object.keys(changes) });
+  for (const [store, list] of Object.entries(changes)) await request('POST', `/v1/sessions/${key}/changes`, { store, changes: list });
+  return request('POST', `/v1/sessions/${key}/commit`);
+}
+
+for (const kv of KV_BACKENDS) {
+  describe(`crash matrix (${kv} KV)`, { skip: skipUnless(kv) }, () => {
+    const root = makeTempDir('matrix');
+    let etcd: ProcessServiceOptions['etcd'];
+    before(async () => {
+      if (kv === 'etcd') etcd = { endpoints: (await sharedEtcdServer()).endpoints, namespace: `/matrix-${randomUUID()}/` };
+    });
+    after(() => removeTempDir(root));
+
+    for (const storeCount of [1, 2, 3]) {
+      for (const point of pointsFor(storeCount)) {
+        for (const mode of ['one-shot', 'interactive'] as const) {
+          it(`${storeCount} store(s), ${mode}, SIGKILL at ${point}`, async () => {
+            const dir = join(root, `${storeCount}-${point}-${mode}`);
+            mkdirSync(dir, { recursive: true });
+            const names = ['s1', 's2', 's3'].slice(0, storeCount);
+            const stores = sqliteStores(dir, names);
+            for (const { options } of stores) {
+              const db = new Database((options as { path: string }).path);
+              db.exec('CREATE TABLE t(k TEXT, n INTEGER)');
+              db.close();
+            }
+            const options: ProcessServiceOptions = { dir, stores, etcd: etcd && { ...etcd, namespace: `${etcd.namespace}${storeCount}/${point}/${mode}/` } };
+            const key = `m-${storeCount}-${mode}-${point}`;
+            const changes = Object.fromEntries(names.map((name, i) => [name, [{ sql: 'INSERT INTO t(k, n) VALUES (?, ?)', params: [key, i] }]]));
+            const expectedId = logSessionId(changes);
+
+            // recovery.afterAdopt needs a session to adopt: crash it after its commit point first.
+            const firstPoint = point === 'recovery.afterAdopt' ? 'commit.afterIntent' : point;
+            const doomed = await startProcess(options, `${firstPoint}=crash`);
+            await assert.rejects(runSession(doomed.request, mode, key, changes), 'the request must die with the process');
+            assert.equal((await doomed.process.waitForExit(20_000)).signal, 'SIGKILL');
+            if (point === 'recovery.afterAdopt') {
+              const adopter = await startProcess(options, 'recovery.afterAdopt=crash', false);
+              assert.equal((await adopter.process.waitForExit(20_000)).signal, 'SIGKILL', 'recovery at start-up must reach the failpoint');
+            }
+
+            const restarted = await startProcess(options);
+            try {
+              let shown = await restarted.request('GET', `/v1/sessions/${key}`);
+              if (endsAbsent(point, mode)) {
+                assert.equal(shown.status, 404, JSON.stringify(shown.body));
+                for (const name of names) assert.equal(countRows(dir, name, key), 0);
+                const retried = await runSession(restarted.request, mode, key, changes);
+                assert.equal(retried.status, 200, JSON.stringify(retried.body));
+                shown = await restarted.request('GET', `/v1/sessions/${key}`);
+              }
+              assert.equal(shown.status, 200, JSON.stringify(shown.body));
+              assert.equal(shown.body.state, 'committed');
+              assert.equal(shown.body.sessionId, expectedId);
+              const again = await runSession(restarted.request, 'one-shot', key, changes);
+              assert.equal(again.body.sessionId, expectedId, 'a retry answers the committed result');
+              for (const name of names) assert.equal(countRows(dir, name, key), 1, `${name} must hold the row exactly once`);
+            } finally {
+              await restarted.process.stop();
+            }
+          });
+        }
+      }
+    }
+  });
+}
