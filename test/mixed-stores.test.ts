@@ -1,0 +1,102 @@
+/**
+ * A mixed session — postgres + redis + etcd + sqlite — SIGKILLed after the second of the
+ * four stores committed: after a restart every store holds its data exactly once (a Redis
+ * INCR included) and the session ID is the one its changes define. Both KV backends.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
+import { Etcd3 } from 'etcd3';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { logSessionId } from '../src/coordinator/coordinator.ts';
+import { makeTempDir, removeTempDir } from './harness/child.ts';
+import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
+import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
+import { startProcess } from './support/process.ts';
+import { KV_BACKENDS, sharedEtcdServer, skipUnless } from './support/service.ts';
+
+function serversMissing(): string | false {
+  const missing = [!postgresBinDir() && 'PostgreSQL', !redisBinary() && 'redis-server'].filter(Boolean);
+  if (missing.length === 0) return false;
+  const reason = `${missing.join(' and ')} not found`;
+  if (process.env.CI === 'true') throw new Error(`required for CI: ${reason}`);
+  return reason;
+}
+
+describe('a mixed four-store session crashed after the second store', { skip: serversMissing() }, () => {
+  let postgres: PostgresServer;
+  let redis: RedisServer;
+  const root = makeTempDir('mixed');
+
+  before(async () => {
+    [postgres, redis] = await Promise.all([startPostgres(), startRedis()]);
+    const client = new pg.Client({ connectionString: postgres.connectionString });
+    await client.connect();
+    await client.query('CREATE TABLE orders(k TEXT, total INTEGER)');
+    await client.end();
+  });
+  after(async () => {
+    await Promise.all([postgres?.cleanup(), redis?.cleanup()]);
+    await removeTempDir(root);
+  });
+
+  for (const kv of KV_BACKENDS) {
+    it(`commits every store exactly once after a restart (${kv} KV)`, { skip: skipUnless(kv) }, async () => {
+      const dir = join(root, kv);
+      const etcd = await sharedEtcdServer();
+      const flagsPrefix = `/flags-${randomUUID()}/`;
+      const ledger = join(dir, 'ledger.db');
+      const stores = [
+        { name: 'cache', type: 'redis', options: { url: redis.url } },
+        { name: 'flags', type: 'etcd', options: { endpoints: etcd.endpoints, prefix: flagsPrefix } },
+        { name: 'ledger', type: 'sqlite', options: { path: ledger } },
+        { name: 'orders', type: 'postgres', options: { connectionString: postgres.connectionString } },
+      ];
+      const options = { dir, stores, etcd: kv === 'etcd' ? { endpoints: etcd.endpoints, namespace: `/mixed-${randomUUID()}/` } : undefined };
+      const setup = await startProcess(options);
+      assert.equal((await setup.request('POST', '/v1/commits', { key: `schema-${kv}`, changes: { ledger: [{ sql: 'CREATE TABLE entries(k TEXT, amount INTEGER)' }] } })).status, 200);
+      await setup.process.stop();
+
+      const key = `mixed-${kv}`;
+      const counter = `visits-${kv}`;
+      const changes = {
+        cache: [{ command: ['INCR', counter] }],
+        flags: [{ op: 'put', key: `feature-${kv}`, value: 'on' }],
+        ledger: [{ sql: 'INSERT INTO entries(k, amount) VALUES (?, ?)', params: [key, 5] }],
+        orders: [{ sql: 'INSERT INTO orders(k, total) VALUES ($1, $2)', params: [key, 5] }],
+      };
+      const doomed = await startProcess(options, 'commit.afterStore.2=crash');
+      await assert.rejects(doomed.request('POST', '/v1/commits', { key, changes }));
+      assert.equal((await doomed.process.waitForExit(20_000)).signal, 'SIGKILL');
+
+      const restarted = await startProcess(options);
+      const redisClient = new Redis(redis.url);
+      const etcdClient = new Etcd3({ hosts: etcd.endpoints });
+      const pgClient = new pg.Client({ connectionString: postgres.connectionString });
+      try {
+        const shown = await restarted.request('GET', `/v1/sessions/${key}`);
+        assert.equal(shown.status, 200, JSON.stringify(shown.body));
+        assert.equal(shown.body.state, 'committed');
+        assert.equal(shown.body.sessionId, logSessionId(changes));
+        const retried = await restarted.request('POST', '/v1/commits', { key, changes });
+        assert.equal(retried.body.sessionId, logSessionId(changes));
+
+        assert.equal(await redisClient.get(counter), '1', 'INCR applied exactly once');
+        assert.equal(await etcdClient.get(`${flagsPrefix}feature-${kv}`).string(), 'on');
+        const db = new Database(ledger, { readonly: true });
+        assert.equal((db.prepare('SELECT count(*) AS n FROM entries WHERE k = ?').get(key) as { n: number }).n, 1);
+        db.close();
+        await pgClient.connect();
+        assert.equal((await pgClient.query('SELECT count(*)::int AS n FROM orders WHERE k = $1', [key])).rows[0].n, 1);
+      } finally {
+        redisClient.disconnect();
+        etcdClient.close();
+        await pgClient.end().catch(() => undefined);
+        await restarted.process.stop();
+      }
+    });
+  }
+});
