@@ -6,6 +6,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
+import { pino } from 'pino';
+import { createService } from '../src/service.ts';
+import { makeTempDir, removeTempDir } from './harness/child.ts';
+import { startEtcd } from './harness/etcd.ts';
 import { KV_BACKENDS, skipUnless, startTestService, type TestService } from './support/service.ts';
 
 const insert = (table: string, id: number) => ({ sql: `INSERT INTO ${table}(id) VALUES (?)`, params: [id] });
@@ -133,3 +137,52 @@ for (const kv of KV_BACKENDS) {
     });
   });
 }
+
+describe('idle timeout and readiness', () => {
+  it('an abandoned session is cancelled after the idle timeout', async () => {
+    const service = await startTestService({ kv: 'sqlite', idleTimeoutMs: 300 });
+    try {
+      const begun = await service.app.inject({ method: 'POST', url: '/v1/sessions', payload: { key: 'idle-1' } });
+      assert.equal(begun.statusCode, 201);
+      const deadline = Date.now() + 10_000;
+      let status = 200;
+      while (status !== 404 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        status = (await service.app.inject({ method: 'GET', url: '/v1/sessions/idle-1' })).statusCode;
+      }
+      assert.equal(status, 404, 'the idle session must be cancelled');
+      assert.match((await service.app.inject({ method: 'GET', url: '/metrics' })).body, /commitd_sessions_cancelled_total\{reason="idle"\} 1/);
+    } finally {
+      await service.dispose();
+    }
+  });
+
+  it('/readyz answers 503 while etcd is down and 200 once it is back', { skip: skipUnless('etcd') }, async () => {
+    const etcd = await startEtcd();
+    const dir = makeTempDir('ready');
+    const service = await createService(
+      { dataDir: dir, host: '127.0.0.1', stores: [], plugins: [], retentionSeconds: 60, idleTimeoutMs: 60_000, maxOpenSessions: 10, leaseTtlSeconds: 5, kvTimeoutMs: 1000, etcd: { endpoints: etcd.endpoints, namespace: '/ready/' } },
+      pino({ level: 'silent' }),
+    );
+    try {
+      assert.equal((await service.app.inject({ method: 'GET', url: '/readyz' })).statusCode, 200);
+      await etcd.kill();
+      const down = await service.app.inject({ method: 'GET', url: '/readyz' });
+      assert.equal(down.statusCode, 503);
+      assert.ok(down.headers['retry-after']);
+      assert.equal((await service.app.inject({ method: 'GET', url: '/healthz' })).statusCode, 200, 'liveness stays up');
+      await etcd.restart();
+      const deadline = Date.now() + 20_000;
+      let status = 503;
+      while (status !== 200 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        status = (await service.app.inject({ method: 'GET', url: '/readyz' })).statusCode;
+      }
+      assert.equal(status, 200, 'ready again once etcd is back');
+    } finally {
+      await service.close().catch(() => undefined);
+      await etcd.cleanup();
+      await removeTempDir(dir);
+    }
+  });
+});
