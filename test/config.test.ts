@@ -51,6 +51,7 @@ describe('loadConfig', () => {
       idleTimeoutMs: 60000,
       maxOpenSessions: 10000,
       leaseTtlSeconds: 10,
+      recoveryIntervalMs: 5000,
       instanceId: undefined,
       configFile: undefined,
     });

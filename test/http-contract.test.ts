@@ -8,7 +8,13 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
+import { ChangeRejectedError } from '../src/committables/helper.ts';
+import { IdempotencyKeyMismatchError } from '../src/committer/errors.ts';
+import { UnavailableError } from '../src/committer/kv-errors.ts';
+import { NotCanonicalizableError } from '../src/committer/session-id.ts';
+import { ServiceUnavailableError, StoreConflictError } from '../src/coordinator/errors.ts';
 import { isLoopbackHost } from '../src/http/auth.ts';
+import { problemFor } from '../src/http/problems.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { KV_BACKENDS, skipUnless, startTestService, type KvBackend, type TestService } from './support/service.ts';
 
@@ -563,5 +569,41 @@ describe('HTTP API v1: serving without a token', () => {
     } finally {
       await service.dispose();
     }
+  });
+});
+
+/** Mapping rows the real coordinator cannot be made to produce on demand. */
+describe('HTTP API v1: error → problem mapping', () => {
+  it('maps both unavailable errors to 503 with Retry-After (1 s unless the error says otherwise)', () => {
+    const kvDown = problemFor(new UnavailableError('etcd unreachable'));
+    assert.equal(kvDown?.problem.status, 503);
+    assert.equal(kvDown?.problem.code, 'unavailable');
+    assert.equal(kvDown?.headers['retry-after'], '1');
+    assert.equal(problemFor(new ServiceUnavailableError('busy', 7))?.headers['retry-after'], '7');
+    assert.equal(problemFor(new ServiceUnavailableError('busy', 0.2))?.headers['retry-after'], '1');
+  });
+
+  it('maps core errors that may surface through the coordinator', () => {
+    assert.equal(problemFor(new IdempotencyKeyMismatchError('a', 'b'))?.problem.code, 'key_reused');
+    assert.equal(problemFor(new IdempotencyKeyMismatchError('a', 'b'))?.problem.status, 422);
+    assert.equal(problemFor(new NotCanonicalizableError('NaN'))?.problem.status, 400);
+    const rejected = problemFor(new ChangeRejectedError('UNIQUE constraint failed', { code: 'SQLITE_CONSTRAINT_UNIQUE', change: 1 }));
+    assert.equal(rejected?.problem.status, 409);
+    assert.equal(rejected?.problem.code, 'store_conflict');
+    assert.equal(rejected?.problem.storeCode, 'SQLITE_CONSTRAINT_UNIQUE', 'a store detail never overwrites a problem member');
+    assert.equal(rejected?.problem.change, 1);
+  });
+
+  it('keeps the store and its detail fields as extension members of a store conflict', () => {
+    const conflict = problemFor(new StoreConflictError('orders', 'duplicate key', { sqlstate: '23505', detail: 'Key (id)=(1) exists' }));
+    assert.equal(conflict?.problem.store, 'orders');
+    assert.equal(conflict?.problem.sqlstate, '23505');
+    assert.equal(conflict?.problem.storeDetail, 'Key (id)=(1) exists');
+    assert.match(String(conflict?.problem.detail), /duplicate key/);
+  });
+
+  it('leaves anything unexpected to the 500 path', () => {
+    assert.equal(problemFor(new TypeError('undefined is not a function')), undefined);
+    assert.equal(problemFor('a string'), undefined);
   });
 });

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { AlreadyCommittedError, CommitdError } from '../committer/errors.ts';
 import { describeKey, toHex } from '../committer/keys.ts';
 import type { Kv } from '../committer/kv.ts';
-import { VersionMismatchError } from '../committer/kv-errors.ts';
+import { ConstraintViolatedError, VersionMismatchError } from '../committer/kv-errors.ts';
 import { compareNames } from '../committer/multi-committer.ts';
 import { canonicalJson, sessionId, storeId } from '../committer/session-id.ts';
 import type { Store, StoreSession } from '../committables/types.ts';
@@ -257,13 +257,21 @@ export class Coordinator implements SessionCoordinator {
     if (result) return committedView(key, result);
     if (!record) throw new SessionNotFoundError(key);
     if (record.state !== 'failed') throw new SessionBusyError(key, record.owner, `the session is ${record.state}, not failed`);
+    // Both writes compare the revision read above; losing to a concurrent resolve (another
+    // operator, another instance) is a 409, not an unmapped KV error (a 500).
+    const raced = (err: unknown): never => {
+      if (err instanceof VersionMismatchError || err instanceof ConstraintViolatedError) {
+        throw new SessionBusyError(key, record.owner, 'another request resolved or changed the session first; read it again');
+      }
+      throw err;
+    };
     if (action === 'abandon') {
-      await this.#kv.txn([{ type: 'delete', key: recordKeys.session(key), revision }, ...(await deleteLogOps(this.#kv, key, record))]);
+      await this.#kv.txn([{ type: 'delete', key: recordKeys.session(key), revision }, ...(await deleteLogOps(this.#kv, key, record))]).catch(raced);
       this.#logger.warn({ key }, 'failed session abandoned by an operator');
       return { key, state: 'abandoned' };
     }
     const retried: SessionRecord = { ...record, state: 'committing', owner: this.instanceId, error: undefined };
-    const newRevision = await this.#kv.update(recordKeys.session(key), JSON.stringify(retried), revision);
+    const newRevision = await this.#kv.update(recordKeys.session(key), JSON.stringify(retried), revision).catch(raced);
     const outcome = await this.#singleFlight(key, () => this.#rollForward(key, retried, newRevision));
     return this.#answerRecovery(key, outcome);
   }
@@ -532,6 +540,8 @@ export class Coordinator implements SessionCoordinator {
     if (!sameNames(record.stores, names)) throw new KeyReusedError(key, `with stores ${record.stores.join(', ')}`);
     const adopted = await this.#adopt(key, record, revision);
     if (!adopted) throw new SessionBusyError(key, record.owner, 'another instance adopted it first');
+    // Work a dead owner prepared before its commit point must not commit with the resumed session.
+    await this.#resolveOrphans();
     this.#assertNotLocal(key);
     const session = this.#open({ key, names, oneShot: false, fingerprint: record.fingerprint, adopted });
     try {

@@ -68,8 +68,8 @@ class StoreStep implements Committable {
     return id;
   }
 
-  cancel(): Promise<void> {
-    return this.inner.cancel();
+  async cancel(): Promise<void> {
+    await this.inner.cancel().catch((err: unknown) => Promise.reject(storeError(this.name, err)));
   }
 }
 

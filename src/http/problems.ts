@@ -37,6 +37,10 @@ const byErrorCode: Readonly<Record<string, Mapping>> = {
   NOT_FOUND: { status: 404, code: 'not_found' },
   NOT_IN_SESSION: { status: 404, code: 'not_found' },
   SESSION_BUSY: { status: 409, code: 'session_busy' },
+  // A record changed under a compare-revision write: another instance got there first.
+  VERSION_MISMATCH: { status: 409, code: 'session_busy' },
+  CONSTRAINT_VIOLATED: { status: 409, code: 'session_busy' },
+  ALREADY_EXISTS: { status: 409, code: 'session_busy' },
   IN_SESSION: { status: 409, code: 'session_busy' },
   STORE_CONFLICT: { status: 409, code: 'store_conflict' },
   CHANGE_REJECTED: { status: 409, code: 'store_conflict' },
