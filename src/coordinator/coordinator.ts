@@ -473,7 +473,8 @@ export class Coordinator implements SessionCoordinator {
         throw err;
       }
       try {
-        await session.writeCommitPoint(logSessionId(session.log));
+        // A one-shot session's fingerprint already is the session ID of its log.
+        await session.writeCommitPoint(session.oneShot ? session.fingerprint : logSessionId(session.log));
       } catch (err) {
         // Unknown whether the commit point landed: release the stores, keep the record,
         // and let recovery decide from it (committing → roll forward, active → cancel).
