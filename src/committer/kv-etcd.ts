@@ -20,6 +20,7 @@ import {
   type DeleteBuilder,
 } from 'etcd3';
 import type { Kv, KvEntry, KvLease, KvOp, ReadOptions, WriteOptions } from './kv.ts';
+import { assertDistinctKeys, assertTtl, describeTxnFailure } from './kv-checks.ts';
 import {
   AlreadyExistsError,
   ConstraintViolatedError,
@@ -517,28 +518,13 @@ function toComparatorBuilder(ns: Namespace, plan: TxnPlan): ComparatorBuilder {
   return builder.then(...plan.writes);
 }
 
-/** Rejects a transaction that names a key twice, which etcd would refuse or misapply. */
-function assertDistinctKeys(ops: readonly KvOp[]): void {
-  const seen = new Set<string>();
-  for (const op of ops) {
-    if (seen.has(op.key)) throw new TypeError(`duplicate key in transaction: ${JSON.stringify(op.key)}`);
-    seen.add(op.key);
-  }
-}
 
-function describeTxnFailure(ops: readonly KvOp[]): string {
-  const keys = ops.map((op) => JSON.stringify(op.key)).join(', ');
-  return `transaction constraint violated on keys ${keys}: nothing was applied`;
-}
 
 /** Revisions that a stored value can have: etcd's start at 1. */
 function isRevision(revision: number): boolean {
   return Number.isSafeInteger(revision) && revision >= 1;
 }
 
-function assertTtl(ttlSeconds: number): void {
-  if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) throw new RangeError(`TTL must be a positive number of seconds, got ${ttlSeconds}`);
-}
 
 function isSerializable(options: ReadOptions | undefined): boolean {
   return options?.consistency === 'serializable';

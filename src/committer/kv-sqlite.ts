@@ -11,6 +11,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Kv, KvEntry, KvLease, KvOp, WriteOptions } from './kv.ts';
+import { assertDistinctKeys, assertTtl, describeTxnFailure } from './kv-checks.ts';
 import {
   AlreadyExistsError,
   ConstraintViolatedError,
@@ -407,23 +408,8 @@ function holdsCheck(op: Extract<KvOp, { type: 'check' }>, current: KvEntry | und
   return current !== undefined && (op.revision === undefined || current.revision === op.revision);
 }
 
-/** Rejects a transaction that names a key twice, as the etcd backend does. */
-function assertDistinctKeys(ops: readonly KvOp[]): void {
-  const seen = new Set<string>();
-  for (const op of ops) {
-    if (seen.has(op.key)) throw new TypeError(`duplicate key in transaction: ${JSON.stringify(op.key)}`);
-    seen.add(op.key);
-  }
-}
 
-function describeTxnFailure(ops: readonly KvOp[]): string {
-  const keys = ops.map((op) => JSON.stringify(op.key)).join(', ');
-  return `transaction constraint violated on keys ${keys}: nothing was applied`;
-}
 
-function assertTtl(ttlSeconds: number): void {
-  if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) throw new RangeError(`TTL must be a positive number of seconds, got ${ttlSeconds}`);
-}
 
 function ttlMs(ttlSeconds: number): number {
   return Math.ceil(ttlSeconds * 1000);
