@@ -1,0 +1,516 @@
+/**
+ * `npm run bench`: commitd against its floor, with its own etcd (the test harness).
+ *
+ * For each pass (a KV mode, on disk or on tmpfs) and each concurrency it runs, interleaved
+ * round after round for the same window: the in-process floor (`floor.ts`, in this
+ * process), the same I/O with the stores' locks held across the commit point ("held"), and
+ * commitd as a child process over HTTP with a keep-alive client (in this process). Cells
+ * report the median over rounds; the ratio is the median of each round's commitd/floor,
+ * which pairs measurements taken seconds apart on a shared, noisy machine. Then: the
+ * hashing microbenchmark, the KV round trips per one-shot session (counted on a real run),
+ * CPU profiles of the server, and its resident memory after 10k and 100k sessions.
+ * Prints a table on stdout, progress on stderr, and writes `bench/results.json`.
+ *
+ * Settings (environment): BENCH_SECONDS (measured window per cell, 2.5), BENCH_WARMUP
+ * (0.5), BENCH_ROUNDS (4), BENCH_CONCURRENCY ("1,16,64"), BENCH_MODES ("etcd,embedded":
+ * data on disk), BENCH_TMPFS_MODES ("embedded": data on /dev/shm, fsync free; "" skips),
+ * BENCH_PAYLOAD (bytes per row, 100), BENCH_RSS_SESSIONS ("10000,100000"; "0" skips),
+ * BENCH_RSS_CONCURRENCY (64), BENCH_PROFILE (1; 0 skips), BENCH_PROFILE_CONCURRENCY (16),
+ * BENCH_OUT (bench/results.json).
+ * @module
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
+import type { Kv } from '../src/committer/kv.ts';
+import { EtcdKv } from '../src/committer/kv-etcd.ts';
+import { SqliteKv } from '../src/committer/kv-sqlite.ts';
+import { startEtcd, type EtcdServer } from '../test/harness/etcd.ts';
+import { KeepAliveClient } from './client.ts';
+import { Floor, type FloorOrder } from './floor.ts';
+import { benchHashing, hashingSink, type HashingResult } from './hashing.ts';
+import { quantile, runClosedLoop, runCount, type LoadResult } from './load.ts';
+import { profileClockUs, summariseProfile, type ProfileSummary } from './profile.ts';
+import { startCommitd, type CommitdProcess } from './server.ts';
+import { STORE_NAMES, createStoreFile, keyOf, oneShotBody, payloadOf } from './workload.ts';
+
+type Mode = 'etcd' | 'embedded';
+type Medium = 'disk' | 'tmpfs';
+
+/** One KV mode with its data (store files, embedded KV) on one medium. */
+interface Pass {
+  readonly name: string;
+  readonly mode: Mode;
+  readonly medium: Medium;
+}
+
+const env = process.env;
+const list = (value: string) => value.split(',').filter(Boolean);
+const settings = {
+  cellSeconds: Number(env.BENCH_SECONDS ?? 2.5),
+  warmupSeconds: Number(env.BENCH_WARMUP ?? 0.5),
+  rounds: Number(env.BENCH_ROUNDS ?? 4),
+  concurrencies: list(env.BENCH_CONCURRENCY ?? '1,16,64').map(Number),
+  modes: list(env.BENCH_MODES ?? 'etcd,embedded') as Mode[],
+  tmpfsModes: list(env.BENCH_TMPFS_MODES ?? 'embedded') as Mode[],
+  payloadBytes: Number(env.BENCH_PAYLOAD ?? 100),
+  roundTripSessions: 200,
+  rssCheckpoints: list(env.BENCH_RSS_SESSIONS ?? '10000,100000').map(Number).filter((n) => n > 0),
+  rssConcurrency: Number(env.BENCH_RSS_CONCURRENCY ?? 64),
+  profile: env.BENCH_PROFILE !== '0',
+  profileConcurrency: Number(env.BENCH_PROFILE_CONCURRENCY ?? 16),
+  profileSeconds: 10,
+  hashingPayloads: [100, 10_000, 1_000_000],
+  out: env.BENCH_OUT ?? new URL('./results.json', import.meta.url).pathname,
+};
+
+const began = performance.now();
+function progress(message: string): void {
+  process.stderr.write(`[bench ${((performance.now() - began) / 1000).toFixed(0).padStart(4)} s] ${message}\n`);
+}
+
+const run = Date.now().toString(36);
+/** A pass name as part of an idempotency key (letters and digits only). */
+const keyPart = (name: string) => name.replace(/[^A-Za-z0-9]/g, '');
+const payload = payloadOf(settings.payloadBytes);
+const mib = (bytes: number) => Math.round(bytes / 1024 / 102.4) / 10;
+const round1 = (value: number) => Math.round(value * 10) / 10;
+const round2 = (value: number) => Math.round(value * 100) / 100;
+const median = (values: readonly number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length / 2;
+  return Number.isInteger(middle) && sorted.length > 0 ? ((sorted[middle - 1] as number) + (sorted[middle] as number)) / 2 : quantile(sorted, 0.5);
+};
+
+/** Where a pass keeps its files: the OS temp dir (on disk here) or /dev/shm. */
+const roots: Record<Medium, string> = {
+  disk: mkdtempSync(join(os.tmpdir(), 'commitd-bench-')),
+  tmpfs: mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'commitd-bench-')),
+};
+const removeRoots = () => {
+  for (const root of Object.values(roots)) rmSync(root, { recursive: true, force: true });
+};
+process.on('exit', removeRoots);
+
+/** One row of the table: a pass at one concurrency. Rates and latencies: medians over rounds. */
+interface Cell {
+  /** Floor sessions/s (stores' transactions back to back after the commit point). */
+  readonly floor: number;
+  /** The same I/O with the stores' write locks held across the commit point. */
+  readonly floorHeld: number;
+  /** commitd sessions/s over HTTP. */
+  readonly commitd: number;
+  /** Median of the rounds' commitd/floor. */
+  readonly ratio: number;
+  /** Median of the rounds' commitd/floorHeld. */
+  readonly ratioHeld: number;
+  /** commitd latency, ms. */
+  readonly p50: number;
+  readonly p99: number;
+  readonly floorP50: number;
+  readonly floorP99: number;
+  /** Server VmRSS after the cell's last round, MiB. */
+  readonly rss: number;
+  /**
+   * CPU time per session, µs (medians over rounds): the floor's (this process), commitd's
+   * (the server process, all threads), and the HTTP client's (this process, commitd cells).
+   * Less sensitive than sessions/s to what the rest of a shared machine does.
+   */
+  readonly floorCpuUs: number;
+  readonly commitdCpuUs: number;
+  readonly clientCpuUs: number;
+  readonly errors: number;
+  /** Each round's sessions/s, in order: floor, floorHeld, commitd. */
+  readonly rounds: readonly (readonly [number, number, number])[];
+}
+
+interface PassResult {
+  readonly mode: Mode;
+  readonly medium: Medium;
+  /** KV operations per one-shot session, counted on a real run (background ones included). */
+  readonly roundTrips: { readonly commitd: Record<string, number>; readonly floor: Record<string, number> };
+  readonly cells: Record<string, Cell>;
+}
+
+/** Counts KV operations by name through the backends' `onOperation`. */
+class OperationCounter {
+  readonly counts = new Map<string, number>();
+  readonly record = (op: string) => this.counts.set(op, (this.counts.get(op) ?? 0) + 1);
+  snapshot(): Map<string, number> {
+    return new Map(this.counts);
+  }
+}
+
+/** Per-session operation counts between two snapshots. */
+function perSession(before: Map<string, number>, after: Map<string, number>, sessions: number): Record<string, number> {
+  const result: Record<string, number> = {};
+  for (const [op, count] of after) {
+    const delta = count - (before.get(op) ?? 0);
+    if (delta > 0) result[op] = round2(delta / sessions);
+  }
+  return result;
+}
+
+function openFloorKv(mode: Mode, etcd: EtcdServer | undefined, dir: string, counter: OperationCounter): Kv {
+  if (mode === 'etcd') {
+    if (!etcd) throw new Error('etcd mode needs etcd');
+    return new EtcdKv({ endpoints: etcd.endpoints, namespace: `/bench-floor-${run}-${dir.split('/').at(-2)}/`, onOperation: counter.record });
+  }
+  return new SqliteKv({ path: join(dir, 'coordinator.db'), onOperation: counter.record });
+}
+
+function storeFiles(dir: string): Record<string, string> {
+  mkdirSync(dir, { recursive: true });
+  const files = Object.fromEntries(STORE_NAMES.map((name) => [name, join(dir, `${name}.db`)]));
+  for (const path of Object.values(files)) createStoreFile(path);
+  return files;
+}
+
+let servers = 0;
+async function launchCommitd(mode: Mode, etcd: EtcdServer | undefined, dir: string, cpuProfileDir?: string): Promise<CommitdProcess> {
+  servers += 1;
+  return startCommitd({
+    dir,
+    stores: storeFiles(dir),
+    ...(mode === 'etcd' && etcd ? { etcd: { endpoints: etcd.endpoints, namespace: `/bench-commitd-${run}-${servers}/` } } : {}),
+    ...(cpuProfileDir ? { cpuProfileDir } : {}),
+  });
+}
+
+/** One session through commitd: `POST /v1/commits`, expecting 200 committed. */
+function commitdSession(client: KeepAliveClient, cell: string): (n: number) => Promise<void> {
+  return async (n) => {
+    const reply = await client.post('/v1/commits', oneShotBody(keyOf(run, cell, n), payload));
+    if (reply.status !== 200) throw new Error(`HTTP ${reply.status}: ${reply.body.slice(0, 300)}`);
+  };
+}
+
+function floorSession(floor: Floor, cell: string): (n: number) => Promise<void> {
+  return (n) => floor.session(keyOf(run, cell, n), payload);
+}
+
+function cellLoad(concurrency: number, session: (n: number) => Promise<void>): Promise<LoadResult> {
+  return runClosedLoop({ concurrency, warmupMs: settings.warmupSeconds * 1000, durationMs: settings.cellSeconds * 1000, session });
+}
+
+function describeLoad(result: LoadResult): string {
+  const errors = result.errors > 0 ? `, ${result.errors} errors (${result.firstError})` : '';
+  return `${result.perSecond.toFixed(0).padStart(5)}/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms${errors}`;
+}
+
+async function benchPass(pass: Pass, etcd: EtcdServer | undefined): Promise<PassResult> {
+  const dir = join(roots[pass.medium], pass.mode);
+  const floorDir = join(dir, 'floor');
+  const floorStores = Object.values(storeFiles(floorDir));
+  const counter = new OperationCounter();
+  const kv = openFloorKv(pass.mode, etcd, floorDir, counter);
+  const floors: Record<FloorOrder, Floor> = {
+    'back-to-back': new Floor({ kv, storePaths: floorStores, order: 'back-to-back' }),
+    held: new Floor({ kv, storePaths: floorStores, order: 'held' }),
+  };
+  progress(`${pass.name}: starting commitd`);
+  const server = await launchCommitd(pass.mode, etcd, join(dir, 'commitd'));
+  const client = new KeepAliveClient(server.url, Math.max(...settings.concurrencies));
+  try {
+    // Round trips per one-shot session, one session at a time so background work stands out.
+    const sessions = settings.roundTripSessions;
+    const serverBefore = await server.kvOperations();
+    const counted = await runCount({ concurrency: 1, total: sessions, session: commitdSession(client, `${keyPart(pass.name)}-rt`) });
+    const commitdTrips = perSession(serverBefore, await server.kvOperations(), sessions);
+    const floorBefore = counter.snapshot();
+    const floorCounted = await runCount({ concurrency: 1, total: sessions, session: floorSession(floors['back-to-back'], `${keyPart(pass.name)}-rtf`) });
+    const floorTrips = perSession(floorBefore, counter.snapshot(), sessions);
+    for (const outcome of [counted, floorCounted]) {
+      if (outcome.errors > 0) throw new Error(`${pass.name}: ${outcome.errors} of ${sessions} sessions failed while counting round trips: ${outcome.firstError}`);
+    }
+    progress(`${pass.name}: KV operations per one-shot session: commitd ${JSON.stringify(commitdTrips)}, floor ${JSON.stringify(floorTrips)}`);
+
+    const results = new Map<number, { floor: LoadResult[]; held: LoadResult[]; commitd: LoadResult[] }>(
+      settings.concurrencies.map((c) => [c, { floor: [], held: [], commitd: [] }]),
+    );
+    const rss = new Map<number, number>();
+    // CPU µs per session: the floor's in this process, commitd's in the server, and the client's.
+    const cpu = new Map<number, { floor: number[]; commitd: number[]; client: number[] }>(
+      settings.concurrencies.map((c) => [c, { floor: [], commitd: [], client: [] }]),
+    );
+    const benchCpu = () => {
+      const usage = process.cpuUsage();
+      return usage.user + usage.system;
+    };
+    for (let round = 1; round <= settings.rounds; round++) {
+      for (const concurrency of settings.concurrencies) {
+        const cell = (variant: string) => `${keyPart(pass.name)}-${variant}-c${concurrency}-r${round}`;
+        const label = `${pass.name} c=${concurrency} round ${round}/${settings.rounds}`;
+        const mine = results.get(concurrency) as { floor: LoadResult[]; held: LoadResult[]; commitd: LoadResult[] };
+        // The variants take turns going first, so no one of them always runs after the same neighbour.
+        const cpuOf = cpu.get(concurrency) as { floor: number[]; commitd: number[]; client: number[] };
+        const variants = [
+          { name: 'floor     ', results: mine.floor, session: floorSession(floors['back-to-back'], cell('floor')), cpu: { work: benchCpu, into: cpuOf.floor } },
+          { name: 'floor held', results: mine.held, session: floorSession(floors.held, cell('held')) },
+          { name: 'commitd   ', results: mine.commitd, session: commitdSession(client, cell('commitd')), cpu: { work: server.cpuMicros, into: cpuOf.commitd } },
+        ];
+        for (let turn = 0; turn < variants.length; turn++) {
+          const variant = variants[(turn + round - 1) % variants.length] as (typeof variants)[number];
+          const workBefore = variant.cpu?.work();
+          const clientBefore = benchCpu();
+          const load = await cellLoad(concurrency, variant.session);
+          if (variant.cpu && workBefore !== undefined) variant.cpu.into.push((variant.cpu.work() - workBefore) / load.completed);
+          if (variant.results === mine.commitd) cpuOf.client.push((benchCpu() - clientBefore) / load.completed);
+          progress(`${label} ${variant.name} ${describeLoad(load)}`);
+          variant.results.push(load);
+        }
+        rss.set(concurrency, server.rssBytes());
+      }
+    }
+    const cells: Record<string, Cell> = {};
+    for (const [concurrency, mine] of results) {
+      const rate = (loads: LoadResult[]) => median(loads.map((load) => load.perSecond));
+      const ratios = (base: LoadResult[]) => median(mine.commitd.map((load, i) => load.perSecond / (base[i] as LoadResult).perSecond));
+      const errors = [...mine.floor, ...mine.held, ...mine.commitd].reduce((sum, load) => sum + load.errors, 0);
+      cells[String(concurrency)] = {
+        floor: Math.round(rate(mine.floor)),
+        floorHeld: Math.round(rate(mine.held)),
+        commitd: Math.round(rate(mine.commitd)),
+        ratio: round2(ratios(mine.floor)),
+        ratioHeld: round2(ratios(mine.held)),
+        p50: round2(median(mine.commitd.map((load) => load.p50Ms))),
+        p99: round2(median(mine.commitd.map((load) => load.p99Ms))),
+        floorP50: round2(median(mine.floor.map((load) => load.p50Ms))),
+        floorP99: round2(median(mine.floor.map((load) => load.p99Ms))),
+        rss: mib(rss.get(concurrency) ?? 0),
+        floorCpuUs: Math.round(median(cpu.get(concurrency)?.floor ?? [])),
+        commitdCpuUs: Math.round(median(cpu.get(concurrency)?.commitd ?? [])),
+        clientCpuUs: Math.round(median(cpu.get(concurrency)?.client ?? [])),
+        errors,
+        rounds: mine.commitd.map((load, i) => [
+          Math.round((mine.floor[i] as LoadResult).perSecond),
+          Math.round((mine.held[i] as LoadResult).perSecond),
+          Math.round(load.perSecond),
+        ]),
+      };
+    }
+    return { mode: pass.mode, medium: pass.medium, roundTrips: { commitd: commitdTrips, floor: floorTrips }, cells };
+  } finally {
+    client.close();
+    await server.stop();
+    for (const floor of Object.values(floors)) floor.close();
+    await kv.close();
+  }
+}
+
+/** Resident memory of a fresh embedded-KV server on tmpfs after each checkpoint of sessions. */
+async function benchMemory() {
+  const checkpoints = [...settings.rssCheckpoints].sort((a, b) => a - b);
+  const total = checkpoints.at(-1) as number;
+  const step = Math.max(1000, Math.floor(total / 20));
+  progress(`memory: ${total} one-shot sessions on a fresh commitd (embedded KV on tmpfs, ${settings.rssConcurrency} in flight)`);
+  const server = await launchCommitd('embedded', undefined, join(roots.tmpfs, 'rss'));
+  const client = new KeepAliveClient(server.url, settings.rssConcurrency);
+  const startMiB = mib(server.rssBytes());
+  const series: [sessions: number, rssMiB: number][] = [];
+  const atCheckpoint = new Map<number, { rss: number; heap: Promise<{ used: number; external: number }> }>();
+  try {
+    const outcome = await runCount({
+      concurrency: settings.rssConcurrency,
+      total,
+      session: commitdSession(client, 'rss'),
+      onCompleted: (completed) => {
+        if (checkpoints.includes(completed)) atCheckpoint.set(completed, { rss: server.rssBytes(), heap: server.heap() });
+        if (completed % step === 0) {
+          const rssMiB = mib(server.rssBytes());
+          series.push([completed, rssMiB]);
+          progress(`memory: ${completed} sessions, RSS ${rssMiB} MiB`);
+        }
+      },
+    });
+    if (outcome.errors > 0) progress(`memory: ${outcome.errors} sessions failed (${outcome.firstError})`);
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+    const afterIdleMiB = mib(server.rssBytes());
+    const samples = await Promise.all(
+      checkpoints.map(async (n) => {
+        const sample = atCheckpoint.get(n);
+        const heap = sample ? await sample.heap : { used: Number.NaN, external: Number.NaN };
+        return [String(n), { rssMiB: mib(sample?.rss ?? Number.NaN), heapUsedMiB: mib(heap.used), externalMiB: mib(heap.external) }] as const;
+      }),
+    );
+    const first = atCheckpoint.get(checkpoints[0] as number)?.rss ?? Number.NaN;
+    const last = atCheckpoint.get(total)?.rss ?? Number.NaN;
+    return {
+      mode: 'embedded',
+      medium: 'tmpfs',
+      concurrency: settings.rssConcurrency,
+      payloadBytes: settings.payloadBytes,
+      startMiB,
+      checkpoints: Object.fromEntries(samples),
+      growthPct: round1((100 * (last - first)) / first),
+      afterIdleMiB,
+      sessionsPerSecond: Math.round(outcome.completed / outcome.seconds),
+      errors: outcome.errors,
+      series,
+    };
+  } finally {
+    client.close();
+    await server.stop();
+  }
+}
+
+type ProfileResult = ProfileSummary & { readonly pass: string; readonly concurrency: number; readonly seconds: number; readonly perSecond: number };
+
+/** A CPU profile of the server under load; only the samples taken during the load count. */
+async function benchProfile(pass: Pass, etcd: EtcdServer | undefined): Promise<ProfileResult> {
+  const dir = join(roots[pass.medium], `profile-${pass.mode}`);
+  const profileDir = join(dir, 'cpuprofile');
+  mkdirSync(profileDir, { recursive: true });
+  const concurrency = settings.profileConcurrency;
+  const seconds = settings.profileSeconds;
+  progress(`profile: commitd --cpu-prof, ${pass.name}, ${concurrency} in flight, ${seconds} s`);
+  const server = await launchCommitd(pass.mode, etcd, join(dir, 'commitd'), profileDir);
+  const client = new KeepAliveClient(server.url, concurrency);
+  let load: LoadResult;
+  const warmupMs = 1000;
+  let window;
+  try {
+    const startedUs = profileClockUs();
+    load = await runClosedLoop({ concurrency, warmupMs, durationMs: seconds * 1000, session: commitdSession(client, `profile${keyPart(pass.name)}`) });
+    window = { fromUs: startedUs + warmupMs * 1000, toUs: profileClockUs() };
+  } finally {
+    client.close();
+    await server.stop();
+  }
+  // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile: thread 0 is the main thread (tsx's loader is another).
+  const file = readdirSync(profileDir).find((name) => /^CPU\.\d+\.\d+\.\d+\.0\.\d+\.cpuprofile$/.test(name));
+  if (!file) throw new Error(`no CPU profile written in ${profileDir}`);
+  const summary = summariseProfile(join(profileDir, file), window);
+  progress(`profile: ${pass.name}: ${Math.round(load.perSecond)}/s, busy ${summary.busyMs} of ${summary.totalMs} ms`);
+  return { ...summary, pass: pass.name, concurrency, seconds, perSecond: Math.round(load.perSecond) };
+}
+
+/** The commit measured, `+dirty` when src/ has uncommitted changes; undefined outside git. */
+function sourceCommit(): string | undefined {
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { encoding: 'utf8' }).trim() !== '';
+    return dirty ? `${head}+dirty` : head;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Load average and CPU/IO pressure: how busy the shared machine was. */
+function machineLoad(): { loadavg: number[]; cpuPressureSomeAvg60?: number; ioPressureSomeAvg60?: number } {
+  const pressure = (kind: string) => {
+    try {
+      const match = /^some avg10=[\d.]+ avg60=([\d.]+)/m.exec(readFileSync(`/proc/pressure/${kind}`, 'utf8'));
+      return match ? Number(match[1]) : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  return { loadavg: os.loadavg().map(round2), cpuPressureSomeAvg60: pressure('cpu'), ioPressureSomeAvg60: pressure('io') };
+}
+
+function printTable(passes: Record<string, PassResult>): void {
+  const header = ['pass', 'conc', 'floor/s', 'held/s', 'commitd/s', 'ratio', 'ratio(held)', 'p50 ms', 'p99 ms', 'floor p50', 'floor p99', 'cpu µs floor', 'cpu µs commitd', 'rss MiB'];
+  const rows = [header];
+  for (const [name, result] of Object.entries(passes)) {
+    for (const [concurrency, cell] of Object.entries(result.cells)) {
+      rows.push(
+        [name, concurrency, cell.floor, cell.floorHeld, cell.commitd, cell.ratio, cell.ratioHeld, cell.p50, cell.p99, cell.floorP50, cell.floorP99, cell.floorCpuUs, cell.commitdCpuUs, cell.rss].map(String),
+      );
+    }
+  }
+  const widths = header.map((_, i) => Math.max(...rows.map((row) => (row[i] as string).length)));
+  for (const row of rows) process.stdout.write(`${row.map((text, i) => (i < 1 ? text.padEnd(widths[i] as number) : text.padStart(widths[i] as number))).join('  ')}\n`);
+}
+
+function printHashing(results: readonly HashingResult[]): void {
+  process.stdout.write('\nsession-ID hashing, MB/s of canonical bytes\n');
+  process.stdout.write('payload   ChangeHasher.add  canonicalJson  xxh64 x1  xxh64 x2  full/hash\n');
+  for (const r of results) {
+    process.stdout.write(
+      `${String(r.payloadBytes).padStart(7)}  ${r.changeHasherMBps.toFixed(1).padStart(16)}  ${r.canonicalJsonMBps.toFixed(1).padStart(13)}  ${r.xxh64MBps.toFixed(0).padStart(8)}  ${r.xxh64x2MBps.toFixed(0).padStart(8)}  ${r.overheadFactor.toFixed(1).padStart(8)}x\n`,
+    );
+  }
+}
+
+async function main(): Promise<void> {
+  progress(`run ${run}: ${JSON.stringify(settings)}`);
+  const loadBefore = machineLoad();
+  progress('hashing microbenchmark');
+  const hashing = benchHashing(settings.hashingPayloads, 1000).map((r) => ({
+    ...r,
+    changeHasherMBps: round1(r.changeHasherMBps),
+    canonicalJsonMBps: round1(r.canonicalJsonMBps),
+    xxh64MBps: Math.round(r.xxh64MBps),
+    xxh64x2MBps: Math.round(r.xxh64x2MBps),
+    overheadFactor: round1(r.overheadFactor),
+  }));
+  if (hashingSink() === -1n) progress('unreachable');
+  const passes: Pass[] = [
+    ...settings.modes.map((mode): Pass => ({ name: mode, mode, medium: 'disk' })),
+    ...settings.tmpfsModes.map((mode): Pass => ({ name: `${mode} (tmpfs)`, mode, medium: 'tmpfs' })),
+  ];
+  let etcd: EtcdServer | undefined;
+  try {
+    if (passes.some((pass) => pass.mode === 'etcd') || settings.profile) {
+      progress('starting etcd (test harness, data on disk)');
+      // Room for a few hundred thousand sessions' revisions, compacted as the run goes.
+      etcd = await startEtcd({ extraArgs: ['--quota-backend-bytes', String(4 * 1024 ** 3), '--auto-compaction-mode', 'periodic', '--auto-compaction-retention', '1m'] });
+    }
+    const results: Record<string, PassResult> = {};
+    for (const pass of passes) results[pass.name] = await benchPass(pass, etcd);
+    const profiles: ProfileResult[] = [];
+    if (settings.profile) {
+      profiles.push(await benchProfile({ name: 'etcd', mode: 'etcd', medium: 'disk' }, etcd));
+      profiles.push(await benchProfile({ name: 'embedded (tmpfs)', mode: 'embedded', medium: 'tmpfs' }, etcd));
+    }
+    const memory = settings.rssCheckpoints.length > 0 ? await benchMemory() : undefined;
+    const loadAfter = machineLoad();
+
+    printTable(results);
+    printHashing(hashing);
+    if (memory) {
+      const at = Object.entries(memory.checkpoints).map(([n, sample]) => `${n}: ${sample.rssMiB} MiB (heap ${sample.heapUsedMiB})`);
+      process.stdout.write(`\nRSS after n sessions (embedded KV, tmpfs): ${at.join(', ')}; growth ${memory.growthPct}%; ${memory.afterIdleMiB} MiB after 5 s idle\n`);
+    }
+    for (const profile of profiles) {
+      process.stdout.write(`\nprofile ${profile.pass} (${profile.concurrency} in flight, ${profile.perSecond}/s): busy ${profile.busyMs} of ${profile.totalMs} ms; top self frames:\n`);
+      for (const frame of profile.topFrames.slice(0, 10)) process.stdout.write(`  ${frame.selfPct.toFixed(1).padStart(5)}%  ${frame.frame}\n`);
+    }
+    const goals = {
+      ratioAtLeastHalf: Object.fromEntries(
+        Object.entries(results).map(([name, result]) => [name, Object.fromEntries(Object.entries(result.cells).map(([c, cell]) => [c, cell.ratio >= 0.5]))]),
+      ),
+      ...(memory ? { rssGrowthAtMost10Pct: memory.growthPct <= 10 } : {}),
+    };
+    const cpus = os.cpus();
+    const report = {
+      generatedAt: new Date().toISOString(),
+      command: 'npm run bench',
+      commit: sourceCommit(),
+      machine: {
+        cpus: cpus.length,
+        model: cpus[0]?.model ?? 'unknown',
+        memoryGiB: Math.round(os.totalmem() / 1024 ** 3),
+        node: process.version,
+        platform: `${os.type()} ${os.release()}`,
+        loadBefore,
+        loadAfter,
+      },
+      settings: { ...settings, out: undefined, etcd: etcd ? 'single member from test/harness/etcd.ts, data on disk' : undefined },
+      passes: results,
+      goals,
+      hashing,
+      ...(memory ? { rss: memory } : {}),
+      profiles,
+    };
+    writeFileSync(settings.out, `${JSON.stringify(report, null, 2)}\n`);
+    progress(`wrote ${settings.out}`);
+  } finally {
+    await etcd?.cleanup();
+    removeRoots();
+  }
+}
+
+await main();
