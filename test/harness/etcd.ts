@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { makeTempDir, removeTempDir, spawnTracked, type TrackedProcess } from './child.ts';
+import { makeTempDir, spawnTracked } from './child.ts';
 import { freePorts } from './ports.ts';
 import { requireBinary } from './require.ts';
+import { ServerProcess } from './server-process.ts';
 
 export interface EtcdOptions {
   /** Extra etcd flags, appended last. */
@@ -85,31 +86,24 @@ interface MemberConfig {
   extraArgs: string[];
 }
 
-class EtcdMember implements EtcdServer {
+class EtcdMember extends ServerProcess implements EtcdServer {
   readonly name: string;
   readonly clientUrl: string;
   readonly peerUrl: string;
   readonly endpoints: string[];
   readonly dataDir: string;
+
   private readonly rootDir: string;
-  private proc: TrackedProcess | undefined;
-  private lastOutput = '';
 
   constructor(private readonly config: MemberConfig) {
+    const rootDir = makeTempDir(`etcd-${config.name}`);
+    super(`etcd ${config.name}`, rootDir);
+    this.rootDir = rootDir;
     this.name = config.name;
     this.clientUrl = `http://127.0.0.1:${config.clientPort}`;
     this.peerUrl = `http://127.0.0.1:${config.peerPort}`;
     this.endpoints = [this.clientUrl];
-    this.rootDir = makeTempDir(`etcd-${config.name}`);
     this.dataDir = path.join(this.rootDir, 'data');
-  }
-
-  get running(): boolean {
-    return this.proc?.running ?? false;
-  }
-
-  output(): string {
-    return this.proc?.output() ?? this.lastOutput;
   }
 
   /** Spawns the process without waiting for health (a cluster needs all members up for that). */
@@ -149,42 +143,10 @@ class EtcdMember implements EtcdServer {
     });
   }
 
-  async stop(): Promise<void> {
-    if (this.proc) await this.proc.stop('SIGTERM');
-    this.rememberOutput();
-  }
-
-  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
-    if (this.proc) await this.proc.kill(signal);
-    this.rememberOutput();
-  }
-
-  pause(): void {
-    this.requireProcess().pause();
-  }
-
-  resume(): void {
-    this.requireProcess().resume();
-  }
-
-  async restart(): Promise<void> {
-    if (this.running) await this.stop();
+  /** Restarts rejoin the cluster on the same data. */
+  async start(): Promise<void> {
     await this.launch('existing');
     await this.waitHealthy();
-  }
-
-  async cleanup(): Promise<void> {
-    await this.kill('SIGKILL');
-    await removeTempDir(this.rootDir);
-  }
-
-  private requireProcess(): TrackedProcess {
-    if (!this.proc?.running) throw new Error(`etcd ${this.name} is not running`);
-    return this.proc;
-  }
-
-  private rememberOutput(): void {
-    if (this.proc) this.lastOutput = this.proc.output();
   }
 }
 

@@ -3,9 +3,10 @@ import { existsSync, readdirSync, realpathSync } from 'node:fs';
 import { chown } from 'node:fs/promises';
 import path from 'node:path';
 import pg from 'pg';
-import { makeTempDir, removeTempDir, spawnTracked, type TrackedProcess } from './child.ts';
+import { makeTempDir, spawnTracked } from './child.ts';
 import { freePort } from './ports.ts';
 import { requireBinary } from './require.ts';
+import { ServerProcess } from './server-process.ts';
 
 export interface PostgresOptions {
   /** Enables prepared transactions (max_prepared_transactions=10); otherwise 0. */
@@ -85,11 +86,9 @@ async function answersQueries(connectionString: string): Promise<boolean> {
   }
 }
 
-class PostgresInstance implements PostgresServer {
+class PostgresInstance extends ServerProcess implements PostgresServer {
   readonly connectionString: string;
   readonly dataDir: string;
-  private proc: TrackedProcess | undefined;
-  private lastOutput = '';
 
   constructor(
     private readonly binDir: string,
@@ -99,16 +98,10 @@ class PostgresInstance implements PostgresServer {
     private readonly settings: Record<string, string>,
     private readonly startTimeoutMs: number,
   ) {
+    // SIGINT is PostgreSQL's fast shutdown: SIGTERM would wait for every client to leave.
+    super(`postgres :${port}`, rootDir, 'SIGINT', 30_000);
     this.connectionString = `postgres://postgres@127.0.0.1:${port}/postgres`;
     this.dataDir = path.join(rootDir, 'data');
-  }
-
-  get running(): boolean {
-    return this.proc?.running ?? false;
-  }
-
-  output(): string {
-    return this.proc?.output() ?? this.lastOutput;
   }
 
   async initdb(): Promise<void> {
@@ -132,43 +125,6 @@ class PostgresInstance implements PostgresServer {
       timeoutMs: this.startTimeoutMs,
       what: `select 1 on ${this.connectionString}`,
     });
-  }
-
-  async stop(): Promise<void> {
-    if (this.proc) await this.proc.stop('SIGINT', 30_000);
-    this.rememberOutput();
-  }
-
-  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
-    if (this.proc) await this.proc.kill(signal);
-    this.rememberOutput();
-  }
-
-  pause(): void {
-    this.requireProcess().pause();
-  }
-
-  resume(): void {
-    this.requireProcess().resume();
-  }
-
-  async restart(): Promise<void> {
-    if (this.running) await this.stop();
-    await this.start();
-  }
-
-  async cleanup(): Promise<void> {
-    await this.kill('SIGKILL');
-    await removeTempDir(this.rootDir);
-  }
-
-  private requireProcess(): TrackedProcess {
-    if (!this.proc?.running) throw new Error('postgres is not running');
-    return this.proc;
-  }
-
-  private rememberOutput(): void {
-    if (this.proc) this.lastOutput = this.proc.output();
   }
 }
 

@@ -1,7 +1,8 @@
 import net from 'node:net';
-import { makeTempDir, removeTempDir, spawnTracked, type TrackedProcess } from './child.ts';
+import { makeTempDir, spawnTracked } from './child.ts';
 import { freePort } from './ports.ts';
 import { requireBinary } from './require.ts';
+import { ServerProcess } from './server-process.ts';
 
 export interface RedisOptions {
   /** Keep data across kill/restart with an fsync-always append-only file. */
@@ -49,10 +50,8 @@ function pongs(port: number): Promise<boolean> {
   });
 }
 
-class RedisInstance implements RedisServer {
+class RedisInstance extends ServerProcess implements RedisServer {
   readonly url: string;
-  private proc: TrackedProcess | undefined;
-  private lastOutput = '';
 
   constructor(
     private readonly binary: string,
@@ -60,15 +59,8 @@ class RedisInstance implements RedisServer {
     readonly dataDir: string,
     private readonly opts: RedisOptions,
   ) {
+    super(`redis :${port}`, dataDir);
     this.url = `redis://127.0.0.1:${port}`;
-  }
-
-  get running(): boolean {
-    return this.proc?.running ?? false;
-  }
-
-  output(): string {
-    return this.proc?.output() ?? this.lastOutput;
   }
 
   async start(): Promise<void> {
@@ -90,43 +82,6 @@ class RedisInstance implements RedisServer {
       timeoutMs: this.opts.startTimeoutMs ?? 10_000,
       what: `PING on ${this.url}`,
     });
-  }
-
-  async stop(): Promise<void> {
-    if (this.proc) await this.proc.stop('SIGTERM');
-    this.rememberOutput();
-  }
-
-  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
-    if (this.proc) await this.proc.kill(signal);
-    this.rememberOutput();
-  }
-
-  pause(): void {
-    this.requireProcess().pause();
-  }
-
-  resume(): void {
-    this.requireProcess().resume();
-  }
-
-  async restart(): Promise<void> {
-    if (this.running) await this.stop();
-    await this.start();
-  }
-
-  async cleanup(): Promise<void> {
-    await this.kill('SIGKILL');
-    await removeTempDir(this.dataDir);
-  }
-
-  private requireProcess(): TrackedProcess {
-    if (!this.proc?.running) throw new Error('redis is not running');
-    return this.proc;
-  }
-
-  private rememberOutput(): void {
-    if (this.proc) this.lastOutput = this.proc.output();
   }
 }
 
