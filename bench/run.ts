@@ -243,13 +243,13 @@ async function benchPass(pass: Pass, etcd: EtcdServer | undefined): Promise<Pass
         const cell = (variant: string) => `${keyPart(pass.name)}-${variant}-c${concurrency}-r${round}`;
         const label = `${pass.name} c=${concurrency} round ${round}/${settings.rounds}`;
         const mine = results.get(concurrency) as { floor: LoadResult[]; held: LoadResult[]; commitd: LoadResult[] };
-        // The variants take turns going first, so no one of them always runs after the same neighbour.
         const cpuOf = cpu.get(concurrency) as { floor: number[]; commitd: number[]; client: number[] };
         const variants = [
           { name: 'floor     ', results: mine.floor, session: floorSession(floors['back-to-back'], cell('floor')), cpu: { work: benchCpu, into: cpuOf.floor } },
           { name: 'floor held', results: mine.held, session: floorSession(floors.held, cell('held')) },
           { name: 'commitd   ', results: mine.commitd, session: commitdSession(client, cell('commitd')), cpu: { work: server.cpuMicros, into: cpuOf.commitd } },
         ];
+        // The variants take turns going first, so no one of them always runs after the same neighbour.
         for (let turn = 0; turn < variants.length; turn++) {
           const variant = variants[(turn + round - 1) % variants.length] as (typeof variants)[number];
           const workBefore = variant.cpu?.work();
@@ -386,6 +386,19 @@ async function benchProfile(pass: Pass, etcd: EtcdServer | undefined): Promise<P
   return { ...summary, pass: pass.name, concurrency, seconds, perSecond: Math.round(load.perSecond) };
 }
 
+/**
+ * Indented JSON where arrays of scalars (or of such arrays) and objects of scalars each
+ * take one line: a short file that still diffs line by line.
+ */
+function formatJson(value: unknown): string {
+  // Only whitespace around newlines changes: JSON strings cannot contain a raw newline.
+  const oneLine = (inner: string) => inner.replace(/\[\n\s*/g, '[').replace(/\s*\n\s*\]/g, ']').replace(/\s*\n\s*/g, ' ');
+  const text = JSON.stringify(value, null, 2)
+    .replace(/\{\n\s+([^{}[\]]*?)\n\s+\}/g, (_, inner: string) => `{ ${oneLine(inner)} }`)
+    .replace(/\[\n\s+((?:[^{}[\]]|\[[^{}[\]]*\])*?)\n\s+\]/g, (_, inner: string) => `[${oneLine(inner)}]`);
+  return `${text}\n`;
+}
+
 /** The commit measured, `+dirty` when src/ has uncommitted changes; undefined outside git. */
 function sourceCommit(): string | undefined {
   try {
@@ -505,7 +518,7 @@ async function main(): Promise<void> {
       ...(memory ? { rss: memory } : {}),
       profiles,
     };
-    writeFileSync(settings.out, `${JSON.stringify(report, null, 2)}\n`);
+    writeFileSync(settings.out, formatJson(report));
     progress(`wrote ${settings.out}`);
   } finally {
     await etcd?.cleanup();

@@ -20,6 +20,9 @@ import { describeKey, fromHex, toHex } from '../committer/keys.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
 import type { Store, StoreContext, StoreType } from './types.ts';
 
+/** Page cache per connection, as SQLite's negative cache_size: KiB (2 MiB). */
+const PAGE_CACHE_KIB = -2000;
+
 /** Options of a `sqlite` store. */
 export interface SqliteOptions {
   /** The database file; its directory is created if missing. Relative to the working directory. */
@@ -168,12 +171,15 @@ class SqliteDatabase {
     try {
       await db.whenNotBusy(() => db.writer.pragma('journal_mode = WAL'));
       db.writer.pragma('synchronous = FULL');
+      // better-sqlite3 defaults to a 16 MiB page cache per connection; commitd opens several.
+      db.writer.pragma(`cache_size = ${PAGE_CACHE_KIB}`);
       await db.whenNotBusy(() =>
         db.writer.exec(
           'CREATE TABLE IF NOT EXISTS commitd_sessions (key TEXT PRIMARY KEY, session_id TEXT NOT NULL, committed_at TEXT NOT NULL)',
         ),
       );
       db.reader.pragma('query_only = ON');
+      db.reader.pragma(`cache_size = ${PAGE_CACHE_KIB}`);
       db.#markers = {
         find: db.reader.prepare('SELECT session_id FROM commitd_sessions WHERE key = ?'),
         insert: db.writer.prepare('INSERT INTO commitd_sessions (key, session_id, committed_at) VALUES (?, ?, ?)'),

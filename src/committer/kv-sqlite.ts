@@ -113,6 +113,8 @@ export class SqliteKv implements Kv {
     this.db.pragma('journal_mode = WAL');
     // FULL syncs the WAL on every commit: a committed write survives a crash of the process or the machine.
     this.db.pragma('synchronous = FULL');
+    // 2 MiB page cache instead of better-sqlite3's 16 MiB default: the KV's working set is small.
+    this.db.pragma('cache_size = -2000');
     this.db.exec(SCHEMA);
     this.statements = prepare(this.db);
     this.onOperation = options.onOperation;
