@@ -19,28 +19,10 @@
 import Database from 'better-sqlite3';
 import type { Kv } from '../src/committer/kv.ts';
 import { INSERT_SQL, STORE_NAMES, changeFor } from './workload.ts';
+import { FifoMutex } from '../src/committables/fifo-mutex.ts';
 
 export type FloorOrder = 'back-to-back' | 'held';
 
-/** A FIFO async mutex, like the sqlite store's writer queue. */
-class FifoMutex {
-  #held = false;
-  readonly #waiters: Array<() => void> = [];
-
-  async acquire(): Promise<void> {
-    if (!this.#held) {
-      this.#held = true;
-      return;
-    }
-    await new Promise<void>((wake) => this.#waiters.push(wake));
-  }
-
-  release(): void {
-    const next = this.#waiters.shift();
-    if (next) next();
-    else this.#held = false;
-  }
-}
 
 /** One store file opened as the sqlite store type opens it: a writer and a reader connection. */
 class FloorStore {

@@ -19,6 +19,7 @@ import { CommitdError } from '../committer/errors.ts';
 import { describeKey, fromHex, toHex } from '../committer/keys.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
 import type { Store, StoreContext, StoreType } from './types.ts';
+import { FifoMutex } from './fifo-mutex.ts';
 
 /** Page cache per connection, as SQLite's negative cache_size: KiB (2 MiB). */
 const PAGE_CACHE_KIB = -2000;
@@ -110,26 +111,6 @@ function bindableParams(params: SqliteChange['params']): unknown[] {
   return [named];
 }
 
-/** A FIFO async mutex: waiters are served in arrival order, so no session starves. */
-class FifoMutex {
-  #held = false;
-  readonly #waiters: Array<() => void> = [];
-
-  async acquire(): Promise<void> {
-    if (!this.#held) {
-      this.#held = true;
-      return;
-    }
-    await new Promise<void>((wake) => this.#waiters.push(wake));
-  }
-
-  /** Hands the lock to the next waiter, still held, so no newcomer can jump the queue. */
-  release(): void {
-    const next = this.#waiters.shift();
-    if (next) next();
-    else this.#held = false;
-  }
-}
 
 interface MarkerStatements {
   /** On the reader: committed markers only. */
