@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { makeTempDir, spawnTracked } from './child.ts';
 import { freePorts } from './ports.ts';
 import { requireBinary } from './require.ts';
-import { ServerProcess } from './server-process.ts';
+import { ServerProcess, type ManagedServer } from './server-process.ts';
 
 export interface EtcdOptions {
   /** Extra etcd flags, appended last. */
@@ -13,25 +13,12 @@ export interface EtcdOptions {
   startTimeoutMs?: number;
 }
 
-export interface EtcdServer {
+export interface EtcdServer extends ManagedServer {
   readonly name: string;
   /** Client URLs, e.g. `http://127.0.0.1:PORT`. */
   readonly endpoints: string[];
   readonly clientUrl: string;
   readonly peerUrl: string;
-  readonly dataDir: string;
-  readonly running: boolean;
-  /** Recent stdout/stderr of the current (or last) process. */
-  output(): string;
-  /** SIGTERM, then wait for exit. */
-  stop(): Promise<void>;
-  kill(signal?: NodeJS.Signals): Promise<void>;
-  pause(): void;
-  resume(): void;
-  /** Starts again on the same ports and data dir and waits until healthy. */
-  restart(): Promise<void>;
-  /** Kills the process if running and removes the data dir. */
-  cleanup(): Promise<void>;
 }
 
 export interface EtcdCluster {

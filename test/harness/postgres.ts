@@ -6,7 +6,7 @@ import pg from 'pg';
 import { makeTempDir, spawnTracked } from './child.ts';
 import { freePort } from './ports.ts';
 import { requireBinary } from './require.ts';
-import { ServerProcess } from './server-process.ts';
+import { ServerProcess, type ManagedServer } from './server-process.ts';
 
 export interface PostgresOptions {
   /** Enables prepared transactions (max_prepared_transactions=10); otherwise 0. */
@@ -17,22 +17,10 @@ export interface PostgresOptions {
   startTimeoutMs?: number;
 }
 
-export interface PostgresServer {
+export interface PostgresServer extends ManagedServer {
   /** `postgres://postgres@127.0.0.1:PORT/postgres` */
   readonly connectionString: string;
   readonly port: number;
-  readonly dataDir: string;
-  readonly running: boolean;
-  output(): string;
-  /** Fast shutdown (SIGINT to the postmaster), then wait for exit. */
-  stop(): Promise<void>;
-  /** Default SIGKILL, which hits the postmaster and all backends. */
-  kill(signal?: NodeJS.Signals): Promise<void>;
-  pause(): void;
-  resume(): void;
-  /** Starts again on the same port and data dir and waits until it answers queries. */
-  restart(): Promise<void>;
-  cleanup(): Promise<void>;
 }
 
 /**

@@ -2,7 +2,7 @@ import net from 'node:net';
 import { makeTempDir, spawnTracked } from './child.ts';
 import { freePort } from './ports.ts';
 import { requireBinary } from './require.ts';
-import { ServerProcess } from './server-process.ts';
+import { ServerProcess, type ManagedServer } from './server-process.ts';
 
 export interface RedisOptions {
   /** Keep data across kill/restart with an fsync-always append-only file. */
@@ -12,19 +12,10 @@ export interface RedisOptions {
   startTimeoutMs?: number;
 }
 
-export interface RedisServer {
+export interface RedisServer extends ManagedServer {
   /** `redis://127.0.0.1:PORT` */
   readonly url: string;
   readonly port: number;
-  readonly dataDir: string;
-  readonly running: boolean;
-  output(): string;
-  stop(): Promise<void>;
-  kill(signal?: NodeJS.Signals): Promise<void>;
-  pause(): void;
-  resume(): void;
-  restart(): Promise<void>;
-  cleanup(): Promise<void>;
 }
 
 export function redisBinary(): string | undefined {

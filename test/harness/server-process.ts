@@ -1,5 +1,23 @@
 import { removeTempDir, type TrackedProcess } from './child.ts';
 
+/** What a test can do with any throwaway server. */
+export interface ManagedServer {
+  readonly dataDir: string;
+  readonly running: boolean;
+  /** Recent stdout/stderr of the current (or last) process. */
+  output(): string;
+  /** Graceful shutdown, then wait for exit. */
+  stop(): Promise<void>;
+  /** Default SIGKILL, to the whole process group. */
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  pause(): void;
+  resume(): void;
+  /** Starts again on the same ports and data dir and waits until it serves. */
+  restart(): Promise<void>;
+  /** Kills the process if running and removes its temp dir. */
+  cleanup(): Promise<void>;
+}
+
 /**
  * What every throwaway server (etcd, PostgreSQL, Redis) shares: one tracked process at a
  * time, its output kept after it exits, signals, restart on the same data, and cleanup of
