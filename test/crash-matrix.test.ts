@@ -13,6 +13,7 @@ import Database from 'better-sqlite3';
 import { logSessionId } from '../src/coordinator/coordinator.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { startProcess, type ProcessServiceOptions } from './support/process.ts';
+import { countRows } from './support/rows.ts';
 import { KV_BACKENDS, sharedEtcdServer, skipUnless, sqliteStores } from './support/service.ts';
 
 type Mode = 'one-shot' | 'interactive';
@@ -25,14 +26,6 @@ function pointsFor(storeCount: number): string[] {
 /** Before the commit point only an interactive session's first record exists: it is cancelled. */
 const endsAbsent = (point: string, mode: Mode) => point === 'begin.afterRecord' && mode === 'interactive';
 
-function countRows(dir: string, store: string, key: string): number {
-  const db = new Database(join(dir, `${store}.db`), { readonly: true });
-  try {
-    return (db.prepare('SELECT count(*) AS n FROM t WHERE k = ?').get(key) as { n: number }).n;
-  } finally {
-    db.close();
-  }
-}
 
 async function runSession(request: (m: string, p: string, b?: unknown) => Promise<{ status: number; body: Record<string, unknown> }>, mode: Mode, key: string, changes: Record<string, unknown[]>) {
   if (mode === 'one-shot') return request('POST', '/v1/commits', { key, changes });
@@ -83,7 +76,7 @@ for (const kv of KV_BACKENDS) {
               let shown = await restarted.request('GET', `/v1/sessions/${key}`);
               if (endsAbsent(point, mode)) {
                 assert.equal(shown.status, 404, JSON.stringify(shown.body));
-                for (const name of names) assert.equal(countRows(dir, name, key), 0);
+                for (const name of names) assert.equal(countRows(join(dir, `${name}.db`), key), 0);
                 const retried = await runSession(restarted.request, mode, key, changes);
                 assert.equal(retried.status, 200, JSON.stringify(retried.body));
                 shown = await restarted.request('GET', `/v1/sessions/${key}`);
@@ -93,7 +86,7 @@ for (const kv of KV_BACKENDS) {
               assert.equal(shown.body.sessionId, expectedId);
               const again = await runSession(restarted.request, 'one-shot', key, changes);
               assert.equal(again.body.sessionId, expectedId, 'a retry answers the committed result');
-              for (const name of names) assert.equal(countRows(dir, name, key), 1, `${name} must hold the row exactly once`);
+              for (const name of names) assert.equal(countRows(join(dir, `${name}.db`), key), 1, `${name} must hold the row exactly once`);
             } finally {
               await restarted.process.stop();
             }

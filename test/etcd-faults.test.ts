@@ -19,6 +19,7 @@ import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdServer } from '
 import { startProcess, type ProcessService } from './support/process.ts';
 import { skipUnless, sqliteStores } from './support/service.ts';
 import { waitFor } from './support/wait.ts';
+import { countRows } from './support/rows.ts';
 
 const response = (revision: number, tag = ''): RevisionedResponse & { tag: string } => ({ header: { revision: String(revision) }, tag });
 
@@ -148,14 +149,6 @@ function startLoad(service: ProcessService, workers: number, label: string) {
   };
 }
 
-function countRows(path: string, key: string): number {
-  const db = new Database(path, { readonly: true });
-  try {
-    return (db.prepare('SELECT count(*) AS n FROM t WHERE k = ?').get(key) as { n: number }).n;
-  } finally {
-    db.close();
-  }
-}
 
 /** Every acknowledged key is committed with its session ID and its rows exist once; nothing is doubled. */
 async function verify(service: ProcessService, paths: readonly string[], load: ReturnType<typeof startLoad>): Promise<void> {

@@ -17,6 +17,7 @@ import { postgresBinDir, startPostgres, type PostgresServer } from './harness/po
 import { startProcess, type ProcessService, type ProcessServiceOptions } from './support/process.ts';
 import { sharedEtcdServer, skipUnless, sqliteStores } from './support/service.ts';
 import { waitFor } from './support/wait.ts';
+import { countRows } from './support/rows.ts';
 
 const LEASE_TTL_MS = 2000;
 const RECOVERY_INTERVAL_MS = 500;
@@ -28,13 +29,14 @@ type Answer = { status: number; body: Record<string, unknown> };
 
 const insert = (key: string, n: number) => ({ sql: 'INSERT INTO t(k, n) VALUES (?, ?)', params: [key, n] });
 
-function countRows(path: string, key: string): number {
-  const db = new Database(path, { readonly: true });
-  try {
-    return (db.prepare('SELECT count(*) AS n FROM t WHERE k = ?').get(key) as { n: number }).n;
-  } finally {
-    db.close();
-  }
+
+/** Waits (asking B) until A's session under `key` is past its commit point, then SIGSTOPs A. */
+async function freezeAfterCommitPoint(a: ProcessService, b: ProcessService, key: string): Promise<void> {
+  await waitFor(`${key} past its commit point on A`, async () => {
+    const shown = await b.request('GET', `/v1/sessions/${key}`);
+    return shown.body.state === 'committing' ? true : undefined;
+  }, { intervalMs: 20 });
+  a.process.pause();
 }
 
 /** Every answer either instance gave: only 2xx, 4xx and 503 are allowed. */
@@ -171,11 +173,7 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
     const answers: Answer[] = [];
     const onA = a.request('POST', '/v1/commits', { key, changes });
 
-    await waitFor(`${key} past its commit point on A`, async () => {
-      const shown = await b.request('GET', `/v1/sessions/${key}`);
-      return shown.body.state === 'committing' ? true : undefined;
-    }, { intervalMs: 20 });
-    a.process.pause();
+    await freezeAfterCommitPoint(a, b, key);
     const frozenAt = Date.now();
     try {
       const adopted = await waitFor(`B to adopt ${key} (or see it committed)`, async () => {
@@ -277,11 +275,7 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
         const changes = { pg: [{ sql: 'INSERT INTO t(k, n) VALUES ($1, $2)', params: [key, 1] }] };
         const answers: Answer[] = [];
         const onA = a.request('POST', '/v1/commits', { key, changes });
-        await waitFor(`${key} past its commit point on A`, async () => {
-          const shown = await b.request('GET', `/v1/sessions/${key}`);
-          return shown.body.state === 'committing' ? true : undefined;
-        }, { intervalMs: 20 });
-        a.process.pause();
+        await freezeAfterCommitPoint(a, b, key);
         try {
           const shown = await waitFor(`B to commit ${key} while A is frozen`, async () => {
             const answer = await b.request('GET', `/v1/sessions/${key}`);
