@@ -70,8 +70,10 @@ interface Existing {
   readonly result?: ResultRecord;
 }
 
-const sameNames = (a: readonly string[], b: readonly string[]) =>
-  a.length === b.length && [...a].sort(compareNames).every((name, i) => name === [...b].sort(compareNames)[i]);
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  const sortedB = [...b].sort(compareNames);
+  return a.length === b.length && [...a].sort(compareNames).every((name, i) => name === sortedB[i]);
+}
 
 /** The session ID a change log produces (what the stores' IDs will hash to). */
 export function logSessionId(log: Readonly<Record<string, readonly unknown[]>>): string {
