@@ -117,7 +117,40 @@ describe('sqlite store', () => {
     await assert.rejects(session.apply({ sql: 'INSERT INTO items (name) VALUES (?)', params: [] }), rejected({ reason: 'params' }));
     await assert.rejects(session.apply({ sql: 'INSERT INTO items (name) VALUES (@name)', params: {} }), rejected({ reason: 'params' }));
     await assert.rejects(session.apply({ sql: 'INSERT INTO items (name) VALUES (?)', params: [{ nested: 1 }] }), rejected({ reason: 'params' }));
+    // Verdicts are remembered per parameter shape: the same mistake fails again, a fitting shape passes.
+    await assert.rejects(session.apply({ sql: 'INSERT INTO items (name) VALUES (?)', params: ['a', 'b'] }), rejected({ reason: 'params' }));
+    await assert.rejects(session.apply({ sql: 'INSERT INTO items (name) VALUES (?)', params: ['a', 'b'] }), rejected({ reason: 'params' }));
+    await assert.rejects(session.apply({ sql: 'INSERT INTO items (name) VALUES (@name)', params: { other: 'x' } }), rejected({ reason: 'params' }));
+    await session.apply({ sql: 'INSERT INTO items (name) VALUES (@name)', params: { name: 'ok' } });
+    await session.apply({ sql: 'INSERT INTO items (name) VALUES (?)', params: ['ok2'] });
     await session.cancel();
+    assert.deepEqual(names(), []);
+  });
+
+  it('reuses compiled statements across schema changes, and rejects one whose table is gone before anything commits', async () => {
+    const store = await openWithItems();
+    await commitOnce(store, 'k1', [insert('a')]);
+    await commitOnce(store, 'k2', [{ sql: 'ALTER TABLE items ADD COLUMN extra TEXT' }, insert('b')]);
+    await commitOnce(store, 'k3', [insert('c'), { sql: "UPDATE items SET extra = 'x' WHERE name = ?", params: ['c'] }]);
+    assert.deepEqual(query((db) => db.prepare('SELECT name, extra FROM items ORDER BY id').all()), [
+      { name: 'a', extra: null },
+      { name: 'b', extra: null },
+      { name: 'c', extra: 'x' },
+    ]);
+    await commitOnce(store, 'k4', [{ sql: 'DROP TABLE items' }]);
+    const session = store.session();
+    await session.begin(keyBytes('k5'));
+    // The INSERT compiled earlier is still cached; either step may refuse it, the commit must not pass.
+    const attempt = (async () => {
+      await session.apply(insert('d'));
+      return session.commit(keyBytes('k5'));
+    })();
+    await assert.rejects(attempt, ChangeRejectedError);
+    await session.cancel().catch(() => undefined);
+    assert.equal(markerCount(), 4);
+    await commitOnce(store, 'k6', [{ sql: 'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)' }]);
+    await commitOnce(store, 'k7', [insert('e')]);
+    assert.deepEqual(names(), ['e']);
   });
 
   it('binds named params, booleans as 1/0 and integral numbers as INTEGER', async () => {

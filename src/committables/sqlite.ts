@@ -15,6 +15,7 @@ import { dirname, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Type } from '@sinclair/typebox';
 import Database from 'better-sqlite3';
+import { LRUCache } from 'lru-cache';
 import { CommitdError } from '../committer/errors.ts';
 import { describeKey, fromHex, toHex } from '../committer/keys.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
@@ -23,6 +24,11 @@ import { FifoMutex } from './fifo-mutex.ts';
 
 /** Page cache per connection, as SQLite's negative cache_size: KiB (2 MiB). */
 const PAGE_CACHE_KIB = -2000;
+/**
+ * Compiled statements kept per database, by SQL text. A statement compiled per change would
+ * live until V8 finalises its wrapper, and V8 does not see its native size: RSS crept.
+ */
+const STATEMENT_CACHE_SIZE = 256;
 
 /** Options of a `sqlite` store. */
 export interface SqliteOptions {
@@ -133,6 +139,10 @@ class SqliteDatabase {
   readonly path: string;
   readonly #busyTimeoutMs: number;
   #markers: MarkerStatements | undefined;
+  /** Compiled on the writer, never bound: parameters are passed to each `run`. */
+  readonly #statements = new LRUCache<string, Database.Statement>({ max: STATEMENT_CACHE_SIZE });
+  /** Whether a parameter shape fits a statement, by SQL text and shape: an error message, or '' if it fits. */
+  readonly #shapes = new LRUCache<string, string>({ max: STATEMENT_CACHE_SIZE * 4 });
 
   private constructor(path: string, busyTimeoutMs: number) {
     this.path = path;
@@ -180,6 +190,41 @@ class SqliteDatabase {
   }
 
   /**
+   * The compiled statement for `sql`, from the cache. Compiling on the shared writer is safe
+   * while a session holds its transaction: it executes nothing.
+   */
+  statement(sql: string): Database.Statement {
+    let statement = this.#statements.get(sql);
+    if (!statement) {
+      statement = this.writer.prepare(sql);
+      this.#statements.set(sql, statement);
+    }
+    return statement;
+  }
+
+  /**
+   * Checks that parameters of this shape (how many positional ones, which named ones) bind
+   * to `sql`, without executing it: binds a throwaway compilation once per shape and caches
+   * the verdict, so a mismatch fails at apply rather than at commit.
+   * @returns an error message, or undefined if they fit
+   */
+  paramsMismatch(sql: string, params: readonly unknown[]): string | undefined {
+    const named = params[0] !== null && typeof params[0] === 'object';
+    const shape = `${sql}\0${named ? Object.keys(params[0] as object).sort().join('\0') + '\0named' : params.length}`;
+    let verdict = this.#shapes.get(shape);
+    if (verdict === undefined) {
+      try {
+        this.writer.prepare(sql).bind(...params);
+        verdict = '';
+      } catch (err) {
+        verdict = errorMessage(err);
+      }
+      this.#shapes.set(shape, verdict);
+    }
+    return verdict || undefined;
+  }
+
+  /**
    * Runs `step`, retrying asynchronously with a short exponential backoff while another
    * process holds the lock (SQLITE_BUSY), for at most `busyTimeoutMs`.
    */
@@ -207,7 +252,7 @@ class SqliteDatabase {
 /** One session's driver: compiles changes as they arrive, runs them all at prepare. */
 class SqliteDriver implements StoreDriver<SqliteChange> {
   readonly #db: SqliteDatabase;
-  #statements: Database.Statement[] = [];
+  #statements: { readonly statement: Database.Statement; readonly params: unknown[] }[] = [];
   /** True from prepare until commit or rollback: this session holds the write lock and a transaction. */
   #holding = false;
 
@@ -225,37 +270,32 @@ class SqliteDriver implements StoreDriver<SqliteChange> {
   }
 
   /**
-   * Compiles and binds the statement now, so a bad statement fails at apply, not at commit.
-   * Compiling on the shared writer is safe while another session holds its transaction:
-   * it executes nothing.
+   * Compiles the statement (or finds it compiled) and checks its parameters now, so a bad
+   * statement fails at apply, not at commit.
    */
   async apply(change: SqliteChange): Promise<void> {
+    const verb = leadingVerb(change.sql);
     let statement: Database.Statement;
     try {
-      statement = this.#db.writer.prepare(change.sql);
+      statement = this.#db.statement(change.sql);
     } catch (err) {
       throw new ChangeRejectedError(`statement does not compile: ${errorMessage(err)}`, {
         ...(sqliteCode(err) ? { code: sqliteCode(err) } : { reason: 'statement' }),
         message: errorMessage(err),
       });
     }
-    const verb = leadingVerb(change.sql);
     if (!ALLOWED_VERBS.has(verb)) {
       throw new ChangeRejectedError(
         `${verb || 'this'} statements are not allowed: a change must read or write data (commitd runs the transaction)`,
         { reason: 'statement', verb },
       );
     }
-    try {
-      statement.bind(...bindableParams(change.params));
-    } catch (err) {
-      if (err instanceof ChangeRejectedError) throw err;
-      throw new ChangeRejectedError(`parameters do not fit the statement: ${errorMessage(err)}`, {
-        reason: 'params',
-        message: errorMessage(err),
-      });
+    const params = bindableParams(change.params);
+    const mismatch = this.#db.paramsMismatch(change.sql, params);
+    if (mismatch !== undefined) {
+      throw new ChangeRejectedError(`parameters do not fit the statement: ${mismatch}`, { reason: 'params', message: mismatch });
     }
-    this.#statements.push(statement);
+    this.#statements.push({ statement, params });
   }
 
   /**
@@ -269,7 +309,7 @@ class SqliteDriver implements StoreDriver<SqliteChange> {
     try {
       await this.#db.whenNotBusy(() => this.#db.writer.exec('BEGIN IMMEDIATE'));
       this.#insertMarker(key, id);
-      this.#statements.forEach((statement, index) => this.#run(statement, index));
+      this.#statements.forEach((change, index) => this.#run(change, index));
     } catch (err) {
       this.#release();
       throw err;
@@ -301,9 +341,9 @@ class SqliteDriver implements StoreDriver<SqliteChange> {
     }
   }
 
-  #run(statement: Database.Statement, index: number): void {
+  #run({ statement, params }: { readonly statement: Database.Statement; readonly params: unknown[] }, index: number): void {
     try {
-      statement.run();
+      statement.run(...params);
     } catch (err) {
       throw new ChangeRejectedError(`change ${index + 1} failed: ${errorMessage(err)}`, {
         ...(sqliteCode(err) ? { code: sqliteCode(err) } : {}),
