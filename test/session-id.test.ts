@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { ChangeHasher, NotCanonicalizableError, canonicalJson, sessionId, storeId, toHex } from '../src/committer/index.ts';
+import { ChangeHasher, NotCanonicalizableError, canonicalJson, canonicalLine, sessionId, storeId, storeIdOfLines, toHex } from '../src/committer/index.ts';
 
 interface Vectors {
   stores: { changes: unknown[]; storeId: string }[];
@@ -24,6 +24,10 @@ describe('session IDs', () => {
   it('recomputes every store vector of docs/session-id.md', () => {
     assert.ok(vectors.stores.length >= 3);
     for (const vector of vectors.stores) assert.equal(toHex(storeId(vector.changes)), vector.storeId);
+  });
+
+  it('hashing canonical lines gives the vectors too (the one-shot path hashes what it validated)', () => {
+    for (const vector of vectors.stores) assert.equal(toHex(storeIdOfLines(vector.changes.map(canonicalLine))), vector.storeId);
   });
 
   it('recomputes every session vector of docs/session-id.md', () => {

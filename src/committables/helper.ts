@@ -74,7 +74,8 @@ export class HelperCommittable<Change> implements Committable {
   readonly name: string;
   readonly #driver: StoreDriver<Change>;
   #mode: Mode = 'idle';
-  #hasher = new ChangeHasher();
+  /** Created when the store opens for writing: a skipped or idle session hashes nothing. */
+  #hasher: ChangeHasher | undefined;
   #storedId: Uint8Array | undefined;
   #opened = false;
 
@@ -90,7 +91,7 @@ export class HelperCommittable<Change> implements Committable {
 
   /** How many changes were applied in this session (skipped ones not counted). */
   get applied(): number {
-    return this.#hasher.count;
+    return this.#hasher?.count ?? 0;
   }
 
   async begin(key: Uint8Array): Promise<void> {
@@ -114,7 +115,7 @@ export class HelperCommittable<Change> implements Committable {
   async apply(change: Change): Promise<void> {
     if (this.#mode === 'skip') return;
     if (this.#mode !== 'writable') throw new NotWritableError(`${this.name} is not writable (${this.#mode})`);
-    this.#hasher.add(change);
+    this.#hashed().add(change);
     await this.#driver.apply(change);
   }
 
@@ -122,7 +123,7 @@ export class HelperCommittable<Change> implements Committable {
   async prepare(key: Uint8Array): Promise<void> {
     if (this.#mode === 'skip' || this.#mode === 'prepared') return;
     if (this.#mode !== 'writable') throw new NotWritableError(`${this.name} cannot prepare (${this.#mode})`);
-    const id = this.#hasher.digest();
+    const id = this.#hashed().digest();
     const skipped = await this.#guardMarker(key, id, () => this.#driver.prepare?.(key, id));
     if (!skipped) this.#mode = 'prepared';
   }
@@ -131,7 +132,7 @@ export class HelperCommittable<Change> implements Committable {
     if (this.#mode === 'writable') await this.prepare(key);
     if (this.#mode === 'skip') return this.#finish(this.#storedId as Uint8Array);
     if (this.#mode !== 'prepared') throw new NotWritableError(`${this.name} cannot commit (${this.#mode})`);
-    const id = this.#hasher.digest();
+    const id = this.#hashed().digest();
     const skipped = await this.#guardMarker(key, id, () => this.#driver.commit(key, id));
     return this.#finish(skipped ? (this.#storedId as Uint8Array) : id);
   }
@@ -144,6 +145,7 @@ export class HelperCommittable<Change> implements Committable {
 
   async #open(key: Uint8Array): Promise<void> {
     this.#opened = true;
+    this.#hasher = new ChangeHasher();
     await this.#driver.open(key);
     this.#mode = 'writable';
   }
@@ -167,6 +169,12 @@ export class HelperCommittable<Change> implements Committable {
     }
   }
 
+  /** The hasher of a session open for writing (writable or prepared). */
+  #hashed(): ChangeHasher {
+    if (!this.#hasher) throw new NotWritableError(`${this.name} is not open for writing (${this.#mode})`);
+    return this.#hasher;
+  }
+
   #finish(id: Uint8Array): Uint8Array {
     this.#opened = false;
     this.#mode = 'idle';
@@ -175,7 +183,7 @@ export class HelperCommittable<Change> implements Committable {
 
   #reset(): void {
     this.#mode = 'idle';
-    this.#hasher = new ChangeHasher();
+    this.#hasher = undefined;
     this.#storedId = undefined;
     this.#opened = false;
   }

@@ -39,6 +39,11 @@ export function canonicalJson(value: unknown): string {
   return text;
 }
 
+/** A change as the store-ID stream holds it: its canonical form and a newline. */
+export function canonicalLine(change: unknown): string {
+  return `${canonicalJson(change)}\n`;
+}
+
 function idFromDigests(first: bigint, second: bigint): Uint8Array {
   const id = new Uint8Array(ID_BYTES);
   const view = new DataView(id.buffer);
@@ -53,13 +58,18 @@ export class ChangeHasher {
   readonly #second = xx.create64(1n);
   #count = 0;
 
-  /** Adds one change; returns its canonical form (callers may reuse it). */
+  /** Adds one change; returns its line, canonical form and newline (callers may reuse it). */
   add(change: unknown): string {
-    const line = `${canonicalJson(change)}\n`;
+    const line = canonicalLine(change);
+    this.addLine(line);
+    return line;
+  }
+
+  /** Adds one change already in the form {@link canonicalLine} gives. */
+  addLine(line: string): void {
     this.#first.update(line);
     this.#second.update(line);
     this.#count += 1;
-    return line;
   }
 
   /** How many changes were added. */
@@ -77,6 +87,13 @@ export class ChangeHasher {
 export function storeId(changes: Iterable<unknown>): Uint8Array {
   const hasher = new ChangeHasher();
   for (const change of changes) hasher.add(change);
+  return hasher.digest();
+}
+
+/** The store ID of changes given as {@link canonicalLine}s. */
+export function storeIdOfLines(lines: Iterable<string>): Uint8Array {
+  const hasher = new ChangeHasher();
+  for (const line of lines) hasher.addLine(line);
   return hasher.digest();
 }
 

@@ -10,7 +10,7 @@ import { describeKey, toHex } from '../committer/keys.ts';
 import type { Kv } from '../committer/kv.ts';
 import { ConstraintViolatedError, VersionMismatchError } from '../committer/kv-errors.ts';
 import { compareNames } from '../committer/multi-committer.ts';
-import { canonicalJson, sessionId, storeId } from '../committer/session-id.ts';
+import { canonicalJson, canonicalLine, sessionId, storeId, storeIdOfLines } from '../committer/session-id.ts';
 import type { Store, StoreSession } from '../committables/types.ts';
 import type { Metrics } from '../metrics.ts';
 import {
@@ -160,7 +160,8 @@ export class Coordinator implements SessionCoordinator {
   async apply(key: string, store: string, changes: readonly unknown[]): Promise<{ key: string; store: string; applied: number }> {
     const session = await this.#local(key);
     if (!session.stores.has(store)) throw new InvalidRequestError(`store ${JSON.stringify(store)} is not part of session ${JSON.stringify(key)} (stores: ${[...session.stores.keys()].join(', ')})`);
-    const bytes = this.#validate(store, changes);
+    let bytes = 0;
+    for (const line of this.#validate(store, changes)) bytes += line.length - 1;
     return session.run(async () => {
       if (this.#sessions.get(key) !== session || session.state !== 'active') throw await this.#notOpen(key);
       if (session.logBytes + bytes > this.#maxLogBytes) {
@@ -199,9 +200,15 @@ export class Coordinator implements SessionCoordinator {
   async commitOnce(key: string, changes: Readonly<Record<string, readonly unknown[]>>): Promise<CommittedView> {
     const names = this.#resolveStores(Object.keys(changes));
     let bytes = 0;
-    for (const name of names) bytes += this.#validate(name, changes[name] as readonly unknown[]);
+    const ids: [string, Uint8Array][] = [];
+    for (const name of names) {
+      const lines = this.#validate(name, changes[name] as readonly unknown[]);
+      for (const line of lines) bytes += line.length - 1;
+      ids.push([name, storeIdOfLines(lines)]);
+    }
     if (bytes > this.#maxLogBytes) throw new PayloadTooLargeError(`the changes exceed the change log limit of ${this.#maxLogBytes} bytes`);
-    const fingerprint = logSessionId(changes);
+    // The session ID the changes define (what logSessionId computes), from the lines just checked.
+    const fingerprint = toHex(sessionId(ids));
     const running = this.#sessions.get(key);
     if (running?.oneShot && running.fingerprint === fingerprint && running.outcome) {
       // A retry while the first attempt still runs here: share its outcome.
@@ -631,19 +638,20 @@ export class Coordinator implements SessionCoordinator {
     return [...names].sort(compareNames);
   }
 
-  /** Checks every change against its store type and canonical JSON; returns the log bytes. */
-  #validate(store: string, changes: readonly unknown[]): number {
-    let bytes = 0;
-    changes.forEach((change, i) => {
+  /**
+   * Checks every change against its store type and canonical JSON.
+   * @returns each change's {@link canonicalLine}: its length counts against the log limit
+   */
+  #validate(store: string, changes: readonly unknown[]): string[] {
+    return changes.map((change, i) => {
       try {
         this.#stores.validateChange(store, change);
-        bytes += canonicalJson(change).length;
+        return canonicalLine(change);
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
         throw new InvalidRequestError(`changes[${i}] for store ${JSON.stringify(store)}: ${message}`);
       }
     });
-    return bytes;
   }
 
   #assertNotLocal(key: string): void {
