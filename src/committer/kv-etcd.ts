@@ -296,7 +296,7 @@ export class EtcdKv implements Kv {
   private async grantRaw(ttlSeconds: number, deadline: number): Promise<EtcdLease> {
     assertTtl(ttlSeconds);
     const ttl = Math.ceil(ttlSeconds);
-    const sentAt = Date.now();
+    const sentAt = performance.now();
     const lease = this.ns.lease(ttl, { autoKeepAlive: false, deadline: new Date(deadline) });
     const id = await this.rpc('lease', deadline, () => lease.grant());
     return new EtcdLease(id, ttl, sentAt, lease, { rpc: this.rpc, timeoutMs: this.timeoutMs, keptAlive: this.keptAlive });
@@ -332,15 +332,19 @@ class EtcdLease implements KvLease {
   private renewTimer: NodeJS.Timeout | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private running = false;
+  /** {@inheritDoc KvLease.heldUntil} */
+  heldUntil: number;
 
   constructor(
     readonly id: string,
     readonly ttlSeconds: number,
-    /** When the grant was sent: the lease lives at least `ttl` from then. */
+    /** When the grant was sent (`performance.now()`): the lease lives at least `ttl` from then. */
     private validFrom: number,
     private readonly lease: Lease,
     private readonly owner: LeaseOwner,
-  ) {}
+  ) {
+    this.heldUntil = validFrom + ttlSeconds * 1000;
+  }
 
   /** {@inheritDoc KvLease.keepAlive} */
   keepAlive(onLost: (reason: Error) => void): void {
@@ -374,11 +378,11 @@ class EtcdLease implements KvLease {
 
   /** One renewal, then schedules the next: a third of the TTL, sooner after a failure. */
   private async renew(lose: (reason: Error) => void): Promise<void> {
-    const sentAt = Date.now();
+    const sentAt = performance.now();
     const period = (this.ttlSeconds * 1000) / 3;
     let delay = period;
     try {
-      const response = await this.owner.rpc('lease', sentAt + Math.min(period, this.owner.timeoutMs), (call) => this.lease.keepaliveOnce(call));
+      const response = await this.owner.rpc('lease', Date.now() + Math.min(period, this.owner.timeoutMs), (call) => this.lease.keepaliveOnce(call));
       if (!this.running) return;
       this.validFrom = sentAt;
       this.armExpiry(lose, Number(response.TTL));
@@ -393,15 +397,16 @@ class EtcdLease implements KvLease {
   /** Reports the loss once `ttl` has passed since the last confirmed renewal. */
   private armExpiry(lose: (reason: Error) => void, ttlSeconds = this.ttlSeconds): void {
     clearTimeout(this.expiryTimer);
-    const expiresAt = this.validFrom + Math.min(ttlSeconds, this.ttlSeconds) * 1000;
+    this.heldUntil = this.validFrom + Math.min(ttlSeconds, this.ttlSeconds) * 1000;
     const reason = new UnavailableError(
       `lease ${this.id} could not be renewed within its TTL of ${this.ttlSeconds} s`,
     );
-    this.expiryTimer = unrefTimer(() => lose(reason), expiresAt - Date.now());
+    this.expiryTimer = unrefTimer(() => lose(reason), this.heldUntil - performance.now());
   }
 
   private stop(): void {
     this.running = false;
+    this.heldUntil = -Infinity;
     clearTimeout(this.renewTimer);
     clearTimeout(this.expiryTimer);
     this.owner.keptAlive.delete(this);

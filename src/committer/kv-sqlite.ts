@@ -194,8 +194,9 @@ export class SqliteKv implements Kv {
     assertTtl(ttlSeconds);
     return this.run('lease', () => {
       const id = randomUUID();
+      const grantedAt = performance.now();
       this.statements.insertLease.run({ id, ttl: ttlSeconds, expires_at: Date.now() + ttlMs(ttlSeconds) });
-      return new SqliteLease(id, ttlSeconds, this.leaseOwner);
+      return new SqliteLease(id, ttlSeconds, this.leaseOwner, grantedAt);
     });
   }
 
@@ -326,12 +327,18 @@ interface LeaseOwner {
 class SqliteLease implements KvLease {
   private timer: NodeJS.Timeout | undefined;
   private onLost: ((reason: Error) => void) | undefined;
+  /** {@inheritDoc KvLease.heldUntil} */
+  heldUntil: number;
 
   constructor(
     readonly id: string,
     readonly ttlSeconds: number,
     private readonly owner: LeaseOwner,
-  ) {}
+    /** When the lease row was written (`performance.now()`). */
+    grantedAt: number,
+  ) {
+    this.heldUntil = grantedAt + ttlMs(ttlSeconds);
+  }
 
   /** {@inheritDoc KvLease.keepAlive} */
   keepAlive(onLost: (reason: Error) => void): void {
@@ -352,6 +359,7 @@ class SqliteLease implements KvLease {
     clearTimeout(this.timer);
     this.timer = undefined;
     this.onLost = undefined;
+    this.heldUntil = -Infinity;
     this.owner.keptAlive.delete(this);
   }
 
@@ -359,6 +367,7 @@ class SqliteLease implements KvLease {
     const onLost = this.onLost;
     if (onLost === undefined) return;
     let renewed: boolean;
+    const sentAt = performance.now();
     try {
       renewed = this.owner.renew(this);
     } catch (error) {
@@ -369,6 +378,7 @@ class SqliteLease implements KvLease {
       this.release();
       return onLost(new Error(`lease ${this.id} expired or was revoked`));
     }
+    this.heldUntil = sentAt + ttlMs(this.ttlSeconds);
     this.timer = setTimeout(() => this.renew(), ttlMs(this.ttlSeconds) / 3);
     this.timer.unref();
   }

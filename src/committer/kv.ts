@@ -27,6 +27,12 @@ export interface KvLease {
   /** Backend-specific lease id. */
   readonly id: string;
   readonly ttlSeconds: number;
+  /**
+   * Until when (`performance.now()` milliseconds) the lease is certainly alive in the KV:
+   * the send time of the last grant or renewal the KV confirmed, plus the TTL. The KV
+   * cannot expire it earlier. `-Infinity` once lost, released or revoked.
+   */
+  readonly heldUntil: number;
   /** Starts keeping the lease alive; `onLost` fires once if it expires or cannot be renewed. */
   keepAlive(onLost: (reason: Error) => void): void;
   /** Revokes the lease and deletes the keys attached to it. */

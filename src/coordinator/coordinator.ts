@@ -181,13 +181,13 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async commit(key: string): Promise<CommittedView> {
-    const session = this.#sessions.get(key);
+    const session = this.#owned(key);
     if (!session || session.oneShot) return this.#commitWithoutSession(key);
     return session.run(() => (this.#sessions.get(key) === session ? this.#drive(session) : this.#commitWithoutSession(key)));
   }
 
   async cancel(key: string): Promise<{ key: string; state: 'cancelled' }> {
-    const session = this.#sessions.get(key);
+    const session = this.#owned(key);
     if (!session) return this.#cancelWithoutSession(key);
     return session.run(async () => {
       if (this.#sessions.get(key) !== session) return this.#cancelWithoutSession(key);
@@ -209,7 +209,7 @@ export class Coordinator implements SessionCoordinator {
     if (bytes > this.#maxLogBytes) throw new PayloadTooLargeError(`the changes exceed the change log limit of ${this.#maxLogBytes} bytes`);
     // The session ID the changes define (what logSessionId computes), from the lines just checked.
     const fingerprint = toHex(sessionId(ids));
-    const running = this.#sessions.get(key);
+    const running = this.#owned(key);
     if (running?.oneShot && running.fingerprint === fingerprint && running.outcome) {
       // A retry while the first attempt still runs here: share its outcome.
       await running.outcome;
@@ -239,7 +239,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async get(key: string): Promise<SessionView | undefined> {
-    const session = this.#sessions.get(key);
+    const session = this.#owned(key);
     if (session) {
       return { key, state: session.state, stores: [...session.stores.keys()].sort(compareNames), owner: this.instanceId, startedAt: session.startedAt };
     }
@@ -654,12 +654,25 @@ export class Coordinator implements SessionCoordinator {
     });
   }
 
+  /**
+   * The session under `key` this instance drives, served from memory — no KV read — only
+   * while the instance's lease certainly holds: until then no other instance can have
+   * adopted the record, so only this process changes it and memory is its truth. Past the
+   * lease (even if the expiry timer has not fired yet, say after the event loop was
+   * blocked), every session is dropped first and the caller falls back to the KV.
+   */
+  #owned(key: string): Session | undefined {
+    // An overdue loss is reported here, and #leaseLost drops every session before the lookup.
+    if (this.#sessions.has(key)) this.#instance.holdsLease();
+    return this.#sessions.get(key);
+  }
+
   #assertNotLocal(key: string): void {
     if (this.#sessions.has(key)) throw new SessionBusyError(key, this.instanceId, 'a session under this key is open; cancel it or wait for its idle timeout');
   }
 
   async #local(key: string): Promise<Session> {
-    const session = this.#sessions.get(key);
+    const session = this.#owned(key);
     if (session && !session.oneShot) return session;
     throw await this.#notOpen(key);
   }
@@ -674,6 +687,8 @@ export class Coordinator implements SessionCoordinator {
 
   #open(start: { key: string; names: readonly string[]; oneShot: boolean; fingerprint: string; adopted?: { record: SessionRecord; revision: number } }): Session {
     if (this.#closing) throw new ServiceUnavailableError('commitd is shutting down', 5);
+    // Without a live lease other instances may take a new record for a dead one's at once.
+    if (!this.#instance.holdsLease()) throw new ServiceUnavailableError('this instance lost its lease and is registering again', 1);
     if (this.#sessions.size >= this.#maxOpen) throw new ServiceUnavailableError(`too many open sessions (${this.#maxOpen})`, 1);
     const stores = new Map<string, StoreSession>(start.names.map((name) => [name, (this.#stores.get(name) as Store).session()]));
     const session = new Session(this.#deps, { key: start.key, stores, oneShot: start.oneShot, fingerprint: start.fingerprint, adopted: start.adopted });

@@ -55,6 +55,21 @@ export class Instance {
     lease.keepAlive((reason) => this.#lost(lease, reason));
   }
 
+  /**
+   * True while this instance's lease is certainly alive in the KV (see
+   * {@link KvLease.heldUntil}): no other instance can have found this one dead and adopted
+   * its sessions. Checked by the clock, so it holds even when the event loop was blocked
+   * past the TTL and the expiry timer has not run yet; such an overdue loss is reported here,
+   * at once, as the timer would.
+   */
+  holdsLease(): boolean {
+    const lease = this.#lease;
+    if (!lease) return false;
+    if (performance.now() < lease.heldUntil) return true;
+    this.#lost(lease, new Error(`lease ${lease.id} ran past its TTL of ${lease.ttlSeconds} s without a confirmed renewal`));
+    return false;
+  }
+
   /** True if the instance `id` holds a live registration (a linearizable read). */
   async isAlive(id: string): Promise<boolean> {
     return (await this.#kv.get(recordKeys.instance(id))) !== undefined;
@@ -68,6 +83,7 @@ export class Instance {
 
   #lost(lease: KvLease, reason: Error): void {
     if (this.#stopped || lease !== this.#lease) return;
+    lease.release();
     this.#logger.error({ err: reason, instance: this.id }, 'instance lease lost: no longer driving owned sessions; re-registering');
     this.#lease = undefined;
     this.#onLost();
