@@ -225,6 +225,93 @@ describe('sqlite store', () => {
     assert.equal(markerCount(), 50);
   });
 
+  describe('group commit', () => {
+    /** A session with `changes` applied, prepared: it holds the write lock (or queues for it). */
+    async function prepared(store: Store<SqliteChange>, key: string, changes: SqliteChange[]) {
+      const session = store.session();
+      await session.begin(keyBytes(key));
+      for (const change of changes) await session.apply(change);
+      return { session, preparing: session.prepare(keyBytes(key)) };
+    }
+    const settled = async (promise: Promise<unknown>) => Promise.race([promise.then(() => true, () => true), new Promise((r) => setTimeout(() => r(false), 50))]);
+
+    it('a decided session waits for the next one to decide, then both are durable with one COMMIT', async () => {
+      const store = await openWithItems();
+      const a = await prepared(store, 'a', [insert('a')]);
+      await a.preparing;
+      const b = await prepared(store, 'b', [insert('b')]);
+      assert.equal(await settled(b.preparing), false, 'b queues for the write lock');
+      await a.session.decide?.(keyBytes('a'));
+      await b.preparing;
+      const aCommitted = a.session.commit(keyBytes('a'));
+      assert.equal(await settled(aCommitted), false, 'a is not reported committed before it is durable');
+      assert.deepEqual(names(), [], 'nothing is visible to other connections yet');
+      await b.session.decide?.(keyBytes('b'));
+      const [idA, idB] = await Promise.all([aCommitted, b.session.commit(keyBytes('b'))]);
+      assert.deepEqual(names(), ['a', 'b']);
+      assert.equal(markerCount(), 2);
+      assert.notEqual(toHex(idA), toHex(idB));
+    });
+
+    it('a session rolled back after joining a group undoes only its own writes', async () => {
+      const store = await openWithItems();
+      const a = await prepared(store, 'a', [insert('a')]);
+      await a.preparing;
+      const b = await prepared(store, 'b', [insert('b'), { sql: "UPDATE items SET flag = 'b' WHERE name = 'a'" }]);
+      await a.session.decide?.(keyBytes('a'));
+      await b.preparing;
+      const aCommitted = a.session.commit(keyBytes('a'));
+      await b.session.cancel();
+      await aCommitted;
+      assert.deepEqual(query((db) => db.prepare('SELECT name, flag FROM items').all()), [{ name: 'a', flag: null }]);
+      assert.equal(markerCount(), 1);
+    });
+
+    it('a session sees the decided writes before it, and a change that conflicts with them is rejected alone', async () => {
+      const store = await openWithItems();
+      const a = await prepared(store, 'a', [insert('dup'), { sql: 'UPDATE items SET flag = 1' }]);
+      await a.preparing;
+      const b = await prepared(store, 'b', [insert('dup')]);
+      const c = await prepared(store, 'c', [{ sql: 'UPDATE items SET flag = flag + 1' }]);
+      await a.session.decide?.(keyBytes('a'));
+      await assert.rejects(b.preparing, (err: unknown) => err instanceof ChangeRejectedError && /UNIQUE/.test(err.message));
+      await c.preparing;
+      await c.session.decide?.(keyBytes('c'));
+      await Promise.all([a.session.commit(keyBytes('a')), c.session.commit(keyBytes('c'))]);
+      assert.deepEqual(query((db) => db.prepare('SELECT name, flag FROM items').all()), [{ name: 'dup', flag: 2 }]);
+      assert.equal(markerCount(), 2);
+    });
+
+    it('a second committer of a key whose marker waits in the group skips only once that marker is durable', async () => {
+      const store = await openWithItems();
+      const first = await prepared(store, 'k', [insert('once')]);
+      await first.preparing;
+      const second = store.session();
+      await second.beginRecovery(keyBytes('k'));
+      await second.apply(insert('once'));
+      const secondCommitted = second.commit(keyBytes('k'));
+      await first.session.decide?.(keyBytes('k'));
+      const [firstId, secondId] = await Promise.all([first.session.commit(keyBytes('k')), secondCommitted]);
+      assert.equal(toHex(secondId), toHex(firstId));
+      assert.deepEqual(names(), ['once']);
+      assert.equal(markerCount(), 1);
+    });
+
+    it('closing the store fails the decided sessions still waiting, and none of their writes remain', async () => {
+      const store = await openWithItems();
+      const a = await prepared(store, 'a', [insert('a')]);
+      await a.preparing;
+      const b = await prepared(store, 'b', [insert('b')]);
+      await a.session.decide?.(keyBytes('a'));
+      await b.preparing;
+      const aCommitted = a.session.commit(keyBytes('a'));
+      await store.close();
+      stores.splice(stores.indexOf(store), 1);
+      await assert.rejects(aCommitted, /closed before its commit was durable/);
+      assert.deepEqual(names(), []);
+    });
+  });
+
   it('does not hold the write lock between applies', async () => {
     const store = await openWithItems();
     const slow = store.session();

@@ -55,6 +55,11 @@ export interface StoreDriver<Change> {
    * driver without it does everything in `commit`. May throw `MarkerExistsError`.
    */
   prepare?(key: Uint8Array, id: Uint8Array): Promise<void>;
+  /**
+   * After `prepare`: the session will commit; release what other sessions wait for.
+   * Optional (see {@link StoreSession.decide}).
+   */
+  decide?(key: Uint8Array, id: Uint8Array): Promise<void>;
   /** Commits the data together with the marker `(key, id)`; throws `MarkerExistsError` if it is there. */
   commit(key: Uint8Array, id: Uint8Array): Promise<void>;
   /** Discards everything since `open`. Safe in any state, called at most once per session. */
@@ -126,6 +131,14 @@ export class HelperCommittable<Change> implements Committable {
     const id = this.#hashed().digest();
     const skipped = await this.#guardMarker(key, id, () => this.#driver.prepare?.(key, id));
     if (!skipped) this.#mode = 'prepared';
+  }
+
+  /** See {@link StoreSession.decide}. Nothing to do in skip mode. */
+  async decide(key: Uint8Array): Promise<void> {
+    if (this.#mode === 'writable') await this.prepare(key);
+    if (this.#mode !== 'prepared') return;
+    const id = this.#hashed().digest();
+    await this.#driver.decide?.(key, id);
   }
 
   async commit(key: Uint8Array): Promise<Uint8Array> {

@@ -1,13 +1,23 @@
 /**
  * The `sqlite` store type: changes are SQL statements, buffered until `prepare`, then run
- * in one `BEGIN IMMEDIATE` transaction together with the session's marker row.
+ * in one transaction together with the session's marker row.
  *
- * Single-writer design, and what it costs: SQLite allows one writer per database file, so
- * every session on a store queues, first come first served, on an in-process mutex from
- * `prepare` until `commit` or `cancel`. Throughput is therefore bounded by one writer per
- * file, and the write lock is held across the coordinator's commit point (a KV write), so
- * a slow commit point delays every session queued behind it. In exchange nothing is locked
- * while clients send changes: a slow or frozen worker stalls no one.
+ * Single writer, group commit. SQLite allows one writer per database file, so sessions on
+ * a store take the file's in-process write lock in turn (FIFO), from `prepare` until the
+ * session is decided — its commit point written (`decide`) — or rolled back. Each session
+ * runs inside a savepoint of the writer's one open transaction, so a rejected change rolls
+ * back only its own session. A decided session's writes stay in that transaction and the
+ * next session goes on on top of them. Its `commit` asks for durability: at once if no
+ * session holds the lock, else at the holder's hand-over when nobody else queues, or once
+ * the group has {@link MAX_GROUP} sessions or its first request waited
+ * {@link MAX_GROUP_DELAY_MS}. One `COMMIT` (one fsync) then makes the whole group durable.
+ * A session joins only after the one before it is decided, so nothing it read can be
+ * rolled back under it, except by a crash or a failed COMMIT, which loses the whole group:
+ * every member is past its commit point and is rolled forward from its own record.
+ *
+ * Nothing is locked while clients send changes: a slow or frozen worker stalls no one. A
+ * session holding the lock across a slow commit point delays those queued behind it, and
+ * the durability of the decided sessions before it.
  * @module
  */
 import { mkdirSync } from 'node:fs';
@@ -21,6 +31,13 @@ import { describeKey, fromHex, toHex } from '../committer/keys.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
 import type { Store, StoreContext, StoreType } from './types.ts';
 import { FifoMutex } from './fifo-mutex.ts';
+
+/** The savepoint of the session that holds the write lock (one at a time). */
+const SAVEPOINT = 'commitd_session';
+/** At most this many decided sessions share one COMMIT. */
+export const MAX_GROUP = 64;
+/** A group commits at the next hand-over once its first request for durability waited this long. */
+export const MAX_GROUP_DELAY_MS = 5;
 
 /** Page cache per connection, as SQLite's negative cache_size: KiB (2 MiB). */
 const PAGE_CACHE_KIB = -2000;
@@ -118,6 +135,15 @@ function bindableParams(params: SqliteChange['params']): unknown[] {
 }
 
 
+/** A decided session waiting in the group for the COMMIT that makes it durable. */
+interface GroupMember {
+  readonly outcome: Promise<void>;
+  readonly durable: () => void;
+  readonly failed: (err: unknown) => void;
+  /** Its session's `commit` waits for it. */
+  requested: boolean;
+}
+
 interface MarkerStatements {
   /** On the reader: committed markers only. */
   readonly find: Database.Statement<[string], { session_id: string }>;
@@ -141,6 +167,10 @@ class SqliteDatabase {
   #markers: MarkerStatements | undefined;
   /** Compiled on the writer, never bound: parameters are passed to each `run`. */
   readonly #statements = new LRUCache<string, Database.Statement>({ max: STATEMENT_CACHE_SIZE });
+  /** Decided sessions whose writes are in the writer's open transaction, not yet durable. */
+  #group: GroupMember[] = [];
+  /** When the first member of the group asked for durability (`performance.now()`), if one did. */
+  #requestedSince: number | undefined;
   /** Whether a parameter shape fits a statement, by SQL text and shape: an error message, or '' if it fits. */
   readonly #shapes = new LRUCache<string, string>({ max: STATEMENT_CACHE_SIZE * 4 });
 
@@ -242,8 +272,120 @@ class SqliteDatabase {
     }
   }
 
+  /**
+   * Takes the write lock (queueing behind other sessions), then begins the transaction or
+   * joins the open one, and opens the session's savepoint.
+   */
+  async enter(): Promise<void> {
+    await this.writeLock.acquire();
+    try {
+      if (!this.writer.inTransaction) await this.whenNotBusy(() => this.writer.exec('BEGIN IMMEDIATE'));
+      this.writer.exec(`SAVEPOINT ${SAVEPOINT}`);
+    } catch (err) {
+      await this.#handOver();
+      throw err;
+    }
+  }
+
+  /**
+   * The holder's session will commit: its writes join the group and the lock goes to the
+   * next session. Nothing is durable yet: see {@link durable}.
+   */
+  async decide(): Promise<GroupMember> {
+    this.writer.exec(`RELEASE ${SAVEPOINT}`);
+    let settle!: Pick<GroupMember, 'durable' | 'failed'>;
+    const outcome = new Promise<void>((resolve, reject) => {
+      settle = { durable: resolve, failed: reject };
+    });
+    // Awaited by `durable`, maybe after a failed COMMIT has already rejected it.
+    outcome.catch(() => undefined);
+    const member: GroupMember = { outcome, ...settle, requested: false };
+    this.#group.push(member);
+    await this.#handOver();
+    return member;
+  }
+
+  /**
+   * Settles once `member`'s group is committed: commits it now if no session holds the
+   * lock, else asks the holder to at its hand-over.
+   */
+  async durable(member: GroupMember): Promise<void> {
+    if (!member.requested) {
+      member.requested = true;
+      this.#requestedSince ??= performance.now();
+    }
+    if (this.#group.includes(member) && this.writeLock.tryAcquire()) await this.#handOver(true);
+    return member.outcome;
+  }
+
+  /**
+   * The holder's session is rolled back: its savepoint is undone, the group's writes stay.
+   * With `flush`, the group commits before the lock is handed over (a session that found
+   * a marker of the group must not report it before it is durable).
+   */
+  async leave(flush = false): Promise<void> {
+    try {
+      if (this.writer.open && this.writer.inTransaction) {
+        this.writer.exec(`ROLLBACK TO ${SAVEPOINT}`);
+        this.writer.exec(`RELEASE ${SAVEPOINT}`);
+        if (this.#group.length === 0) this.writer.exec('ROLLBACK');
+      }
+    } finally {
+      await this.#handOver(flush);
+    }
+  }
+
+  /** True if the marker for `key` is committed (visible to the reader). */
+  markerCommitted(key: string): boolean {
+    return this.markers.find.get(key) !== undefined;
+  }
+
+  /**
+   * Commits the group if it is due — nobody else waits for the lock, it is full, or its
+   * oldest session waited long enough — then hands the lock to the next session.
+   */
+  async #handOver(flush = false): Promise<void> {
+    let failed: unknown;
+    try {
+      const since = this.#requestedSince;
+      const due =
+        flush ||
+        (since !== undefined &&
+          (this.writeLock.waiting === 0 || this.#group.length >= MAX_GROUP || performance.now() - since >= MAX_GROUP_DELAY_MS));
+      if (this.#group.length > 0 && due) failed = await this.#commitGroup();
+    } finally {
+      this.writeLock.release();
+    }
+    // The group's sessions learn it from their `durable`; a forced flush tells its caller too.
+    if (flush && failed !== undefined) throw failed;
+  }
+
+  /** One COMMIT for every decided session; each learns the outcome. Returns the error, if any. */
+  async #commitGroup(): Promise<unknown> {
+    const group = this.#group;
+    this.#group = [];
+    this.#requestedSince = undefined;
+    try {
+      await this.whenNotBusy(() => this.writer.exec('COMMIT'));
+    } catch (err) {
+      try {
+        if (this.writer.open && this.writer.inTransaction) this.writer.exec('ROLLBACK');
+      } catch {
+        // The connection is gone: the transaction went with it.
+      }
+      for (const member of group) member.failed(err);
+      return err;
+    }
+    for (const member of group) member.durable();
+    return undefined;
+  }
+
   close(): void {
     // Closing the writer rolls back a transaction still open: sessions in flight are abandoned.
+    const abandoned = this.#group;
+    this.#group = [];
+    this.#requestedSince = undefined;
+    for (const member of abandoned) member.failed(new Error(`sqlite database ${this.path} closed before its commit was durable`));
     this.writer.close();
     this.reader.close();
   }
@@ -253,8 +395,12 @@ class SqliteDatabase {
 class SqliteDriver implements StoreDriver<SqliteChange> {
   readonly #db: SqliteDatabase;
   #statements: { readonly statement: Database.Statement; readonly params: unknown[] }[] = [];
-  /** True from prepare until commit or rollback: this session holds the write lock and a transaction. */
-  #holding = false;
+  /**
+   * `holding`: prepared, holds the write lock and its savepoint. `decided`: its writes wait
+   * in the group (`#member`) for the COMMIT that makes them durable.
+   */
+  #state: 'idle' | 'holding' | 'decided' = 'idle';
+  #member: GroupMember | undefined;
 
   constructor(db: SqliteDatabase) {
     this.#db = db;
@@ -299,34 +445,57 @@ class SqliteDriver implements StoreDriver<SqliteChange> {
   }
 
   /**
-   * Takes the write lock (queueing behind other sessions), begins, inserts the marker first
-   * — so a second committer of the same key stops at the marker, before its changes can
-   * fail on the first one's rows — then runs the changes. Keeps the transaction open.
+   * Takes the write lock (queueing behind other sessions), opens the session's savepoint,
+   * inserts the marker first — so a second committer of the same key stops at the marker,
+   * before its changes can fail on the first one's rows — then runs the changes. Keeps the
+   * lock until the session is decided or rolled back.
    */
   async prepare(key: Uint8Array, id: Uint8Array): Promise<void> {
-    await this.#db.writeLock.acquire();
-    this.#holding = true;
+    await this.#db.enter();
+    this.#state = 'holding';
     try {
-      await this.#db.whenNotBusy(() => this.#db.writer.exec('BEGIN IMMEDIATE'));
       this.#insertMarker(key, id);
       this.#statements.forEach((change, index) => this.#run(change, index));
     } catch (err) {
-      this.#release();
+      this.#state = 'idle';
+      this.#statements = [];
+      // A marker another session of the group wrote is reported only once it is durable.
+      const pending = err instanceof MarkerExistsError && !this.#db.markerCommitted(describeKey(key));
+      await this.#db.leave(pending);
       throw err;
     }
   }
 
-  async commit(key: Uint8Array, id: Uint8Array): Promise<void> {
-    if (!this.#holding) await this.prepare(key, id);
-    try {
-      await this.#db.whenNotBusy(() => this.#db.writer.exec('COMMIT'));
-    } finally {
-      this.#release();
-    }
+  /** The session will commit: its writes join the group and the next session may go on. */
+  async decide(): Promise<void> {
+    if (this.#state !== 'holding') return;
+    this.#state = 'decided';
+    this.#statements = [];
+    this.#member = await this.#db.decide();
   }
 
+  /** Returns once the session's group is committed (fsynced). */
+  async commit(key: Uint8Array, id: Uint8Array): Promise<void> {
+    if (this.#state === 'idle') await this.prepare(key, id);
+    if (this.#state === 'holding') await this.decide();
+    const member = this.#member as GroupMember;
+    this.#state = 'idle';
+    this.#member = undefined;
+    await this.#db.durable(member);
+  }
+
+  /**
+   * Undoes the session's savepoint and lets the next queued session in. A decided session
+   * is past its commit point: its writes stay in the group. Safe to call twice.
+   */
   async rollback(): Promise<void> {
-    this.#release();
+    this.#statements = [];
+    const { state, member } = { state: this.#state, member: this.#member };
+    this.#state = 'idle';
+    this.#member = undefined;
+    if (state === 'holding') await this.#db.leave();
+    // Past its commit point the session's writes stay: see that they get committed.
+    if (member) void this.#db.durable(member).catch(() => undefined);
   }
 
   #insertMarker(key: Uint8Array, id: Uint8Array): void {
@@ -353,24 +522,12 @@ class SqliteDriver implements StoreDriver<SqliteChange> {
     }
   }
 
-  /** Rolls back whatever is open and lets the next queued session in. Safe to call twice. */
-  #release(): void {
-    this.#statements = [];
-    if (!this.#holding) return;
-    this.#holding = false;
-    try {
-      if (this.#db.writer.open && this.#db.writer.inTransaction) this.#db.writer.exec('ROLLBACK');
-    } finally {
-      this.#db.writeLock.release();
-    }
-  }
 }
 
 /**
  * The built-in `sqlite` store type. Changes are checked when they arrive and run at
  * `prepare`; sessions on one store take the file's single write lock in turn (FIFO), from
- * prepare to commit — throughput is one writer per file, and a slow commit point delays
- * the sessions queued behind it.
+ * prepare until decided, and decided sessions commit in groups (see the module comment).
  */
 export const sqliteStoreType: StoreType<SqliteOptions, SqliteChange> = {
   type: 'sqlite',

@@ -29,6 +29,14 @@ export interface StoreSession<Change = unknown> extends Committable {
   apply(change: Change): Promise<void>;
   /** Makes the changes ready to commit; fails now if they cannot (before the commit point). */
   prepare(key: Uint8Array): Promise<void>;
+  /**
+   * The session will commit: its commit point is written (or it is rolled forward).
+   * Called for every store, in commit order, before any store's `commit`; prepares first
+   * if needed. A store may hand what it holds in-process for this session to the next one
+   * here (sqlite: the file's write lock); `commit` then returns once the data is durable.
+   * Optional: without it, `commit` does it all.
+   */
+  decide?(key: Uint8Array): Promise<void>;
   /** True when recovery found this store already committed (applies are ignored). */
   readonly skipping: boolean;
 }

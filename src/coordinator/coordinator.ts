@@ -348,7 +348,10 @@ export class Coordinator implements SessionCoordinator {
     if (this.#closing) return;
     try {
       const alive = new Map<string, boolean>([[this.instanceId, true]]);
-      for (const entry of await this.#kv.list(recordKeys.sessions)) {
+      // Oldest revision first: a record last written at its commit point replays in commit
+      // order, so sessions of one sqlite commit group lost together apply as they first did.
+      const entries = (await this.#kv.list(recordKeys.sessions)).sort((x, y) => x.revision - y.revision);
+      for (const entry of entries) {
         const key = entry.key.slice(recordKeys.sessions.length);
         const record = parseSession(entry.value);
         if (this.#closing || record.state === 'failed' || this.#sessions.has(key) || this.#recovering.has(key)) continue;

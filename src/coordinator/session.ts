@@ -225,7 +225,23 @@ export class Session implements SessionSlot {
   }
 
   /** Step 4c–d: commit every store in name order, then write the result. */
+  /**
+   * Step 4c. Every store first learns, in commit order, that the session will commit, so a
+   * store that groups commits (sqlite) lets the next session in before any store waits for
+   * its own commit to be durable; then the stores commit one by one, in that order.
+   */
   async commitStores(): Promise<CommitResult> {
+    const key = new TextEncoder().encode(this.key);
+    for (const name of this.committer.names) {
+      try {
+        await (this.stores.get(name) as StoreSession).decide?.(key);
+      } catch (err) {
+        // Past the commit point: keep the record for recovery, release the stores.
+        this.keepRecord = true;
+        await this.committer.cancel().catch(() => undefined);
+        throw storeError(name, err);
+      }
+    }
     return this.committer.commitWithDetails(this.key);
   }
 
