@@ -9,11 +9,12 @@
  * - `back-to-back`: check the markers, commit point (KV txn 1), then each store's
  *   transaction in one go, then the result (KV txn 2). Nothing is held across a KV round
  *   trip: the least any design could do with these stores. This is "the floor".
- * - `held`: the order the protocol prescribes and the sqlite store implements — each store
+ * - `held`: the order the protocol prescribes, one transaction per session — each store
  *   takes its file's write lock and runs its statements at prepare, keeps the transaction
  *   open across the commit point, and commits after it. Same I/O, but every file's single
- *   writer is held for a KV round trip. Reported beside the floor to separate what the
- *   design costs from what the implementation costs.
+ *   writer is held for a KV round trip and an fsync. This is how the sqlite store worked
+ *   before group commit (it now hands the lock over at the commit point and commits
+ *   decided sessions in groups); kept as the reference for what that design allowed.
  * @module
  */
 import Database from 'better-sqlite3';
