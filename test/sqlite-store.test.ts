@@ -297,6 +297,24 @@ describe('sqlite store', () => {
       assert.equal(markerCount(), 1);
     });
 
+    it('when SQLite rolls back the whole transaction, the decided sessions in it fail instead of joining the next one', async () => {
+      const store = await openWithItems();
+      // RAISE(ROLLBACK) ends the whole transaction, as SQLite does on some I/O errors.
+      query((db) => db.exec("CREATE TRIGGER no_boom BEFORE INSERT ON items WHEN NEW.name = 'boom' BEGIN SELECT RAISE(ROLLBACK, 'boom refused'); END"));
+      const a = await prepared(store, 'a', [insert('a')]);
+      await a.preparing;
+      const b = await prepared(store, 'b', [insert('boom')]);
+      await a.session.decide?.(keyBytes('a'));
+      await assert.rejects(b.preparing, /boom refused/);
+      const c = await prepared(store, 'c', [insert('c')]);
+      await c.preparing;
+      await c.session.decide?.(keyBytes('c'));
+      await assert.rejects(a.session.commit(keyBytes('a')), /was rolled back/);
+      await c.session.commit(keyBytes('c'));
+      assert.deepEqual(names(), ['c']);
+      assert.equal(markerCount(), 1);
+    });
+
     it('closing the store fails the decided sessions still waiting, and none of their writes remain', async () => {
       const store = await openWithItems();
       const a = await prepared(store, 'a', [insert('a')]);

@@ -279,6 +279,7 @@ class SqliteDatabase {
   async enter(): Promise<void> {
     await this.writeLock.acquire();
     try {
+      this.#failLostGroup();
       if (!this.writer.inTransaction) await this.whenNotBusy(() => this.writer.exec('BEGIN IMMEDIATE'));
       this.writer.exec(`SAVEPOINT ${SAVEPOINT}`);
     } catch (err) {
@@ -292,7 +293,12 @@ class SqliteDatabase {
    * next session. Nothing is durable yet: see {@link durable}.
    */
   async decide(): Promise<GroupMember> {
-    this.writer.exec(`RELEASE ${SAVEPOINT}`);
+    try {
+      this.writer.exec(`RELEASE ${SAVEPOINT}`);
+    } catch (err) {
+      await this.leave();
+      throw err;
+    }
     let settle!: Pick<GroupMember, 'durable' | 'failed'>;
     const outcome = new Promise<void>((resolve, reject) => {
       settle = { durable: resolve, failed: reject };
@@ -342,11 +348,13 @@ class SqliteDatabase {
 
   /**
    * Commits the group if it is due — nobody else waits for the lock, it is full, or its
-   * oldest session waited long enough — then hands the lock to the next session.
+   * first request for durability waited long enough — then hands the lock to the next
+   * session.
    */
   async #handOver(flush = false): Promise<void> {
     let failed: unknown;
     try {
+      failed = this.#failLostGroup();
       const since = this.#requestedSince;
       const due =
         flush ||
@@ -358,6 +366,21 @@ class SqliteDatabase {
     }
     // The group's sessions learn it from their `durable`; a forced flush tells its caller too.
     if (flush && failed !== undefined) throw failed;
+  }
+
+  /**
+   * SQLite rolls a whole transaction back on some errors (disk full, I/O): then the group's
+   * writes are gone and its sessions must not be told otherwise, nor join a new transaction.
+   * @returns the error its sessions got, if the group was lost
+   */
+  #failLostGroup(): unknown {
+    if (this.#group.length === 0 || this.writer.inTransaction) return undefined;
+    const lost = this.#group;
+    this.#group = [];
+    this.#requestedSince = undefined;
+    const err = new Error(`sqlite database ${this.path}: the transaction holding ${lost.length} decided session(s) was rolled back`);
+    for (const member of lost) member.failed(err);
+    return err;
   }
 
   /** One COMMIT for every decided session; each learns the outcome. Returns the error, if any. */
