@@ -358,11 +358,10 @@ async function benchMemory() {
 type ProfileResult = ProfileSummary & { readonly pass: string; readonly concurrency: number; readonly seconds: number; readonly perSecond: number };
 
 /** A CPU profile of the server under load; only the samples taken during the load count. */
-async function benchProfile(pass: Pass, etcd: EtcdServer | undefined): Promise<ProfileResult> {
-  const dir = join(roots[pass.medium], `profile-${pass.mode}`);
+async function benchProfile(pass: Pass, etcd: EtcdServer | undefined, concurrency = settings.profileConcurrency): Promise<ProfileResult> {
+  const dir = join(roots[pass.medium], `profile-${pass.mode}-${concurrency}`);
   const profileDir = join(dir, 'cpuprofile');
   mkdirSync(profileDir, { recursive: true });
-  const concurrency = settings.profileConcurrency;
   const seconds = settings.profileSeconds;
   progress(`profile: commitd --cpu-prof, ${pass.name}, ${concurrency} in flight, ${seconds} s`);
   const server = await launchCommitd(pass.mode, etcd, join(dir, 'commitd'), profileDir);
@@ -477,6 +476,8 @@ async function main(): Promise<void> {
     if (settings.profile) {
       profiles.push(await benchProfile({ name: 'etcd', mode: 'etcd', medium: 'disk' }, etcd));
       profiles.push(await benchProfile({ name: 'embedded (tmpfs)', mode: 'embedded', medium: 'tmpfs' }, etcd));
+      // One session in flight, on disk: nothing overlaps, so this shows the latency of one session.
+      profiles.push(await benchProfile({ name: 'embedded', mode: 'embedded', medium: 'disk' }, etcd, 1));
     }
     const memory = settings.rssCheckpoints.length > 0 ? await benchMemory() : undefined;
     const loadAfter = machineLoad();
