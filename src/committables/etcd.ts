@@ -22,7 +22,7 @@
  */
 import { Type } from '@sinclair/typebox';
 import { ClientClosedError, Etcd3, EtcdLeaseInvalidError, isRecoverableError, type Namespace } from 'etcd3';
-import { CommitdError } from '../committer/errors.ts';
+import { CommitdError, errorMessage } from '../committer/errors.ts';
 import { describeKey, fromHex, toHex } from '../committer/keys.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
 import type { Store, StoreContext, StoreType } from './types.ts';
@@ -88,10 +88,6 @@ export class EtcdEndpointsMissingError extends CommitdError {
 
 function markerKey(key: Uint8Array): Buffer {
   return Buffer.concat([Buffer.from(MARKER_DIR), key]);
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /** cockatiel's `BrokenCircuitError` (etcd3's per-host breaker), recognised by its flag. */

@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CommitdError } from '../committer/errors.ts';
+import { CommitdError, errorMessage } from '../committer/errors.ts';
 import type { JsonSchema, Store, StoreContext, StoreType } from './types.ts';
 
 /** A plugin module could not be loaded; the message is one line naming the module and why. */
@@ -22,7 +22,7 @@ export class PluginLoadError extends CommitdError {
 
 /** The first line of an error's message: import errors (syntax) carry multi-line code frames. */
 function firstLine(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
+  const message = errorMessage(err);
   return message.split('\n', 1)[0]?.trim() || (err instanceof Error ? err.name : 'unknown error');
 }
 

@@ -31,7 +31,7 @@
 import { createHash } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import pg from 'pg';
-import { CommitdError } from '../committer/errors.ts';
+import { CommitdError, errorMessage } from '../committer/errors.ts';
 import { describeKey, fromHex, sameKey, toHex } from '../committer/keys.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
 import type { OrphanDecision, Store, StoreContext, StoreType } from './types.ts';
@@ -145,10 +145,6 @@ function isConnectionFailure(err: unknown): boolean {
 
 function sqlstateOf(err: unknown): string | undefined {
   return err instanceof pg.DatabaseError ? err.code : undefined;
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /** The first two words of a statement, past whitespace and comments, upper-cased. */

@@ -18,7 +18,7 @@
 import { Type } from '@sinclair/typebox';
 import { Redis, type ChainableCommander } from 'ioredis';
 import type { Logger } from 'pino';
-import { CommitdError } from '../committer/errors.ts';
+import { CommitdError, errorMessage } from '../committer/errors.ts';
 import { describeKey, fromHex, toHex } from '../committer/keys.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
 import type { Store, StoreContext, StoreType } from './types.ts';
@@ -101,10 +101,6 @@ type Reply = [error: Error | null, result: unknown];
 
 function markerKey(key: Uint8Array): Buffer {
   return Buffer.concat([Buffer.from(REDIS_MARKER_PREFIX), key]);
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /** ioredis names the errors Redis answered (as opposed to connection failures) `ReplyError`. */

@@ -5,7 +5,7 @@
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormats from 'ajv-formats';
-import { CommitdError } from '../committer/errors.ts';
+import { CommitdError, errorMessage } from '../committer/errors.ts';
 import type { Store, StoreContext, StoreType } from './types.ts';
 
 /** A change that does not match its store type's `changeSchema`, or names an unknown store. */
@@ -120,7 +120,7 @@ export class StoreRegistry {
         return this.#ajv.compile(storeType[which]);
       } catch (err) {
         throw new InvalidStoreError(
-          `store type ${JSON.stringify(storeType.type)}: ${which} is not a valid JSON Schema: ${err instanceof Error ? err.message : String(err)}`,
+          `store type ${JSON.stringify(storeType.type)}: ${which} is not a valid JSON Schema: ${errorMessage(err)}`,
         );
       }
     };
@@ -155,7 +155,7 @@ export class StoreRegistry {
       try {
         store = await registered.storeType.create(options, { ...ctx, name });
       } catch (err) {
-        throw new StoreOpenError(name, type, err instanceof Error ? err.message : String(err), { cause: err });
+        throw new StoreOpenError(name, type, errorMessage(err), { cause: err });
       }
       this.#stores.set(name, { store, type: registered });
       return store;

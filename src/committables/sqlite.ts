@@ -26,7 +26,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Type } from '@sinclair/typebox';
 import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
-import { CommitdError } from '../committer/errors.ts';
+import { CommitdError, errorMessage } from '../committer/errors.ts';
 import { describeKey, fromHex, toHex } from '../committer/keys.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
 import type { Store, StoreContext, StoreType } from './types.ts';
@@ -104,10 +104,6 @@ function sqliteCode(err: unknown): string | undefined {
   return err instanceof Database.SqliteError ? err.code : undefined;
 }
 
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
 /** The first keyword of a statement, past whitespace and comments. */
 function leadingVerb(sql: string): string {
   const rest = sql.replace(/^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?(?:\*\/|$))*/, '');
@@ -133,7 +129,6 @@ function bindableParams(params: SqliteChange['params']): unknown[] {
   for (const [name, value] of Object.entries(params)) named[name] = bindable(value, JSON.stringify(name));
   return [named];
 }
-
 
 /** A decided session waiting in the group for the COMMIT that makes it durable. */
 interface GroupMember {

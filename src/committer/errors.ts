@@ -3,6 +3,11 @@
  * @module
  */
 
+/** The message of anything thrown: an Error's message, else its string form. */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 /** Base of every error commitd raises on purpose; `code` is stable across releases. */
 export class CommitdError extends Error {
   /** Stable, machine-readable error code (UPPER_SNAKE_CASE). */

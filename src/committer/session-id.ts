@@ -12,7 +12,7 @@
  */
 import canonicalize from 'canonicalize';
 import xxhash from 'xxhash-wasm';
-import { CommitdError } from './errors.ts';
+import { CommitdError, errorMessage } from './errors.ts';
 import { toHex } from './keys.ts';
 
 const xx = await xxhash();
@@ -33,7 +33,7 @@ export function canonicalJson(value: unknown): string {
   try {
     text = canonicalize(value);
   } catch (err) {
-    throw new NotCanonicalizableError(err instanceof Error ? err.message : String(err));
+    throw new NotCanonicalizableError(errorMessage(err));
   }
   if (text === undefined) throw new NotCanonicalizableError('value is undefined');
   return text;

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Logger } from 'pino';
-import { AlreadyCommittedError, CommitdError } from '../committer/errors.ts';
+import { AlreadyCommittedError, CommitdError, errorMessage } from '../committer/errors.ts';
 import { describeKey, toHex } from '../committer/keys.ts';
 import type { Kv } from '../committer/kv.ts';
 import { ConstraintViolatedError, VersionMismatchError } from '../committer/kv-errors.ts';
@@ -448,9 +448,9 @@ export class Coordinator implements SessionCoordinator {
       this.#metrics?.sessionsCommitted.inc();
       return { state: 'committed', result: this.#resultOf(session, result) };
     } catch (err) {
-      if (isRejection(err)) return this.#markFailed(key, record, session.revision, err instanceof Error ? err.message : String(err));
+      if (isRejection(err)) return this.#markFailed(key, record, session.revision, errorMessage(err));
       this.#logger.warn({ err, key }, 'roll-forward did not finish; recovery retries it');
-      return { state: 'pending', error: err instanceof Error ? err.message : String(err) };
+      return { state: 'pending', error: errorMessage(err) };
     } finally {
       if (this.#sessions.get(key) === session) this.#sessions.delete(key);
     }
@@ -495,7 +495,7 @@ export class Coordinator implements SessionCoordinator {
         this.#drop(session);
         if (err instanceof SlotTakenError) return this.#oneShotOnExisting(session.key, session.fingerprint);
         this.#scheduleRecovery(session.key);
-        throw new ServiceUnavailableError(`commit of ${session.key} was interrupted (${err instanceof Error ? err.message : String(err)}); retry it`, 1, { cause: err });
+        throw new ServiceUnavailableError(`commit of ${session.key} was interrupted (${errorMessage(err)}); retry it`, 1, { cause: err });
       }
     }
     let result;
@@ -505,7 +505,7 @@ export class Coordinator implements SessionCoordinator {
       // Past the commit point the session will commit: recovery rolls it forward.
       this.#drop(session);
       this.#scheduleRecovery(session.key);
-      throw new ServiceUnavailableError(`commit of ${session.key} is past its commit point and will complete (${err instanceof Error ? err.message : String(err)}); retry for the result`, 1, { cause: err });
+      throw new ServiceUnavailableError(`commit of ${session.key} is past its commit point and will complete (${errorMessage(err)}); retry for the result`, 1, { cause: err });
     }
     this.#drop(session);
     this.#metrics?.sessionsCommitted.inc();
@@ -651,7 +651,7 @@ export class Coordinator implements SessionCoordinator {
         this.#stores.validateChange(store, change);
         return canonicalLine(change);
       } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
+        const message = errorMessage(err);
         throw new InvalidRequestError(`changes[${i}] for store ${JSON.stringify(store)}: ${message}`);
       }
     });

@@ -2,7 +2,7 @@
  * Errors the coordinator raises; each `code` maps to one HTTP problem in `src/http/`.
  * @module
  */
-import { CommitdError } from '../committer/errors.ts';
+import { CommitdError, errorMessage } from '../committer/errors.ts';
 
 /** The request names an unknown store, or a change outside its store type's schema. */
 export class InvalidRequestError extends CommitdError {
@@ -82,7 +82,7 @@ export function storeError(store: string, err: unknown): Error {
     if (err.code === 'NOT_CANONICALIZABLE') return new InvalidRequestError(`store ${JSON.stringify(store)}: ${err.message}`);
     if (PASSED_THROUGH.has(err.code)) return err;
   }
-  const message = err instanceof Error ? err.message : String(err);
+  const message = errorMessage(err);
   return new ServiceUnavailableError(`store ${JSON.stringify(store)} failed: ${message}`, 1, { cause: err });
 }
 
