@@ -446,7 +446,7 @@ export class Coordinator implements SessionCoordinator {
       const result = await session.commitStores();
       this.#metrics?.sessionsRecovered.inc({ outcome: 'committed' });
       this.#metrics?.sessionsCommitted.inc();
-      return { state: 'committed', result: this.#resultOf(session, result) };
+      return { state: 'committed', result };
     } catch (err) {
       if (isRejection(err)) return this.#markFailed(key, record, session.revision, errorMessage(err));
       this.#logger.warn({ err, key }, 'roll-forward did not finish; recovery retries it');
@@ -510,17 +510,7 @@ export class Coordinator implements SessionCoordinator {
     this.#drop(session);
     this.#metrics?.sessionsCommitted.inc();
     this.#metrics?.commitSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
-    return committedView(session.key, this.#resultOf(session, result));
-  }
-
-  #resultOf(session: Session, result: { sessionId: Uint8Array; stores: ReadonlyMap<string, Uint8Array> }): ResultRecord {
-    const sessionIdHex = toHex(result.sessionId);
-    return {
-      sessionId: sessionIdHex,
-      stores: Object.fromEntries([...result.stores].map(([name, id]) => [name, toHex(id)])),
-      committedAt: session.committedAt ?? new Date().toISOString(),
-      fingerprint: sessionIdHex,
-    };
+    return committedView(session.key, result);
   }
 
   #scheduleRecovery(key: string): void {

@@ -8,7 +8,7 @@ import type { Committable } from '../committer/committable.ts';
 import type { Kv, KvOp } from '../committer/kv.ts';
 import { ConstraintViolatedError } from '../committer/kv-errors.ts';
 import { MultiCommitter, compareNames } from '../committer/multi-committer.ts';
-import { toHex } from '../committer/keys.ts';
+import { keyBytes, toHex } from '../committer/keys.ts';
 import type { CommitResult, SessionSlot } from '../committer/slot.ts';
 import type { StoreSession } from '../committables/types.ts';
 import { storeError } from './errors.ts';
@@ -89,9 +89,11 @@ export class Session implements SessionSlot {
   lastTouched = Date.now();
   /** Settles when the session ends (committed or not); concurrent one-shot retries await it. */
   outcome: Promise<unknown> | undefined;
-  /** When the result was written (set by `release`). */
-  committedAt: string | undefined;
+  /** The result record, once `release` wrote it. */
+  result: ResultRecord | undefined;
   readonly #deps: SessionDeps;
+  /** The key as the stores take it. */
+  readonly #keyBytes: Uint8Array;
   readonly #adopted: boolean;
   #record: SessionRecord | undefined;
   #revision = 0;
@@ -100,6 +102,7 @@ export class Session implements SessionSlot {
   constructor(deps: SessionDeps, start: SessionStart) {
     this.#deps = deps;
     this.key = start.key;
+    this.#keyBytes = keyBytes(start.key);
     this.oneShot = start.oneShot;
     this.stores = start.stores;
     this.fingerprint = start.fingerprint;
@@ -132,7 +135,7 @@ export class Session implements SessionSlot {
   // --- SessionSlot: the session record is the MultiCommitter's slot ---
 
   async read(): Promise<Uint8Array | undefined> {
-    return this.#adopted ? new TextEncoder().encode(this.key) : undefined;
+    return this.#adopted ? this.#keyBytes : undefined;
   }
 
   /** Interactive sessions create their record now; one-shot ones at the commit point. */
@@ -147,7 +150,8 @@ export class Session implements SessionSlot {
   async release(_key: Uint8Array, result: CommitResult): Promise<void> {
     await this.#deps.failpoints.fire('commit.beforeResult');
     const stores = Object.fromEntries([...result.stores].map(([name, id]) => [name, toHex(id)]));
-    const value: ResultRecord = { sessionId: toHex(result.sessionId), stores, committedAt: new Date().toISOString(), fingerprint: toHex(result.sessionId) };
+    const sessionIdHex = toHex(result.sessionId);
+    const value: ResultRecord = { sessionId: sessionIdHex, stores, committedAt: new Date().toISOString(), fingerprint: sessionIdHex };
     const record = this.#record as SessionRecord;
     const ops: KvOp[] = [
       { type: 'create', key: recordKeys.result(this.key), value: JSON.stringify(value), options: { ttlSeconds: this.#deps.retentionSeconds } },
@@ -162,7 +166,7 @@ export class Session implements SessionSlot {
       const existing = await this.#deps.kv.get(recordKeys.result(this.key));
       if (!existing || parseResult(existing.value).sessionId !== value.sessionId) throw err;
     }
-    this.committedAt = value.committedAt;
+    this.result = value;
   }
 
   /** Set when the record must outlive a cancel of the stores (its fate is recovery's). */
@@ -196,14 +200,7 @@ export class Session implements SessionSlot {
 
   /** Step 4a: every store prepares; failures surface here, before the commit point. */
   async prepare(): Promise<void> {
-    const key = new TextEncoder().encode(this.key);
-    for (const name of this.committer.names) {
-      try {
-        await (this.stores.get(name) as StoreSession).prepare(key);
-      } catch (err) {
-        throw storeError(name, err);
-      }
-    }
+    await this.#eachStore((store, key) => store.prepare(key));
   }
 
   /**
@@ -224,25 +221,34 @@ export class Session implements SessionSlot {
     await this.#deps.failpoints.fire('commit.afterIntent');
   }
 
-  /** Step 4c–d: commit every store in name order, then write the result. */
   /**
-   * Step 4c. Every store first learns, in commit order, that the session will commit, so a
-   * store that groups commits (sqlite) lets the next session in before any store waits for
-   * its own commit to be durable; then the stores commit one by one, in that order.
+   * Steps 4c–d. Every store first learns, in commit order, that the session will commit, so
+   * a store that groups commits (sqlite) lets the next session in before any store waits
+   * for its own commit to be durable; then the stores commit one by one, in that order, and
+   * the result is written.
    */
-  async commitStores(): Promise<CommitResult> {
-    const key = new TextEncoder().encode(this.key);
+  async commitStores(): Promise<ResultRecord> {
+    try {
+      await this.#eachStore((store, key) => store.decide?.(key));
+    } catch (err) {
+      // Past the commit point: keep the record for recovery, release the stores.
+      this.keepRecord = true;
+      await this.committer.cancel().catch(() => undefined);
+      throw err;
+    }
+    await this.committer.commitWithDetails(this.key);
+    return this.result as ResultRecord;
+  }
+
+  /** Runs `step` on every store in commit order; a store's error names the store. */
+  async #eachStore(step: (store: StoreSession, key: Uint8Array) => Promise<void> | undefined): Promise<void> {
     for (const name of this.committer.names) {
       try {
-        await (this.stores.get(name) as StoreSession).decide?.(key);
+        await step(this.stores.get(name) as StoreSession, this.#keyBytes);
       } catch (err) {
-        // Past the commit point: keep the record for recovery, release the stores.
-        this.keepRecord = true;
-        await this.committer.cancel().catch(() => undefined);
         throw storeError(name, err);
       }
     }
-    return this.committer.commitWithDetails(this.key);
   }
 
   #newRecord(state: SessionRecord['state'], logFields: Pick<SessionRecord, 'log' | 'logChunks'>): SessionRecord {
