@@ -82,6 +82,8 @@ export class HelperCommittable<Change> implements Committable {
   /** Created when the store opens for writing: a skipped or idle session hashes nothing. */
   #hasher: ChangeHasher | undefined;
   #storedId: Uint8Array | undefined;
+  /** This session's store ID, fixed at prepare: no change comes after it. */
+  #preparedId: Uint8Array | undefined;
   #opened = false;
 
   constructor(name: string, driver: StoreDriver<Change>) {
@@ -130,22 +132,23 @@ export class HelperCommittable<Change> implements Committable {
     if (this.#mode !== 'writable') throw new NotWritableError(`${this.name} cannot prepare (${this.#mode})`);
     const id = this.#hashed().digest();
     const skipped = await this.#guardMarker(key, id, () => this.#driver.prepare?.(key, id));
-    if (!skipped) this.#mode = 'prepared';
+    if (skipped) return;
+    this.#preparedId = id;
+    this.#mode = 'prepared';
   }
 
   /** See {@link StoreSession.decide}. Nothing to do in skip mode. */
   async decide(key: Uint8Array): Promise<void> {
     if (this.#mode === 'writable') await this.prepare(key);
     if (this.#mode !== 'prepared') return;
-    const id = this.#hashed().digest();
-    await this.#driver.decide?.(key, id);
+    await this.#driver.decide?.(key, this.#preparedId as Uint8Array);
   }
 
   async commit(key: Uint8Array): Promise<Uint8Array> {
     if (this.#mode === 'writable') await this.prepare(key);
     if (this.#mode === 'skip') return this.#finish(this.#storedId as Uint8Array);
     if (this.#mode !== 'prepared') throw new NotWritableError(`${this.name} cannot commit (${this.#mode})`);
-    const id = this.#hashed().digest();
+    const id = this.#preparedId as Uint8Array;
     const skipped = await this.#guardMarker(key, id, () => this.#driver.commit(key, id));
     return this.#finish(skipped ? (this.#storedId as Uint8Array) : id);
   }
@@ -198,6 +201,7 @@ export class HelperCommittable<Change> implements Committable {
     this.#mode = 'idle';
     this.#hasher = undefined;
     this.#storedId = undefined;
+    this.#preparedId = undefined;
     this.#opened = false;
   }
 }
