@@ -4,11 +4,12 @@ import { Etcd3 } from 'etcd3';
 import { pino } from 'pino';
 import { ChangeRejectedError } from '../src/committables/helper.ts';
 import { ETCD_MAX_CHANGED_KEYS, etcdStoreType, TooManyOperationsError, type EtcdChange, type EtcdOptions } from '../src/committables/etcd.ts';
-import type { Store, StoreContext, StoreSession } from '../src/committables/types.ts';
+import type { Store, StoreContext } from '../src/committables/types.ts';
 import { AlreadyCommittedError } from '../src/committer/errors.ts';
 import { keyBytes, toHex } from '../src/committer/keys.ts';
 import { etcdBinary, startEtcd, type EtcdServer } from './harness/etcd.ts';
 import { skipOrFail } from './harness/require.ts';
+import { begun, commitOnce } from './support/store-session.ts';
 
 const baseCtx = { name: 'config', logger: pino({ level: 'silent' }), dataDir: '.', retentionSeconds: 60 };
 const PREFIX = '/app/';
@@ -49,17 +50,6 @@ describe('etcd store', () => {
   const etcd = (): Etcd3 => client as Etcd3;
   const get = (key: string): Promise<string | null> => etcd().get(PREFIX + key).string();
   const marker = (key: string): Promise<string | null> => get(`commitd/sessions/${key}`);
-
-  async function begun(store: Store<EtcdChange>, key: string, changes: readonly EtcdChange[]): Promise<StoreSession<EtcdChange>> {
-    const session = store.session();
-    await session.begin(keyBytes(key));
-    for (const change of changes) await session.apply(change);
-    return session;
-  }
-
-  async function commitOnce(store: Store<EtcdChange>, key: string, changes: readonly EtcdChange[]): Promise<Uint8Array> {
-    return (await begun(store, key, changes)).commit(keyBytes(key));
-  }
 
   it('commits puts, deletes and the marker in one transaction, once', async (t) => {
     if (!requireServer(t)) return;

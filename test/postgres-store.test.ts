@@ -11,12 +11,13 @@ import {
   type PostgresChange,
   type PostgresOptions,
 } from '../src/committables/postgres.ts';
-import type { Store, StoreSession } from '../src/committables/types.ts';
+import type { Store } from '../src/committables/types.ts';
 import { AlreadyCommittedError } from '../src/committer/errors.ts';
 import { describeKey, keyBytes, toHex } from '../src/committer/keys.ts';
 import { ChangeHasher } from '../src/committer/session-id.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
 import { skipOrFail } from './harness/require.ts';
+import { begun, commitOnce } from './support/store-session.ts';
 
 const ctx = { name: 'orders', logger: pino({ level: 'silent' }), dataDir: '.', retentionSeconds: 60 };
 
@@ -74,20 +75,6 @@ describe('postgres store', () => {
   const marker = async (key: string): Promise<string | undefined> =>
     (await query<{ session_id: string }>('SELECT session_id FROM commitd_sessions WHERE key = $1', [key]))[0]?.session_id;
   const preparedGids = async (): Promise<string[]> => (await query<{ gid: string }>('SELECT gid FROM pg_prepared_xacts ORDER BY gid')).map((row) => row.gid);
-
-  async function commitOnce(store: Store<PostgresChange>, key: string, changes: readonly PostgresChange[]): Promise<Uint8Array> {
-    const session = store.session();
-    await session.begin(keyBytes(key));
-    for (const change of changes) await session.apply(change);
-    return session.commit(keyBytes(key));
-  }
-
-  async function begun(store: Store<PostgresChange>, key: string, changes: readonly PostgresChange[]): Promise<StoreSession<PostgresChange>> {
-    const session = store.session();
-    await session.begin(keyBytes(key));
-    for (const change of changes) await session.apply(change);
-    return session;
-  }
 
   it('commits the data and its marker together, once', async (t) => {
     if (!requireServer(t)) return;

@@ -5,11 +5,12 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { ChangeRejectedError } from '../src/committables/helper.ts';
 import { InvalidRedisCommandError, redisStoreType, type RedisChange } from '../src/committables/redis.ts';
-import type { Store, StoreSession } from '../src/committables/types.ts';
+import type { Store } from '../src/committables/types.ts';
 import { AlreadyCommittedError } from '../src/committer/errors.ts';
 import { keyBytes, toHex } from '../src/committer/keys.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
 import { skipOrFail } from './harness/require.ts';
+import { begun, commitOnce } from './support/store-session.ts';
 
 const ctx = { name: 'cache', logger: pino({ level: 'silent' }), dataDir: '.', retentionSeconds: 60 };
 
@@ -49,17 +50,6 @@ describe('redis store', () => {
 
   const redis = (): Redis => client as Redis;
   const marker = (key: string): Promise<string | null> => redis().get(`commitd:session:${key}`);
-
-  async function begun(store: Store<RedisChange>, key: string, changes: readonly RedisChange[]): Promise<StoreSession<RedisChange>> {
-    const session = store.session();
-    await session.begin(keyBytes(key));
-    for (const change of changes) await session.apply(change);
-    return session;
-  }
-
-  async function commitOnce(store: Store<RedisChange>, key: string, changes: readonly RedisChange[]): Promise<Uint8Array> {
-    return (await begun(store, key, changes)).commit(keyBytes(key));
-  }
 
   it('commits the commands and the marker in one MULTI, once', async (t) => {
     if (!requireServer(t)) return;

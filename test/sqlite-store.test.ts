@@ -13,6 +13,7 @@ import { sqliteStoreType, type SqliteChange, type SqliteOptions } from '../src/c
 import type { Store } from '../src/committables/types.ts';
 import { AlreadyCommittedError } from '../src/committer/errors.ts';
 import { keyBytes, toHex } from '../src/committer/keys.ts';
+import { begun, commitOnce } from './support/store-session.ts';
 
 const writerFixture = fileURLToPath(new URL('./fixtures/sqlite-writer.ts', import.meta.url));
 
@@ -60,13 +61,6 @@ describe('sqlite store', () => {
   const names = () => query((db) => db.prepare('SELECT name FROM items ORDER BY id').pluck().all());
   const markerCount = () => query((db) => db.prepare('SELECT count(*) FROM commitd_sessions').pluck().get());
   const insert = (name: string): SqliteChange => ({ sql: 'INSERT INTO items (name) VALUES (?)', params: [name] });
-
-  async function commitOnce(store: Store<SqliteChange>, key: string, changes: SqliteChange[]): Promise<Uint8Array> {
-    const session = store.session();
-    await session.begin(keyBytes(key));
-    for (const change of changes) await session.apply(change);
-    return session.commit(keyBytes(key));
-  }
 
   it('commits each session once, data and marker together', async () => {
     const store = await openWithItems();
@@ -171,10 +165,7 @@ describe('sqlite store', () => {
   it('a constraint failure at prepare rejects the change and writes nothing', async () => {
     const store = await openWithItems();
     await commitOnce(store, 'k0', [insert('taken')]);
-    const session = store.session();
-    await session.begin(keyBytes('k1'));
-    await session.apply(insert('fresh'));
-    await session.apply(insert('taken'));
+    const session = await begun(store, 'k1', [insert('fresh'), insert('taken')]);
     await assert.rejects(session.prepare(keyBytes('k1')), (err: unknown) => {
       assert.ok(err instanceof ChangeRejectedError);
       assert.equal(err.detail.code, 'SQLITE_CONSTRAINT_UNIQUE');
@@ -211,14 +202,7 @@ describe('sqlite store', () => {
   it('50 concurrent sessions on one store all commit, in FIFO order', async () => {
     const store = await openWithItems();
     const keys = Array.from({ length: 50 }, (_, i) => `k${String(i).padStart(2, '0')}`);
-    const sessions = await Promise.all(
-      keys.map(async (key) => {
-        const session = store.session();
-        await session.begin(keyBytes(key));
-        await session.apply(insert(key));
-        return session;
-      }),
-    );
+    const sessions = await Promise.all(keys.map((key) => begun(store, key, [insert(key)])));
     await Promise.all(sessions.map((session, i) => session.commit(keyBytes(keys[i]!))));
     // Sessions that asked for the write lock in order got it in order.
     assert.deepEqual(names(), keys);
@@ -228,9 +212,7 @@ describe('sqlite store', () => {
   describe('group commit', () => {
     /** A session with `changes` applied, prepared: it holds the write lock (or queues for it). */
     async function prepared(store: Store<SqliteChange>, key: string, changes: SqliteChange[]) {
-      const session = store.session();
-      await session.begin(keyBytes(key));
-      for (const change of changes) await session.apply(change);
+      const session = await begun(store, key, changes);
       return { session, preparing: session.prepare(keyBytes(key)) };
     }
     const settled = async (promise: Promise<unknown>) => Promise.race([promise.then(() => true, () => true), new Promise((r) => setTimeout(() => r(false), 50))]);
@@ -349,9 +331,7 @@ describe('sqlite store', () => {
     const nextLine = () => new Promise<string>((resolve) => lines.once('line', resolve));
     assert.equal(await nextLine(), 'locked');
 
-    const session = store.session();
-    await session.begin(keyBytes('k1'));
-    await session.apply(insert('ours'));
+    const session = await begun(store, 'k1', [insert('ours')]);
     let ticks = 0;
     const ticker = setInterval(() => (ticks += 1), 10);
     let settled = false;
@@ -373,9 +353,7 @@ describe('sqlite store', () => {
     t.after(() => child.kill('SIGKILL'));
     const lines = createInterface({ input: child.stdout });
     assert.equal(await new Promise<string>((resolve) => lines.once('line', resolve)), 'locked');
-    const session = store.session();
-    await session.begin(keyBytes('k1'));
-    await session.apply(insert('ours'));
+    const session = await begun(store, 'k1', [insert('ours')]);
     await assert.rejects(session.commit(keyBytes('k1')), { code: 'STORE_BUSY' });
     await session.cancel();
     child.stdin.write('go\n');

@@ -1,0 +1,16 @@
+/** Driving one store's session directly, as the coordinator would: begin, apply, commit. */
+import { keyBytes } from '../../src/committer/keys.ts';
+import type { Store, StoreSession } from '../../src/committables/types.ts';
+
+/** A session on `store` under `key`, begun, with `changes` applied. */
+export async function begun<Change>(store: Store<Change>, key: string, changes: readonly Change[]): Promise<StoreSession<Change>> {
+  const session = store.session();
+  await session.begin(keyBytes(key));
+  for (const change of changes) await session.apply(change);
+  return session;
+}
+
+/** Begins, applies `changes` and commits; returns the store ID. */
+export async function commitOnce<Change>(store: Store<Change>, key: string, changes: readonly Change[]): Promise<Uint8Array> {
+  return (await begun(store, key, changes)).commit(keyBytes(key));
+}
