@@ -138,6 +138,31 @@ for (const kv of KV_BACKENDS) {
   });
 }
 
+describe('the committing record', () => {
+  it('carries the session ID the commit ends with, counting stores that got no change', async () => {
+    const service = await startTestService({ kv: 'sqlite', failpoints: 'commit.afterIntent=delay(1000)' });
+    try {
+      const db = new Database(join(service.dir, 'main.db'));
+      db.exec('CREATE TABLE t(id INTEGER PRIMARY KEY)');
+      db.close();
+      // Two stores, changes for one of them only.
+      await service.coordinator.begin('partial', ['main', 'audit']);
+      await service.coordinator.apply('partial', 'main', [insert('t', 1)]);
+      const committed = service.coordinator.commit('partial');
+      let record: { state: string; fingerprint: string } | undefined;
+      for (let i = 0; i < 100 && record?.state !== 'committing'; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        const entry = await service.kv.get('sessions/partial');
+        record = entry && (JSON.parse(entry.value) as { state: string; fingerprint: string });
+      }
+      assert.equal(record?.state, 'committing');
+      assert.equal(record?.fingerprint, (await committed).sessionId);
+    } finally {
+      await service.dispose();
+    }
+  });
+});
+
 describe('idle timeout and readiness', () => {
   it('an abandoned session is cancelled after the idle timeout', async () => {
     const service = await startTestService({ kv: 'sqlite', idleTimeoutMs: 300 });

@@ -160,8 +160,9 @@ export class Coordinator implements SessionCoordinator {
   async apply(key: string, store: string, changes: readonly unknown[]): Promise<{ key: string; store: string; applied: number }> {
     const session = await this.#local(key);
     if (!session.stores.has(store)) throw new InvalidRequestError(`store ${JSON.stringify(store)} is not part of session ${JSON.stringify(key)} (stores: ${[...session.stores.keys()].join(', ')})`);
+    const lines = this.#validate(store, changes);
     let bytes = 0;
-    for (const line of this.#validate(store, changes)) bytes += line.length - 1;
+    for (const line of lines) bytes += line.length - 1;
     return session.run(async () => {
       if (this.#sessions.get(key) !== session || session.state !== 'active') throw await this.#notOpen(key);
       if (session.logBytes + bytes > this.#maxLogBytes) {
@@ -174,6 +175,7 @@ export class Coordinator implements SessionCoordinator {
         await this.#cancel(session, 'error');
         throw err;
       }
+      session.hashLog(store, lines);
       session.logBytes += bytes;
       session.lastTouched = Date.now();
       return { key, store, applied: changes.length };
@@ -486,7 +488,7 @@ export class Coordinator implements SessionCoordinator {
       }
       try {
         // A one-shot session's fingerprint already is the session ID of its log.
-        await session.writeCommitPoint(session.oneShot ? session.fingerprint : logSessionId(session.log));
+        await session.writeCommitPoint(session.oneShot ? session.fingerprint : session.logSessionId());
       } catch (err) {
         // Unknown whether the commit point landed: release the stores, keep the record,
         // and let recovery decide from it (committing → roll forward, active → cancel).

@@ -9,6 +9,7 @@ import type { Kv, KvOp } from '../committer/kv.ts';
 import { ConstraintViolatedError } from '../committer/kv-errors.ts';
 import { MultiCommitter, compareNames } from '../committer/multi-committer.ts';
 import { keyBytes, toHex } from '../committer/keys.ts';
+import { ChangeHasher, sessionId } from '../committer/session-id.ts';
 import type { CommitResult, SessionSlot } from '../committer/slot.ts';
 import type { StoreSession } from '../committables/types.ts';
 import { storeError } from './errors.ts';
@@ -95,6 +96,8 @@ export class Session implements SessionSlot {
   /** The key as the stores take it. */
   readonly #keyBytes: Uint8Array;
   readonly #adopted: boolean;
+  /** Each store's running hash of its logged changes, fed the lines the coordinator validated. */
+  readonly #logHashers = new Map<string, ChangeHasher>();
   #record: SessionRecord | undefined;
   #revision = 0;
   #queue: Promise<unknown> = Promise.resolve();
@@ -196,6 +199,21 @@ export class Session implements SessionSlot {
       }
       logged.push(change);
     }
+  }
+
+  /** Adds changes just applied to `storeName`, as their canonical lines, to the log's hash. */
+  hashLog(storeName: string, lines: readonly string[]): void {
+    let hasher = this.#logHashers.get(storeName);
+    if (!hasher) this.#logHashers.set(storeName, (hasher = new ChangeHasher()));
+    for (const line of lines) hasher.addLine(line);
+  }
+
+  /**
+   * The session ID the hashed log defines: what the stores' IDs will hash to, stores that
+   * got no change included.
+   */
+  logSessionId(): string {
+    return toHex(sessionId(this.committer.names.map((name) => [name, (this.#logHashers.get(name) ?? new ChangeHasher()).digest()] as const)));
   }
 
   /** Step 4a: every store prepares; failures surface here, before the commit point. */
