@@ -18,9 +18,9 @@
  * @module
  */
 import Database from 'better-sqlite3';
-import type { Kv } from '../src/committer/kv.ts';
+import type { Kv } from '../src/kv/kv.ts';
 import { INSERT_SQL, STORE_NAMES, changeFor } from './workload.ts';
-import { FifoMutex } from '../src/committables/fifo-mutex.ts';
+import { FifoMutex } from '../src/stores/fifo-mutex.ts';
 
 export type FloorOrder = 'back-to-back' | 'held';
 

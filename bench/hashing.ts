@@ -6,7 +6,7 @@
  * @module
  */
 import xxhash from 'xxhash-wasm';
-import { ChangeHasher, canonicalJson } from '../src/committer/session-id.ts';
+import { ChangeHasher, canonicalJson } from '../src/core/session-id.ts';
 import { changeFor, payloadOf } from './workload.ts';
 
 const xx = await xxhash();

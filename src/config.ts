@@ -14,9 +14,9 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
-import { CommitdError } from './committer/errors.ts';
-import { createValidatorCompiler, describeSchemaError, type StoreDefinition } from './committables/registry.ts';
-import { STORE_NAME_PATTERN } from './http/schemas.ts';
+import { CommitdError } from './errors/core.ts';
+import { createValidatorCompiler, describeSchemaError, type StoreDefinition } from './stores/registry.ts';
+import { STORE_NAME_PATTERN } from './contract/schemas.ts';
 
 /** The configuration is invalid; the message is one line naming the setting and the problem. */
 export class ConfigError extends CommitdError {

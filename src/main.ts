@@ -5,7 +5,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { pino, type Logger } from 'pino';
-import { CommitdError } from './committer/errors.ts';
+import { CommitdError } from './errors/core.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createService, type Service } from './service.ts';
 

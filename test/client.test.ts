@@ -22,7 +22,7 @@ import {
   type RetryEvent,
 } from '../src/client/index.ts';
 import { retry, type RetryEnvironment, type RetryPolicy } from '../src/client/retry.ts';
-import { KEY_PATTERN } from '../src/http/schemas.ts';
+import { KEY_PATTERN } from '../src/contract/schemas.ts';
 import { makeTempDir, removeTempDir, spawnTsx, type TrackedProcess } from './harness/child.ts';
 import { freePort } from './harness/ports.ts';
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { MultiCommitter } from '../src/committer/multi-committer.ts';
+import { MultiCommitter } from '../src/core/multi-committer.ts';
 import { makeTempDir, removeTempDir, spawnTsx } from './harness/child.ts';
 import { kvFromArg } from './fixtures/kv-from-arg.ts';
 import { MemoryDatastore } from './support/memory-store.ts';

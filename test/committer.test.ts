@@ -12,8 +12,8 @@ import {
   NotInSessionError,
   toHex,
   type Kv,
-} from '../src/committer/index.ts';
-import { SqliteKv } from '../src/committer/kv-sqlite.ts';
+} from '../src/core/index.ts';
+import { SqliteKv } from '../src/kv/sqlite.ts';
 import { MemoryDatastore } from './support/memory-store.ts';
 import { Recording } from './support/recording.ts';
 

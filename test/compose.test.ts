@@ -12,7 +12,7 @@ import { join, posix, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
-import { builtinStoreTypes, createValidatorCompiler, describeSchemaError } from '../src/committables/index.ts';
+import { builtinStoreTypes, createValidatorCompiler, describeSchemaError } from '../src/stores/index.ts';
 import { loadConfig } from '../src/config.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));

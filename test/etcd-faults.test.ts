@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import Database from 'better-sqlite3';
-import { EtcdKv, RevisionFloor, orderedRead, type RevisionedResponse } from '../src/committer/kv-etcd.ts';
+import { EtcdKv, RevisionFloor, orderedRead, type RevisionedResponse } from '../src/kv/etcd.ts';
 import { logSessionId } from '../src/coordinator/coordinator.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdServer } from './harness/etcd.ts';

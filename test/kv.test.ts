@@ -11,15 +11,15 @@ import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import Database from 'better-sqlite3';
-import type { Kv } from '../src/committer/kv.ts';
-import { EtcdKv } from '../src/committer/kv-etcd.ts';
-import { SqliteKv } from '../src/committer/kv-sqlite.ts';
+import type { Kv } from '../src/kv/kv.ts';
+import { EtcdKv } from '../src/kv/etcd.ts';
+import { SqliteKv } from '../src/kv/sqlite.ts';
 import {
   AlreadyExistsError,
   ConstraintViolatedError,
   UnavailableError,
   VersionMismatchError,
-} from '../src/committer/kv-errors.ts';
+} from '../src/kv/errors.ts';
 import { etcdBinary, etcdRequest, startEtcd, type EtcdServer } from './harness/etcd.ts';
 import { skipOrFail } from './harness/require.ts';
 

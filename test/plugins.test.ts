@@ -5,12 +5,12 @@ import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { loadPlugin, PluginLoadError } from '../src/committables/plugins.ts';
-import { InvalidChangeError, InvalidStoreError, StoreRegistry } from '../src/committables/registry.ts';
-import { sqliteStoreType } from '../src/committables/sqlite.ts';
-import type { StoreSession } from '../src/committables/types.ts';
-import { AlreadyCommittedError } from '../src/committer/errors.ts';
-import { keyBytes, toHex } from '../src/committer/keys.ts';
+import { loadPlugin, PluginLoadError } from '../src/stores/plugins.ts';
+import { InvalidChangeError, InvalidStoreError, StoreRegistry } from '../src/stores/registry.ts';
+import { sqliteStoreType } from '../src/stores/sqlite/store.ts';
+import type { StoreSession } from '../src/stores/api.ts';
+import { AlreadyCommittedError } from '../src/errors/core.ts';
+import { keyBytes, toHex } from '../src/core/keys.ts';
 
 const testDir = dirname(fileURLToPath(import.meta.url));
 const repoDir = dirname(testDir);

@@ -3,18 +3,18 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, before, describe, it, type TestContext } from 'node:test';
 import pg from 'pg';
 import { pino } from 'pino';
-import { ChangeRejectedError } from '../src/committables/helper.ts';
+import { ChangeRejectedError } from '../src/stores/helper.ts';
 import {
   postgresStoreType,
   PostgresUnavailableError,
   TWO_PHASE_MAX_KEY_BYTES,
   type PostgresChange,
   type PostgresOptions,
-} from '../src/committables/postgres.ts';
-import type { Store } from '../src/committables/types.ts';
-import { AlreadyCommittedError } from '../src/committer/errors.ts';
-import { describeKey, keyBytes, toHex } from '../src/committer/keys.ts';
-import { ChangeHasher } from '../src/committer/session-id.ts';
+} from '../src/stores/postgres/store.ts';
+import type { Store } from '../src/stores/api.ts';
+import { AlreadyCommittedError } from '../src/errors/core.ts';
+import { describeKey, keyBytes, toHex } from '../src/core/keys.ts';
+import { ChangeHasher } from '../src/core/session-id.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
 import { skipOrFail } from './harness/require.ts';
 import { begun, commitOnce } from './support/store-session.ts';

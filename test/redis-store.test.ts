@@ -3,11 +3,11 @@ import { after, afterEach, before, describe, it, type TestContext } from 'node:t
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
-import { ChangeRejectedError } from '../src/committables/helper.ts';
-import { InvalidRedisCommandError, redisStoreType, type RedisChange } from '../src/committables/redis.ts';
-import type { Store } from '../src/committables/types.ts';
-import { AlreadyCommittedError } from '../src/committer/errors.ts';
-import { keyBytes, toHex } from '../src/committer/keys.ts';
+import { ChangeRejectedError } from '../src/stores/helper.ts';
+import { InvalidRedisCommandError, redisStoreType, type RedisChange } from '../src/stores/redis/store.ts';
+import type { Store } from '../src/stores/api.ts';
+import { AlreadyCommittedError } from '../src/errors/core.ts';
+import { keyBytes, toHex } from '../src/core/keys.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
 import { skipOrFail } from './harness/require.ts';
 import { begun, commitOnce } from './support/store-session.ts';

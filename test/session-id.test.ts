@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { ChangeHasher, NotCanonicalizableError, canonicalJson, canonicalLine, sessionId, storeId, storeIdOfLines, toHex } from '../src/committer/index.ts';
+import { ChangeHasher, NotCanonicalizableError, canonicalJson, canonicalLine, sessionId, storeId, storeIdOfLines, toHex } from '../src/core/index.ts';
 
 interface Vectors {
   stores: { changes: unknown[]; storeId: string }[];

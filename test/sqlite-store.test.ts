@@ -8,11 +8,11 @@ import { afterEach, beforeEach, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { pino } from 'pino';
-import { ChangeRejectedError } from '../src/committables/helper.ts';
-import { sqliteStoreType, type SqliteChange, type SqliteOptions } from '../src/committables/sqlite.ts';
-import type { Store } from '../src/committables/types.ts';
-import { AlreadyCommittedError } from '../src/committer/errors.ts';
-import { keyBytes, toHex } from '../src/committer/keys.ts';
+import { ChangeRejectedError } from '../src/stores/helper.ts';
+import { sqliteStoreType, type SqliteChange, type SqliteOptions } from '../src/stores/sqlite/store.ts';
+import type { Store } from '../src/stores/api.ts';
+import { AlreadyCommittedError } from '../src/errors/core.ts';
+import { keyBytes, toHex } from '../src/core/keys.ts';
 import { begun, commitOnce } from './support/store-session.ts';
 
 const writerFixture = fileURLToPath(new URL('./fixtures/sqlite-writer.ts', import.meta.url));

@@ -17,9 +17,9 @@ import { createHash, randomUUID } from 'node:crypto';
 import { link, mkdir, open, readFile, unlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 // A plugin outside this repository imports these from the installed commitd package.
-import { HelperCommittable, MarkerExistsError, type StoreDriver } from '../../src/committables/helper.ts';
-import type { Store, StoreContext, StoreType } from '../../src/committables/types.ts';
-import { describeKey, fromHex, toHex } from '../../src/committer/keys.ts';
+import { HelperCommittable, MarkerExistsError, type StoreDriver } from '../../src/stores/helper.ts';
+import type { Store, StoreContext, StoreType } from '../../src/stores/api.ts';
+import { describeKey, fromHex, toHex } from '../../src/core/keys.ts';
 
 interface JsonlOptions {
   readonly dir: string;

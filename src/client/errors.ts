@@ -3,9 +3,9 @@
  * from the server, on the contract's `code` — never on messages.
  * @module
  */
-import type { ProblemCode } from '../http/schemas.ts';
+import type { ProblemCode } from '../contract/schemas.ts';
 
-export type { ProblemCode } from '../http/schemas.ts';
+export type { ProblemCode } from '../contract/schemas.ts';
 
 /**
  * The error codes of the HTTP API v1 contract (DESIGN.md) with their statuses; `internal`

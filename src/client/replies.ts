@@ -1,13 +1,13 @@
 /**
  * The server's replies, typed and checked against the same TypeBox schemas the routes
- * declare (`src/http/schemas.ts`), so client and server share one definition and nothing
+ * declare (`src/contract/schemas.ts`), so client and server share one definition and nothing
  * unchecked leaves the client. A reply of the wrong shape is a `ReplyShapeError`, which
  * the transport reports as a protocol error.
  * @module
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Ajv, type ValidateFunction } from 'ajv';
-import * as schemas from '../http/schemas.ts';
+import * as schemas from '../contract/schemas.ts';
 
 /** A committed session: the answer to commit, one-shot commit, and every replay of them. */
 export type CommittedReply = Static<typeof schemas.CommittedReply>;

@@ -5,13 +5,13 @@
  * @module
  */
 import type { Logger } from 'pino';
-import { AlreadyCommittedError, CommitdError, errorMessage } from '../committer/errors.ts';
-import { describeKey, toHex } from '../committer/keys.ts';
-import type { Kv } from '../committer/kv.ts';
-import { ConstraintViolatedError, VersionMismatchError } from '../committer/kv-errors.ts';
-import { compareNames } from '../committer/multi-committer.ts';
-import { canonicalJson, canonicalLine, sessionId, storeId, storeIdOfLines } from '../committer/session-id.ts';
-import type { Store, StoreSession } from '../committables/types.ts';
+import { AlreadyCommittedError, CommitdError, errorMessage } from '../errors/core.ts';
+import { describeKey, toHex } from '../core/keys.ts';
+import type { Kv } from '../kv/kv.ts';
+import { ConstraintViolatedError, VersionMismatchError } from '../kv/errors.ts';
+import { compareNames } from '../core/multi-committer.ts';
+import { canonicalJson, canonicalLine, sessionId, storeId, storeIdOfLines } from '../core/session-id.ts';
+import type { Store, StoreSession } from '../stores/api.ts';
 import type { Metrics } from '../metrics.ts';
 import {
   InvalidRequestError,

@@ -2,7 +2,7 @@
  * Errors the coordinator raises; each `code` maps to one HTTP problem in `src/http/`.
  * @module
  */
-import { CommitdError, errorMessage } from '../committer/errors.ts';
+import { CommitdError, errorMessage } from '../errors/core.ts';
 
 /** The request names an unknown store, or a change outside its store type's schema. */
 export class InvalidRequestError extends CommitdError {

@@ -4,7 +4,7 @@
  * @module
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CommitdError } from '../committer/errors.ts';
+import { CommitdError } from '../errors/core.ts';
 
 /** The moments a failpoint can name; `commit.afterStore.N` counts committed stores from 1. */
 export const FAILPOINT_NAMES = ['begin.afterRecord', 'commit.afterIntent', 'commit.beforeResult', 'recovery.afterAdopt'] as const;

@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { Kv, KvLease } from '../committer/kv.ts';
+import type { Kv, KvLease } from '../kv/kv.ts';
 import { recordKeys, type InstanceRecord } from './records.ts';
 
 /** The instance id from config, else from `<dataDir>/instance-id`, created on first start. */

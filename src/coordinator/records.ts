@@ -4,7 +4,7 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
-import type { Kv, KvOp } from '../committer/kv.ts';
+import type { Kv, KvOp } from '../kv/kv.ts';
 
 /** A session's changes by store name, each list in the order applied. */
 export type ChangeLog = Record<string, unknown[]>;

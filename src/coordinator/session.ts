@@ -4,14 +4,14 @@
  * @module
  */
 import type { Logger } from 'pino';
-import type { Committable } from '../committer/committable.ts';
-import type { Kv, KvOp } from '../committer/kv.ts';
-import { ConstraintViolatedError } from '../committer/kv-errors.ts';
-import { MultiCommitter, compareNames } from '../committer/multi-committer.ts';
-import { keyBytes, toHex } from '../committer/keys.ts';
-import { ChangeHasher, sessionId } from '../committer/session-id.ts';
-import type { CommitResult, SessionSlot } from '../committer/slot.ts';
-import type { StoreSession } from '../committables/types.ts';
+import type { Committable } from '../core/committable.ts';
+import type { Kv, KvOp } from '../kv/kv.ts';
+import { ConstraintViolatedError } from '../kv/errors.ts';
+import { MultiCommitter, compareNames } from '../core/multi-committer.ts';
+import { keyBytes, toHex } from '../core/keys.ts';
+import { ChangeHasher, sessionId } from '../core/session-id.ts';
+import type { CommitResult, SessionSlot } from '../core/slot.ts';
+import type { StoreSession } from '../stores/api.ts';
 import { storeError } from './errors.ts';
 import type { Failpoints } from './failpoints.ts';
 import { deleteLogOps, parseResult, recordKeys, storeLog, type ChangeLog, type ResultRecord, type SessionRecord } from './records.ts';

@@ -5,8 +5,8 @@
  * @module
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { CommitdError } from '../committer/errors.ts';
-import { PROBLEM_CONTENT_TYPE, type Problem, type ProblemCode } from './schemas.ts';
+import { CommitdError } from '../errors/core.ts';
+import { PROBLEM_CONTENT_TYPE, type Problem, type ProblemCode } from '../contract/schemas.ts';
 
 /** Where problem type URIs live: `<base><code>`. */
 export const PROBLEM_TYPE_BASE = 'https://commitd.dev/problems/';

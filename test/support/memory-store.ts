@@ -2,8 +2,8 @@
  * A store that keeps its data in memory, built on the committable helper: the model of a
  * store type for tests, including skip mode on recovery.
  */
-import { describeKey } from '../../src/committer/keys.ts';
-import { HelperCommittable, MarkerExistsError, type StoreDriver } from '../../src/committables/helper.ts';
+import { describeKey } from '../../src/core/keys.ts';
+import { HelperCommittable, MarkerExistsError, type StoreDriver } from '../../src/stores/helper.ts';
 
 /** One change: set `key` to `value`. */
 export interface MemoryChange {

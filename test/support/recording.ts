@@ -2,7 +2,7 @@
  * A committable wrapper that records every call into a shared journal and can be told to
  * fail at one method: the fault a real store cannot produce on demand.
  */
-import type { Committable } from '../../src/committer/committable.ts';
+import type { Committable } from '../../src/core/committable.ts';
 
 export type Method = 'begin' | 'beginRecovery' | 'commit' | 'cancel';
 

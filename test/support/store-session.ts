@@ -1,6 +1,6 @@
 /** Driving one store's session directly, as the coordinator would: begin, apply, commit. */
-import { keyBytes } from '../../src/committer/keys.ts';
-import type { Store, StoreSession } from '../../src/committables/types.ts';
+import { keyBytes } from '../../src/core/keys.ts';
+import type { Store, StoreSession } from '../../src/stores/api.ts';
 
 /** A session on `store` under `key`, begun, with `changes` applied. */
 export async function begun<Change>(store: Store<Change>, key: string, changes: readonly Change[]): Promise<StoreSession<Change>> {

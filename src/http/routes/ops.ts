@@ -7,9 +7,9 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsync, RawServerDefault } from 'fastify';
 import { ServiceUnavailableError } from '../../coordinator/errors.ts';
 import type { SessionCoordinator } from '../../coordinator/types.ts';
-import { CommitdError } from '../../committer/errors.ts';
+import { CommitdError } from '../../errors/core.ts';
 import type { Metrics } from '../../metrics.ts';
-import { HealthReply, problemResponses, type TypeBoxProvider } from '../schemas.ts';
+import { HealthReply, problemResponses, type TypeBoxProvider } from '../../contract/schemas.ts';
 
 export interface OpsRoutesOptions {
   readonly coordinator: SessionCoordinator;

@@ -26,7 +26,7 @@ import {
   SessionReply,
   problemResponses,
   type TypeBoxProvider,
-} from '../schemas.ts';
+} from '../../contract/schemas.ts';
 
 export interface SessionRoutesOptions {
   readonly coordinator: SessionCoordinator;

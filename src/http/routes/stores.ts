@@ -7,7 +7,7 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsync, RawServerDefault } from 'fastify';
 import type { SessionCoordinator } from '../../coordinator/types.ts';
-import { AddStoreBody, StoreInfoReply, StoreListReply, StoreParams, problemResponses, type TypeBoxProvider } from '../schemas.ts';
+import { AddStoreBody, StoreInfoReply, StoreListReply, StoreParams, problemResponses, type TypeBoxProvider } from '../../contract/schemas.ts';
 
 export interface StoreRoutesOptions {
   readonly coordinator: SessionCoordinator;

@@ -3,13 +3,13 @@
  * the plugin loader and the registry. Knows nothing of HTTP.
  * @module
  */
-import { etcdStoreType } from './etcd.ts';
-import { postgresStoreType } from './postgres.ts';
-import { redisStoreType } from './redis.ts';
-import { sqliteStoreType } from './sqlite.ts';
-import type { StoreType } from './types.ts';
+import { etcdStoreType } from './etcd/store.ts';
+import { postgresStoreType } from './postgres/store.ts';
+import { redisStoreType } from './redis/store.ts';
+import { sqliteStoreType } from './sqlite/store.ts';
+import type { StoreType } from './api.ts';
 
-export type { JsonSchema, OrphanDecision, Store, StoreContext, StoreSession, StoreType } from './types.ts';
+export type { JsonSchema, OrphanDecision, Store, StoreContext, StoreSession, StoreType } from './api.ts';
 export {
   ChangeRejectedError,
   HelperCommittable,
@@ -17,11 +17,11 @@ export {
   MarkerExistsError,
   type StoreDriver,
 } from './helper.ts';
-export { sqliteStoreType, StoreBusyError, type SqliteChange, type SqliteOptions } from './sqlite.ts';
+export { sqliteStoreType, StoreBusyError, type SqliteChange, type SqliteOptions } from './sqlite/store.ts';
 export { loadPlugin, PluginLoadError } from './plugins.ts';
-export { etcdStoreType } from './etcd.ts';
-export { postgresStoreType } from './postgres.ts';
-export { redisStoreType } from './redis.ts';
+export { etcdStoreType } from './etcd/store.ts';
+export { postgresStoreType } from './postgres/store.ts';
+export { redisStoreType } from './redis/store.ts';
 export {
   createValidatorCompiler,
   describeSchemaError,

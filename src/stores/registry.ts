@@ -5,8 +5,8 @@
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormats from 'ajv-formats';
-import { CommitdError, errorMessage } from '../committer/errors.ts';
-import type { Store, StoreContext, StoreType } from './types.ts';
+import { CommitdError, errorMessage } from '../errors/core.ts';
+import type { Store, StoreContext, StoreType } from './api.ts';
 
 /** A change that does not match its store type's `changeSchema`, or names an unknown store. */
 export class InvalidChangeError extends CommitdError {

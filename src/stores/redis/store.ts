@@ -18,10 +18,10 @@
 import { Type } from '@sinclair/typebox';
 import { Redis, type ChainableCommander } from 'ioredis';
 import type { Logger } from 'pino';
-import { CommitdError, errorMessage } from '../committer/errors.ts';
-import { describeKey, fromHex, toHex } from '../committer/keys.ts';
-import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
-import type { Store, StoreContext, StoreType } from './types.ts';
+import { CommitdError, errorMessage } from '../../errors/core.ts';
+import { describeKey, fromHex, toHex } from '../../core/keys.ts';
+import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from '../helper.ts';
+import type { Store, StoreContext, StoreType } from '../api.ts';
 
 /** Options of a `redis` store. */
 export interface RedisOptions {

@@ -2,7 +2,7 @@
  * Typed errors of the KV contract, shared by every backend.
  * @module
  */
-import { CommitdError } from './errors.ts';
+import { CommitdError } from '../errors/core.ts';
 
 /** `create` found the key already present. */
 export class AlreadyExistsError extends CommitdError {

@@ -20,14 +20,14 @@ import {
   type DeleteBuilder,
 } from 'etcd3';
 import type { Kv, KvEntry, KvLease, KvOp, ReadOptions, WriteOptions } from './kv.ts';
-import { assertDistinctKeys, assertTtl, describeTxnFailure } from './kv-checks.ts';
+import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
 import {
   AlreadyExistsError,
   ConstraintViolatedError,
   UnavailableError,
   VersionMismatchError,
-} from './kv-errors.ts';
-import { CommitdError } from './errors.ts';
+} from './errors.ts';
+import { CommitdError } from '../errors/core.ts';
 
 /** Names passed to `onOperation`, one per RPC. */
 export type EtcdKvOperation = 'get' | 'list' | 'create' | 'update' | 'delete' | 'txn' | 'lease' | 'ping';

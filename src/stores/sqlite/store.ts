@@ -26,11 +26,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Type } from '@sinclair/typebox';
 import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
-import { CommitdError, errorMessage } from '../committer/errors.ts';
-import { describeKey, fromHex, toHex } from '../committer/keys.ts';
-import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
-import type { Store, StoreContext, StoreType } from './types.ts';
-import { FifoMutex } from './fifo-mutex.ts';
+import { CommitdError, errorMessage } from '../../errors/core.ts';
+import { describeKey, fromHex, toHex } from '../../core/keys.ts';
+import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from '../helper.ts';
+import type { Store, StoreContext, StoreType } from '../api.ts';
+import { FifoMutex } from '../fifo-mutex.ts';
 
 /** The savepoint of the session that holds the write lock (one at a time). */
 const SAVEPOINT = 'commitd_session';

@@ -6,8 +6,8 @@
 import { existsSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CommitdError, errorMessage } from '../committer/errors.ts';
-import type { JsonSchema, Store, StoreContext, StoreType } from './types.ts';
+import { CommitdError, errorMessage } from '../errors/core.ts';
+import type { JsonSchema, Store, StoreContext, StoreType } from './api.ts';
 
 /** A plugin module could not be loaded; the message is one line naming the module and why. */
 export class PluginLoadError extends CommitdError {

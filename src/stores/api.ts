@@ -4,7 +4,7 @@
  * @module
  */
 import type { Logger } from 'pino';
-import type { Committable } from '../committer/committable.ts';
+import type { Committable } from '../core/committable.ts';
 
 /** A JSON Schema object (TypeBox schemas are JSON Schemas). */
 export type JsonSchema = Readonly<Record<string, unknown>>;

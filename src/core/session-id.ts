@@ -12,7 +12,7 @@
  */
 import canonicalize from 'canonicalize';
 import xxhash from 'xxhash-wasm';
-import { CommitdError, errorMessage } from './errors.ts';
+import { CommitdError, errorMessage } from '../errors/core.ts';
 import { toHex } from './keys.ts';
 
 const xx = await xxhash();

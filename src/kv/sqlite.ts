@@ -11,14 +11,14 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Kv, KvEntry, KvLease, KvOp, WriteOptions } from './kv.ts';
-import { assertDistinctKeys, assertTtl, describeTxnFailure } from './kv-checks.ts';
+import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
 import {
   AlreadyExistsError,
   ConstraintViolatedError,
   UnavailableError,
   VersionMismatchError,
-} from './kv-errors.ts';
-import { CommitdError } from './errors.ts';
+} from './errors.ts';
+import { CommitdError } from '../errors/core.ts';
 
 /** Names passed to `onOperation`, one per call (the same names as the etcd backend). */
 export type SqliteKvOperation = 'get' | 'list' | 'create' | 'update' | 'delete' | 'txn' | 'lease' | 'ping';

@@ -4,7 +4,7 @@
  * slot backed by its session record so one write serves both.
  * @module
  */
-import type { Kv } from './kv.ts';
+import type { Kv } from '../kv/kv.ts';
 
 /** What a successful commit produced. */
 export interface CommitResult {

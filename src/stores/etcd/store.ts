@@ -22,10 +22,10 @@
  */
 import { Type } from '@sinclair/typebox';
 import { ClientClosedError, Etcd3, EtcdLeaseInvalidError, isRecoverableError, type Namespace } from 'etcd3';
-import { CommitdError, errorMessage } from '../committer/errors.ts';
-import { describeKey, fromHex, toHex } from '../committer/keys.ts';
-import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
-import type { Store, StoreContext, StoreType } from './types.ts';
+import { CommitdError, errorMessage } from '../../errors/core.ts';
+import { describeKey, fromHex, toHex } from '../../core/keys.ts';
+import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from '../helper.ts';
+import type { Store, StoreContext, StoreType } from '../api.ts';
 
 /** Options of an `etcd` store. */
 export interface EtcdOptions {

@@ -4,9 +4,9 @@
  * @module
  */
 import { silentLogger, type Committable, type CommitterLogger } from './committable.ts';
-import { AlreadyRegisteredError, IdempotencyKeyMismatchError, InSessionError, NotInSessionError } from './errors.ts';
+import { AlreadyRegisteredError, IdempotencyKeyMismatchError, InSessionError, NotInSessionError } from '../errors/core.ts';
 import { describeKey, keyBytes, sameKey, type IdempotencyKey } from './keys.ts';
-import type { Kv } from './kv.ts';
+import type { Kv } from '../kv/kv.ts';
 import { sessionId } from './session-id.ts';
 import { KvSlot, type CommitResult, type SessionSlot } from './slot.ts';
 

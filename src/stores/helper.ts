@@ -5,10 +5,10 @@
  * into exactly-once commits and skips on recovery.
  * @module
  */
-import type { Committable } from '../committer/committable.ts';
-import { AlreadyCommittedError, CommitdError, NotWritableError } from '../committer/errors.ts';
-import { describeKey, sameKey, toHex } from '../committer/keys.ts';
-import { ChangeHasher } from '../committer/session-id.ts';
+import type { Committable } from '../core/committable.ts';
+import { AlreadyCommittedError, CommitdError, NotWritableError } from '../errors/core.ts';
+import { describeKey, sameKey, toHex } from '../core/keys.ts';
+import { ChangeHasher } from '../core/session-id.ts';
 
 /** Thrown by a driver when the marker for the key is already there (another committer won). */
 export class MarkerExistsError extends CommitdError {

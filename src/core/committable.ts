@@ -5,7 +5,7 @@
 
 /**
  * A datastore that can take part in a session. Four methods carry the whole idea:
- * extend by composition (see `src/committables/helper.ts`), not by widening this.
+ * extend by composition (see `src/stores/helper.ts`), not by widening this.
  */
 export interface Committable {
   /** Starts a session: the store begins allowing writes. */

@@ -5,9 +5,9 @@
  */
 export type { Committable, CommitterLogger } from './committable.ts';
 export { silentLogger } from './committable.ts';
-export * from './errors.ts';
-export * from './kv-errors.ts';
-export type { Kv, KvEntry, KvLease, KvOp, ReadConsistency, ReadOptions, WriteOptions } from './kv.ts';
+export * from '../errors/core.ts';
+export * from '../kv/errors.ts';
+export type { Kv, KvEntry, KvLease, KvOp, ReadConsistency, ReadOptions, WriteOptions } from '../kv/kv.ts';
 export { describeKey, fromHex, keyBytes, sameKey, toHex, type IdempotencyKey } from './keys.ts';
 export { MultiCommitter, compareNames, type MultiCommitterOptions } from './multi-committer.ts';
 export { ChangeHasher, NotCanonicalizableError, canonicalJson, canonicalLine, ID_BYTES, sessionId, storeId, storeIdOfLines } from './session-id.ts';

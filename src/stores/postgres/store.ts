@@ -31,10 +31,10 @@
 import { createHash } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import pg from 'pg';
-import { CommitdError, errorMessage } from '../committer/errors.ts';
-import { describeKey, fromHex, sameKey, toHex } from '../committer/keys.ts';
-import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from './helper.ts';
-import type { OrphanDecision, Store, StoreContext, StoreType } from './types.ts';
+import { CommitdError, errorMessage } from '../../errors/core.ts';
+import { describeKey, fromHex, sameKey, toHex } from '../../core/keys.ts';
+import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from '../helper.ts';
+import type { OrphanDecision, Store, StoreContext, StoreType } from '../api.ts';
 
 /** Options of a `postgres` store. */
 export interface PostgresOptions {
