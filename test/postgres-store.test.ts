@@ -3,10 +3,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, before, describe, it, type TestContext } from 'node:test';
 import pg from 'pg';
 import { pino } from 'pino';
-import { ChangeRejectedError } from '../src/stores/helper.ts';
+import { ChangeRejectedError, StoreUnavailableError } from '../src/stores/helper.ts';
 import {
   postgresStoreType,
-  PostgresUnavailableError,
   TWO_PHASE_MAX_KEY_BYTES,
   type PostgresChange,
   type PostgresOptions,
@@ -201,7 +200,7 @@ describe('postgres store', () => {
     assert.ok(waited < 4000, `the second session waited ${waited} ms for the row lock`);
     await next.commit(keyBytes('pg-idle-b'));
     await assert.rejects(stalled.commit(keyBytes('pg-idle-a')), (e: unknown) => {
-      assert.ok(e instanceof PostgresUnavailableError);
+      assert.ok(e instanceof StoreUnavailableError);
       assert.equal(e.code, 'UNAVAILABLE');
       assert.match(e.message, /lost the session's connection.*idle-in-transaction/);
       return true;
@@ -323,7 +322,7 @@ describe('postgres store', () => {
       }
     };
     await assert.rejects(lostStep(), (e: unknown) => {
-      assert.ok(e instanceof PostgresUnavailableError);
+      assert.ok(e instanceof StoreUnavailableError);
       assert.match(e.message, /lost the session's connection/);
       assert.ok(!e.message.includes(pgServer.connectionString));
       return true;

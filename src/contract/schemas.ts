@@ -4,21 +4,11 @@
  * them, so this file is the API's single source of truth.
  * @module
  */
-import { Type, type Static, type TSchema, type TUnsafe } from '@sinclair/typebox';
-import type { FastifyTypeProvider } from 'fastify';
+import { Type, type Static, type TUnsafe } from '@sinclair/typebox';
+import { PROBLEM_CODES } from '../errors/catalogue.ts';
 
 /** Read-only all the way down: the coordinator hands out read-only views, and replies may be those. */
 export type DeepReadonly<T> = T extends (infer E)[] ? readonly DeepReadonly<E>[] : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;
-
-/**
- * Types request and reply objects from the TypeBox schemas of a route. Our own, because
- * `@fastify/type-provider-typebox` 6 is written against `typebox` 1.x, not the
- * `@sinclair/typebox` 0.34 the project uses; validation stays with fastify's Ajv.
- */
-export interface TypeBoxProvider extends FastifyTypeProvider {
-  readonly validator: this['schema'] extends TSchema ? Static<this['schema']> : unknown;
-  readonly serializer: this['schema'] extends TSchema ? DeepReadonly<Static<this['schema']>> : unknown;
-}
 
 /**
  * A string that is one of `values`, as a JSON Schema `enum`: Ajv then says "must be equal
@@ -189,17 +179,7 @@ export const HealthReply = Type.Object({ status: Type.Literal('ok') });
 // ---------------------------------------------------------------------------------------
 
 /** The stable problem codes of the contract, plus `internal` for a bug. */
-export const ProblemCodeSchema = StringEnum([
-  'invalid_request',
-  'unauthorized',
-  'not_found',
-  'session_busy',
-  'store_conflict',
-  'key_reused',
-  'payload_too_large',
-  'unavailable',
-  'internal',
-]);
+export const ProblemCodeSchema = StringEnum(PROBLEM_CODES);
 
 export type ProblemCode = Static<typeof ProblemCodeSchema>;
 

@@ -2,7 +2,7 @@
  * Errors the coordinator raises; each `code` maps to one HTTP problem in `src/http/`.
  * @module
  */
-import { CommitdError, errorMessage } from '../errors/core.ts';
+import { CommitdError, errorMessage, type ErrorCode } from '../errors/catalogue.ts';
 
 /** The request names an unknown store, or a change outside its store type's schema. */
 export class InvalidRequestError extends CommitdError {
@@ -66,7 +66,7 @@ export class ServiceUnavailableError extends CommitdError {
 }
 
 /** Codes a store step may raise that already mean what the caller should see. */
-const PASSED_THROUGH = new Set(['INVALID_REQUEST', 'PAYLOAD_TOO_LARGE', 'UNAVAILABLE', 'SESSION_BUSY', 'ALREADY_COMMITTED', 'FAILPOINT']);
+const PASSED_THROUGH: ReadonlySet<ErrorCode> = new Set(['INVALID_REQUEST', 'PAYLOAD_TOO_LARGE', 'UNAVAILABLE', 'SESSION_BUSY', 'ALREADY_COMMITTED', 'FAILPOINT']);
 
 /**
  * Turns an error from a store step into what the caller should see: a rejected change is a
@@ -86,7 +86,9 @@ export function storeError(store: string, err: unknown): Error {
   return new ServiceUnavailableError(`store ${JSON.stringify(store)} failed: ${message}`, 1, { cause: err });
 }
 
+const REJECTIONS: ReadonlySet<ErrorCode> = new Set(['STORE_CONFLICT', 'INVALID_REQUEST', 'PAYLOAD_TOO_LARGE']);
+
 /** True for errors that mean a store will never take these changes (roll-forward must stop). */
 export function isRejection(err: unknown): boolean {
-  return err instanceof CommitdError && ['STORE_CONFLICT', 'INVALID_REQUEST', 'PAYLOAD_TOO_LARGE'].includes(err.code);
+  return err instanceof CommitdError && REJECTIONS.has(err.code);
 }

@@ -2,23 +2,9 @@
  * Error classes of the core. Callers branch on the stable `code`, never on messages.
  * @module
  */
+import { CommitdError } from './catalogue.ts';
 
-/** The message of anything thrown: an Error's message, else its string form. */
-export function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-/** Base of every error commitd raises on purpose; `code` is stable across releases. */
-export class CommitdError extends Error {
-  /** Stable, machine-readable error code (UPPER_SNAKE_CASE). */
-  readonly code: string;
-
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-    this.name = new.target.name;
-  }
-}
+export { CommitdError, errorMessage } from './catalogue.ts';
 
 /** `begin` was called while a session is already open on this committer. */
 export class InSessionError extends CommitdError {

@@ -1,59 +1,15 @@
 /**
  * Every error the HTTP layer answers, as an RFC 9457 `application/problem+json` body
  * `{type, title, status, detail, code}`: the mapping from error codes (coordinator, core,
- * fastify) to statuses lives here and nowhere else.
+ * fastify) to statuses is the catalogue in `src/errors/catalogue.ts`.
  * @module
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { CommitdError } from '../errors/core.ts';
+import { CommitdError, PROBLEM_OF, PROBLEMS } from '../errors/catalogue.ts';
 import { PROBLEM_CONTENT_TYPE, type Problem, type ProblemCode } from '../contract/schemas.ts';
 
 /** Where problem type URIs live: `<base><code>`. */
 export const PROBLEM_TYPE_BASE = 'https://commitd.dev/problems/';
-
-const titles: Readonly<Record<ProblemCode, string>> = {
-  invalid_request: 'Invalid request',
-  unauthorized: 'Unauthorized',
-  not_found: 'Not found',
-  session_busy: 'Session busy',
-  store_conflict: 'Store conflict',
-  key_reused: 'Idempotency key reused',
-  payload_too_large: 'Payload too large',
-  unavailable: 'Service unavailable',
-  internal: 'Internal error',
-};
-
-interface Mapping {
-  readonly status: number;
-  readonly code: ProblemCode;
-}
-
-/** `CommitdError.code` → problem. Codes not listed are bugs of a lower layer: 500. */
-const byErrorCode: Readonly<Record<string, Mapping>> = {
-  INVALID_REQUEST: { status: 400, code: 'invalid_request' },
-  NOT_CANONICALIZABLE: { status: 400, code: 'invalid_request' },
-  // A store name registered twice: the request is wrong, not the service.
-  ALREADY_REGISTERED: { status: 400, code: 'invalid_request' },
-  NOT_FOUND: { status: 404, code: 'not_found' },
-  NOT_IN_SESSION: { status: 404, code: 'not_found' },
-  SESSION_BUSY: { status: 409, code: 'session_busy' },
-  // A record changed under a compare-revision write: another instance got there first.
-  VERSION_MISMATCH: { status: 409, code: 'session_busy' },
-  CONSTRAINT_VIOLATED: { status: 409, code: 'session_busy' },
-  ALREADY_EXISTS: { status: 409, code: 'session_busy' },
-  IN_SESSION: { status: 409, code: 'session_busy' },
-  STORE_CONFLICT: { status: 409, code: 'store_conflict' },
-  CHANGE_REJECTED: { status: 409, code: 'store_conflict' },
-  KEY_REUSED: { status: 422, code: 'key_reused' },
-  IDEMPOTENCY_KEY_MISMATCH: { status: 422, code: 'key_reused' },
-  // A store already holds a marker for the key (its result expired here): the key was used.
-  ALREADY_COMMITTED: { status: 422, code: 'key_reused' },
-  PAYLOAD_TOO_LARGE: { status: 413, code: 'payload_too_large' },
-  UNAVAILABLE: { status: 503, code: 'unavailable' },
-  // Passing conditions a retry can get past: a store's lock held elsewhere, an injected fault.
-  STORE_BUSY: { status: 503, code: 'unavailable' },
-  FAILPOINT: { status: 503, code: 'unavailable' },
-};
 
 /** Members a store's own detail fields must not overwrite; such a field is renamed `storeCode`, `storeDetail`, … */
 const reservedMembers = new Set(['type', 'title', 'status', 'detail', 'code', 'instance', 'store']);
@@ -81,7 +37,7 @@ export interface ProblemAnswer {
 
 /** Builds a problem body for `code`. */
 export function problem(status: number, code: ProblemCode, detail: string, extensions: Readonly<Record<string, unknown>> = {}): Problem {
-  return { ...extensions, type: `${PROBLEM_TYPE_BASE}${code}`, title: titles[code], status, detail, code };
+  return { ...extensions, type: `${PROBLEM_TYPE_BASE}${code}`, title: PROBLEMS[code].title, status, detail, code };
 }
 
 /**
@@ -98,11 +54,11 @@ export function problemFor(error: unknown): ProblemAnswer | undefined {
 }
 
 function fromCommitdError(error: CommitdError): ProblemAnswer | undefined {
-  const mapping = byErrorCode[error.code];
-  if (mapping === undefined) return undefined;
+  const code = PROBLEM_OF[error.code];
+  if (code === 'internal') return undefined;
   const headers: Record<string, string> = {};
-  if (mapping.code === 'unavailable') headers['retry-after'] = String(retryAfterSeconds(error));
-  return { problem: problem(mapping.status, mapping.code, error.message, extensionsOf(error)), headers };
+  if (code === 'unavailable') headers['retry-after'] = String(retryAfterSeconds(error));
+  return { problem: problem(PROBLEMS[code].status, code, error.message, extensionsOf(error)), headers };
 }
 
 /**

@@ -6,41 +6,12 @@
  * @module
  */
 import type { Committable } from '../core/committable.ts';
-import { AlreadyCommittedError, CommitdError, NotWritableError } from '../errors/core.ts';
-import { describeKey, sameKey, toHex } from '../core/keys.ts';
+import { AlreadyCommittedError, NotWritableError } from '../errors/core.ts';
+import { describeKey, sameKey } from '../core/keys.ts';
 import { ChangeHasher } from '../core/session-id.ts';
+import { MarkerConflictError, MarkerExistsError } from './errors.ts';
 
-/** Thrown by a driver when the marker for the key is already there (another committer won). */
-export class MarkerExistsError extends CommitdError {
-  /** The ID stored in the marker. */
-  readonly storedId: Uint8Array;
-
-  constructor(key: Uint8Array, storedId: Uint8Array) {
-    super('MARKER_EXISTS', `a session under key ${JSON.stringify(describeKey(key))} is already committed here`);
-    this.storedId = storedId;
-  }
-}
-
-/** The marker holds another ID: the same key was committed with other changes. */
-export class MarkerConflictError extends CommitdError {
-  constructor(storeName: string, key: Uint8Array, storedId: Uint8Array, ownId: Uint8Array) {
-    super(
-      'MARKER_CONFLICT',
-      `${storeName} already committed key ${JSON.stringify(describeKey(key))} as ${toHex(storedId)}, not ${toHex(ownId)}`,
-    );
-  }
-}
-
-/** A change the store rejected (bad statement, constraint, wrong shape). */
-export class ChangeRejectedError extends CommitdError {
-  /** Datastore-specific detail for callers, e.g. a SQLSTATE. */
-  readonly detail: Readonly<Record<string, unknown>>;
-
-  constructor(message: string, detail: Readonly<Record<string, unknown>> = {}, options?: { cause?: unknown }) {
-    super('CHANGE_REJECTED', message, options);
-    this.detail = detail;
-  }
-}
+export { ChangeRejectedError, MarkerConflictError, MarkerExistsError, StoreUnavailableError } from './errors.ts';
 
 /** What one store type implements for one session; the helper drives it. */
 export interface StoreDriver<Change> {

@@ -15,9 +15,10 @@ export {
   HelperCommittable,
   MarkerConflictError,
   MarkerExistsError,
+  StoreUnavailableError,
   type StoreDriver,
 } from './helper.ts';
-export { sqliteStoreType, StoreBusyError, type SqliteChange, type SqliteOptions } from './sqlite/store.ts';
+export { sqliteStoreType, type SqliteChange, type SqliteOptions } from './sqlite/store.ts';
 export { loadPlugin, PluginLoadError } from './plugins.ts';
 export { etcdStoreType } from './etcd/store.ts';
 export { postgresStoreType } from './postgres/store.ts';

@@ -9,7 +9,8 @@ import { ServiceUnavailableError } from '../../coordinator/errors.ts';
 import type { SessionCoordinator } from '../../coordinator/types.ts';
 import { CommitdError } from '../../errors/core.ts';
 import type { Metrics } from '../../metrics.ts';
-import { HealthReply, problemResponses, type TypeBoxProvider } from '../../contract/schemas.ts';
+import { HealthReply, problemResponses } from '../../contract/schemas.ts';
+import type { TypeBoxProvider } from '../type-provider.ts';
 
 export interface OpsRoutesOptions {
   readonly coordinator: SessionCoordinator;

@@ -25,8 +25,8 @@ import {
   SessionParams,
   SessionReply,
   problemResponses,
-  type TypeBoxProvider,
 } from '../../contract/schemas.ts';
+import type { TypeBoxProvider } from '../type-provider.ts';
 
 export interface SessionRoutesOptions {
   readonly coordinator: SessionCoordinator;

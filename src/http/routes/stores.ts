@@ -7,7 +7,8 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsync, RawServerDefault } from 'fastify';
 import type { SessionCoordinator } from '../../coordinator/types.ts';
-import { AddStoreBody, StoreInfoReply, StoreListReply, StoreParams, problemResponses, type TypeBoxProvider } from '../../contract/schemas.ts';
+import { AddStoreBody, StoreInfoReply, StoreListReply, StoreParams, problemResponses } from '../../contract/schemas.ts';
+import type { TypeBoxProvider } from '../type-provider.ts';
 
 export interface StoreRoutesOptions {
   readonly coordinator: SessionCoordinator;

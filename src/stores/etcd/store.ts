@@ -24,7 +24,7 @@ import { Type } from '@sinclair/typebox';
 import { ClientClosedError, Etcd3, EtcdLeaseInvalidError, isRecoverableError, type Namespace } from 'etcd3';
 import { CommitdError, errorMessage } from '../../errors/core.ts';
 import { describeKey, fromHex, toHex } from '../../core/keys.ts';
-import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from '../helper.ts';
+import { ChangeRejectedError, HelperCommittable, MarkerExistsError, StoreUnavailableError, type StoreDriver } from '../helper.ts';
 import type { Store, StoreContext, StoreType } from '../api.ts';
 
 /** Options of an `etcd` store. */
@@ -69,13 +69,6 @@ const changeSchema = Type.Union([
 export class TooManyOperationsError extends CommitdError {
   constructor(message: string) {
     super('PAYLOAD_TOO_LARGE', message);
-  }
-}
-
-/** etcd could not be reached within the timeout. Retry later. */
-export class EtcdStoreUnavailableError extends CommitdError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('UNAVAILABLE', message, options);
   }
 }
 
@@ -149,18 +142,18 @@ class EtcdBackend {
     return stored === null ? undefined : fromHex(stored);
   }
 
-  /** Runs one call under the timeout; "etcd did not answer" becomes `EtcdStoreUnavailableError`. */
+  /** Runs one call under the timeout; "etcd did not answer" becomes `StoreUnavailableError`. */
   async rpc<T>(what: string, call: (deadline: Date) => Promise<T>): Promise<T> {
     const deadline = Date.now() + RPC_TIMEOUT_MS;
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new EtcdStoreUnavailableError(`etcd store ${this.name}: no answer to ${what} within ${RPC_TIMEOUT_MS} ms`)), RPC_TIMEOUT_MS);
+      timer = setTimeout(() => reject(new StoreUnavailableError(`etcd store ${this.name}: no answer to ${what} within ${RPC_TIMEOUT_MS} ms`)), RPC_TIMEOUT_MS);
     });
     try {
       return await Promise.race([call(new Date(deadline)), expired]);
     } catch (err) {
       if (err instanceof Error && (isRecoverableError(err) || isBrokenCircuit(err) || err instanceof ClientClosedError)) {
-        throw new EtcdStoreUnavailableError(`etcd store ${this.name} is unavailable (${what}): ${err.message}`, { cause: err });
+        throw new StoreUnavailableError(`etcd store ${this.name} is unavailable (${what}): ${err.message}`, {}, { cause: err });
       }
       throw err;
     } finally {

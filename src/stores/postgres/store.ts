@@ -33,7 +33,7 @@ import { Type } from '@sinclair/typebox';
 import pg from 'pg';
 import { CommitdError, errorMessage } from '../../errors/core.ts';
 import { describeKey, fromHex, sameKey, toHex } from '../../core/keys.ts';
-import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from '../helper.ts';
+import { ChangeRejectedError, HelperCommittable, MarkerExistsError, StoreUnavailableError, type StoreDriver } from '../helper.ts';
 import type { OrphanDecision, Store, StoreContext, StoreType } from '../api.ts';
 
 /** Options of a `postgres` store. */
@@ -85,17 +85,6 @@ const changeSchema = Type.Object(
   },
   { additionalProperties: false },
 );
-
-/** PostgreSQL could not be reached, or the connection a session held was lost. Retry later. */
-export class PostgresUnavailableError extends CommitdError {
-  /** The SQLSTATE, when the server said why (e.g. `25P03`, idle-in-transaction timeout). */
-  readonly sqlstate: string | undefined;
-
-  constructor(message: string, sqlstate?: string) {
-    super('UNAVAILABLE', message);
-    this.sqlstate = sqlstate;
-  }
-}
 
 /** Two-phase mode was asked for where it cannot work (server settings, or a key too long for a gid). */
 export class TwoPhaseUnsupportedError extends CommitdError {
@@ -255,7 +244,7 @@ class PostgresDatabase {
   /** Wraps a failure to reach the server; statement errors pass through. */
   unavailable(err: unknown, doing: string): unknown {
     if (err instanceof CommitdError || !isConnectionFailure(err)) return err;
-    return new PostgresUnavailableError(`postgres store ${this.name} is unavailable (${doing}): ${this.redact(errorMessage(err))}`, sqlstateOf(err));
+    return new StoreUnavailableError(`postgres store ${this.name} is unavailable (${doing}): ${this.redact(errorMessage(err))}`, { sqlstate: sqlstateOf(err) });
   }
 
   /** Runs one statement on any pooled connection (autocommit). */
@@ -466,11 +455,8 @@ class PostgresDriver implements StoreDriver<PostgresChange> {
     try {
       result = await this.#run('COMMIT');
     } catch (err) {
-      if (err instanceof PostgresUnavailableError) {
-        throw new PostgresUnavailableError(
-          `${err.message} — during COMMIT, so whether it committed is unknown; recovery finds the marker if it did`,
-          err.sqlstate,
-        );
+      if (err instanceof StoreUnavailableError) {
+        throw new StoreUnavailableError(`${err.message} — during COMMIT, so whether it committed is unknown; recovery finds the marker if it did`, err.detail);
       }
       throw err;
     } finally {
@@ -550,17 +536,17 @@ class PostgresDriver implements StoreDriver<PostgresChange> {
     const sqlstate = dbError.code ?? '';
     this.#rejected = { sqlstate, message: dbError.message };
     if (isTransientSqlstate(sqlstate)) {
-      return new PostgresUnavailableError(`postgres store ${this.#db.name}: ${step} failed for a passing reason (${sqlstate}: ${dbError.message}); retry the session`, sqlstate);
+      return new StoreUnavailableError(`postgres store ${this.#db.name}: ${step} failed for a passing reason (${sqlstate}: ${dbError.message}); retry the session`, { sqlstate });
     }
     return new ChangeRejectedError(`postgres rejected the change: ${dbError.message}`, { sqlstate, message: dbError.message }, { cause: err });
   }
 
-  #lostError(): PostgresUnavailableError {
+  #lostError(): StoreUnavailableError {
     const sqlstate = sqlstateOf(this.#lost);
     const reason = this.#db.redact(errorMessage(this.#lost)) + (sqlstate ? ` [${sqlstate}]` : '');
-    return new PostgresUnavailableError(
+    return new StoreUnavailableError(
       `postgres store ${this.#db.name} lost the session's connection (${reason}); the server rolled back its open transaction — retry the session`,
-      sqlstate,
+      { sqlstate },
     );
   }
 

@@ -20,7 +20,7 @@ import { Redis, type ChainableCommander } from 'ioredis';
 import type { Logger } from 'pino';
 import { CommitdError, errorMessage } from '../../errors/core.ts';
 import { describeKey, fromHex, toHex } from '../../core/keys.ts';
-import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from '../helper.ts';
+import { ChangeRejectedError, HelperCommittable, MarkerExistsError, StoreUnavailableError, type StoreDriver } from '../helper.ts';
 import type { Store, StoreContext, StoreType } from '../api.ts';
 
 /** Options of a `redis` store. */
@@ -83,13 +83,6 @@ export class InvalidRedisCommandError extends CommitdError {
   }
 }
 
-/** Redis could not be reached or did not answer in time. Retry later. */
-export class RedisUnavailableError extends CommitdError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('UNAVAILABLE', message, options);
-  }
-}
-
 /** One failed command of a MULTI, for `ChangeRejectedError.detail`. */
 interface CommandFailure {
   readonly index: number;
@@ -115,11 +108,11 @@ function failuresOf(replies: readonly Reply[], commands: readonly (readonly (str
   });
 }
 
-/** Rejects after `ms` with `RedisUnavailableError`, for steps ioredis does not bound itself. */
+/** Rejects after `ms` with `StoreUnavailableError`, for steps ioredis does not bound itself. */
 async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new RedisUnavailableError(`redis did not ${what} within ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new StoreUnavailableError(`redis did not ${what} within ${ms} ms`)), ms);
   });
   try {
     return await Promise.race([promise, expired]);
@@ -203,10 +196,10 @@ class RedisConnections {
     }
   }
 
-  /** Maps a connection-level failure to `RedisUnavailableError`; commitd's own errors pass through. */
+  /** Maps a connection-level failure to `StoreUnavailableError`; commitd's own errors pass through. */
   unavailable(err: unknown, doing: string): unknown {
     if (err instanceof CommitdError) return err;
-    return new RedisUnavailableError(`redis store ${this.name} is unavailable (${doing}): ${errorMessage(err)}`, { cause: err });
+    return new StoreUnavailableError(`redis store ${this.name} is unavailable (${doing}): ${errorMessage(err)}`, {}, { cause: err });
   }
 
   close(): void {
@@ -255,7 +248,7 @@ class RedisDriver implements StoreDriver<RedisChange> {
       const pipeline = conn.pipeline().getBuffer(markerKey(key)).call('MULTI');
       for (const [name, ...args] of this.#commands) pipeline.call(String(name), ...args);
       const replies = (await pipeline.call('DISCARD').exec()) as Reply[] | null;
-      if (!replies) throw new RedisUnavailableError(`redis store ${this.#connections.name}: no reply to prepare`);
+      if (!replies) throw new StoreUnavailableError(`redis store ${this.#connections.name}: no reply to prepare`);
       const [markerError, stored] = replies[0] ?? [null, null];
       if (markerError) throw markerError;
       if (stored instanceof Buffer) throw new MarkerExistsError(key, fromHex(stored.toString('utf8')));
@@ -283,7 +276,7 @@ class RedisDriver implements StoreDriver<RedisChange> {
         // null: the WATCH fired (someone wrote the marker key); the next round reads it.
         if (replies) return this.#checkExecReplies(key, replies);
       }
-      throw new RedisUnavailableError(
+      throw new StoreUnavailableError(
         `redis store ${this.#connections.name}: the marker of key ${JSON.stringify(describeKey(key))} kept changing during ${MAX_WATCH_ATTEMPTS} commit attempts; retry`,
       );
     });
@@ -318,7 +311,7 @@ class RedisDriver implements StoreDriver<RedisChange> {
     throw new ChangeRejectedError(message, { failed: failures, markerWritten: !markerError });
   }
 
-  /** Runs `step` on a dedicated connection; connection failures become `RedisUnavailableError`. */
+  /** Runs `step` on a dedicated connection; connection failures become `StoreUnavailableError`. */
   async #withConnection(doing: string, step: (conn: Redis) => Promise<void>): Promise<void> {
     const conn = await this.#connections.acquire();
     let clean = false;
@@ -328,7 +321,7 @@ class RedisDriver implements StoreDriver<RedisChange> {
     } catch (err) {
       // After a reply error (ours or Redis's) the connection holds no WATCH or MULTI.
       clean = err instanceof CommitdError || isReplyError(err);
-      if (isReplyError(err)) throw new RedisUnavailableError(`redis store ${this.#connections.name} failed (${doing}): ${err.message}`, { cause: err });
+      if (isReplyError(err)) throw new StoreUnavailableError(`redis store ${this.#connections.name} failed (${doing}): ${err.message}`, {}, { cause: err });
       throw this.#connections.unavailable(err, doing);
     } finally {
       this.#connections.release(conn, clean);

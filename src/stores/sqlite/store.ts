@@ -26,9 +26,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Type } from '@sinclair/typebox';
 import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
-import { CommitdError, errorMessage } from '../../errors/core.ts';
+import { errorMessage } from '../../errors/core.ts';
 import { describeKey, fromHex, toHex } from '../../core/keys.ts';
-import { ChangeRejectedError, HelperCommittable, MarkerExistsError, type StoreDriver } from '../helper.ts';
+import { ChangeRejectedError, HelperCommittable, MarkerExistsError, StoreUnavailableError, type StoreDriver } from '../helper.ts';
 import type { Store, StoreContext, StoreType } from '../api.ts';
 import { FifoMutex } from '../fifo-mutex.ts';
 
@@ -59,16 +59,6 @@ export interface SqliteOptions {
 export interface SqliteChange {
   readonly sql: string;
   readonly params?: unknown[] | Record<string, unknown>;
-}
-
-/** Another process held the database's write lock for longer than `busyTimeoutMs`. */
-export class StoreBusyError extends CommitdError {
-  /** A passing condition: worth retrying after about this long. */
-  readonly retryAfterSeconds = 1;
-
-  constructor(path: string, waitedMs: number, options?: { cause?: unknown }) {
-    super('STORE_BUSY', `sqlite database ${path} stayed locked by another process for ${waitedMs} ms`, options);
-  }
 }
 
 const DEFAULT_BUSY_TIMEOUT_MS = 5000;
@@ -261,7 +251,7 @@ class SqliteDatabase {
       } catch (err) {
         if (!sqliteCode(err)?.startsWith('SQLITE_BUSY')) throw err;
         const waited = Date.now() - started;
-        if (waited >= this.#busyTimeoutMs) throw new StoreBusyError(this.path, waited, { cause: err });
+        if (waited >= this.#busyTimeoutMs) throw new StoreUnavailableError(`sqlite database ${this.path} stayed locked by another process for ${waited} ms`, { waitedMs: waited }, { cause: err });
         await sleep(Math.min(backoff, this.#busyTimeoutMs - waited));
       }
     }

@@ -1,0 +1,53 @@
+/**
+ * The errors a store type raises, shared by every type (built in or plugin): a change the
+ * store refuses, a store that cannot be reached for now, and the marker outcomes the
+ * committable helper turns into exactly-once commits and skips.
+ * @module
+ */
+import { CommitdError } from '../errors/catalogue.ts';
+import { describeKey, toHex } from '../core/keys.ts';
+
+/** A change the store rejected (bad statement, constraint, wrong shape): `409 store_conflict`. */
+export class ChangeRejectedError extends CommitdError {
+  /** Datastore-specific detail for callers, e.g. a SQLSTATE. */
+  readonly detail: Readonly<Record<string, unknown>>;
+
+  constructor(message: string, detail: Readonly<Record<string, unknown>> = {}, options?: { cause?: unknown }) {
+    super('CHANGE_REJECTED', message, options);
+    this.detail = detail;
+  }
+}
+
+/**
+ * The store cannot be reached, did not answer in time, or lost the connection a session
+ * held: a passing condition, `503` with `Retry-After`.
+ */
+export class StoreUnavailableError extends CommitdError {
+  /** Datastore-specific detail for logs, e.g. `{sqlstate: '25P03'}`. */
+  readonly detail: Readonly<Record<string, unknown>>;
+  /** Seconds a caller should wait before retrying. */
+  readonly retryAfterSeconds = 1;
+
+  constructor(message: string, detail: Readonly<Record<string, unknown>> = {}, options?: { cause?: unknown }) {
+    super('UNAVAILABLE', message, options);
+    this.detail = detail;
+  }
+}
+
+/** Thrown by a driver when the marker for the key is already there (another committer won). */
+export class MarkerExistsError extends CommitdError {
+  /** The ID stored in the marker. */
+  readonly storedId: Uint8Array;
+
+  constructor(key: Uint8Array, storedId: Uint8Array) {
+    super('MARKER_EXISTS', `a session under key ${JSON.stringify(describeKey(key))} is already committed here`);
+    this.storedId = storedId;
+  }
+}
+
+/** The marker holds another ID: the same key was committed with other changes. */
+export class MarkerConflictError extends CommitdError {
+  constructor(storeName: string, key: Uint8Array, storedId: Uint8Array, ownId: Uint8Array) {
+    super('MARKER_CONFLICT', `${storeName} already committed key ${JSON.stringify(describeKey(key))} as ${toHex(storedId)}, not ${toHex(ownId)}`);
+  }
+}
