@@ -112,7 +112,7 @@ export class Floor {
       stores: STORE_NAMES,
       owner: this.#owner,
       startedAt: new Date().toISOString(),
-      fingerprint: STORE_ID,
+      sessionId: STORE_ID,
       oneShot: true,
       log: Object.fromEntries(STORE_NAMES.map((name) => [name, [change]])),
     });
@@ -141,7 +141,6 @@ export class Floor {
         sessionId: STORE_ID,
         stores: Object.fromEntries(STORE_NAMES.map((name) => [name, STORE_ID])),
         committedAt: new Date().toISOString(),
-        fingerprint: STORE_ID,
       });
       await this.#kv.txn([
         { type: 'create', key: `results/${key}`, value: result, options: { ttlSeconds: this.#retentionSeconds } },

@@ -10,7 +10,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
-import { logSessionId } from '../src/coordinator/coordinator.ts';
+import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { startProcess, type ProcessServiceOptions } from './support/process.ts';
 import { countRows } from './support/rows.ts';
@@ -59,7 +59,7 @@ for (const kv of KV_BACKENDS) {
             const options: ProcessServiceOptions = { dir, stores, etcd: etcd && { ...etcd, namespace: `${etcd.namespace}${storeCount}/${point}/${mode}/` } };
             const key = `m-${storeCount}-${mode}-${point}`;
             const changes = Object.fromEntries(names.map((name, i) => [name, [{ sql: 'INSERT INTO t(k, n) VALUES (?, ?)', params: [key, i] }]]));
-            const expectedId = logSessionId(changes);
+            const expectedId = sessionIdOfChanges(changes);
 
             // recovery.afterAdopt needs a session to adopt: crash it after its commit point first.
             const firstPoint = point === 'recovery.afterAdopt' ? 'commit.afterIntent' : point;

@@ -13,7 +13,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import Database from 'better-sqlite3';
 import { EtcdKv, RevisionFloor, orderedRead, type RevisionedResponse } from '../src/kv/etcd.ts';
-import { logSessionId } from '../src/coordinator/coordinator.ts';
+import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdServer } from './harness/etcd.ts';
 import { startProcess, type ProcessService } from './support/process.ts';
@@ -160,7 +160,7 @@ async function verify(service: ProcessService, paths: readonly string[], load: R
   for (const { key } of load.acknowledged) {
     const shown = await service.request('GET', `/v1/sessions/${key}`);
     assert.equal(shown.body.state, 'committed', `${key}: ${JSON.stringify(shown.body)}`);
-    assert.equal(shown.body.sessionId, logSessionId(changesFor(key)));
+    assert.equal(shown.body.sessionId, sessionIdOfChanges(changesFor(key)));
     for (const path of paths) assert.equal(countRows(path, key), 1, `${key} once in ${path}`);
   }
   for (const key of load.attempted) {

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
-import { logSessionId } from '../src/coordinator/coordinator.ts';
+import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { startProcess, type ProcessService, type ProcessServiceOptions } from './support/process.ts';
 import { KV_BACKENDS, sharedEtcdServer, skipUnless, sqliteStores } from './support/service.ts';
@@ -75,7 +75,7 @@ for (const kv of KV_BACKENDS) {
         assert.equal(shown.status, 200, JSON.stringify(shown.body));
         assert.equal(shown.body.state, 'failed');
         assert.match(String(shown.body.error), /UNIQUE|PRIMARY KEY|constraint/i, 'the error says what the store rejected');
-        assert.equal(shown.body.sessionId, logSessionId(changesFor(key, id)), 'the log is kept: its session ID is shown');
+        assert.equal(shown.body.sessionId, sessionIdOfChanges(changesFor(key, id)), 'the log is kept: its session ID is shown');
       }
       assert.equal(withDb(s1Path, (db) => (db.prepare('SELECT count(*) AS n FROM t').get() as { n: number }).n), 0, 'no store committed any part');
 
@@ -129,7 +129,7 @@ for (const kv of KV_BACKENDS) {
       const resolved = answers.find((answer) => answer.status === 200);
       assert.ok(resolved, JSON.stringify(answers.map((a) => a.body)));
       assert.equal(resolved.body.state, 'committed');
-      const expected = logSessionId(changesFor('f-retry', 8));
+      const expected = sessionIdOfChanges(changesFor('f-retry', 8));
       assert.equal(resolved.body.sessionId, expected);
 
       const shown = await service.request('GET', '/v1/sessions/f-retry');

@@ -11,7 +11,7 @@ import Database from 'better-sqlite3';
 import { Etcd3 } from 'etcd3';
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { logSessionId } from '../src/coordinator/coordinator.ts';
+import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
@@ -80,9 +80,9 @@ describe('a mixed four-store session crashed after the second store', { skip: se
         const shown = await restarted.request('GET', `/v1/sessions/${key}`);
         assert.equal(shown.status, 200, JSON.stringify(shown.body));
         assert.equal(shown.body.state, 'committed');
-        assert.equal(shown.body.sessionId, logSessionId(changes));
+        assert.equal(shown.body.sessionId, sessionIdOfChanges(changes));
         const retried = await restarted.request('POST', '/v1/commits', { key, changes });
-        assert.equal(retried.body.sessionId, logSessionId(changes));
+        assert.equal(retried.body.sessionId, sessionIdOfChanges(changes));
 
         assert.equal(await redisClient.get(counter), '1', 'INCR applied exactly once');
         assert.equal(await etcdClient.get(`${flagsPrefix}feature-${kv}`).string(), 'on');

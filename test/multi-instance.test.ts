@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { logSessionId } from '../src/coordinator/coordinator.ts';
+import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
 import { startProcess, type ProcessService, type ProcessServiceOptions } from './support/process.ts';
@@ -120,7 +120,7 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
         answers.push(answer);
         return answer.body.state === 'committed' ? answer : undefined;
       }, { timeoutMs: 30_000, intervalMs: 50 });
-      assert.equal(shown.body.sessionId, logSessionId(changes), `${key}: the session ID its changes define`);
+      assert.equal(shown.body.sessionId, sessionIdOfChanges(changes), `${key}: the session ID its changes define`);
     }
     const elapsed = Date.now() - killedAt;
     t.diagnostic(`B finished A's ${sessions.length} sessions ${elapsed} ms after the SIGKILL`);
@@ -131,7 +131,7 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
       for (const store of Object.keys(changes)) assert.equal(countRows(path(store), key), 1, `${key} in ${store} exactly once`);
       const replay = await b.request('POST', '/v1/commits', { key, changes });
       assert.equal(replay.status, 200, JSON.stringify(replay.body));
-      assert.equal(replay.body.sessionId, logSessionId(changes), 'a retry on B answers the same result');
+      assert.equal(replay.body.sessionId, sessionIdOfChanges(changes), 'a retry on B answers the same result');
     }
     for (const outcome of await Promise.all(onA)) assert.ok('error' in outcome, 'requests to A die with it');
     const metrics = await (await fetch(`${b.url}/metrics`)).text();
@@ -199,7 +199,7 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
     const fromA = await onA;
     answers.push(fromA);
     assert.ok(fromA.status === 200 || fromA.status === 503, `A answers ${fromA.status}: ${JSON.stringify(fromA.body)}`);
-    if (fromA.status === 200) assert.equal(fromA.body.sessionId, logSessionId(changes));
+    if (fromA.status === 200) assert.equal(fromA.body.sessionId, sessionIdOfChanges(changes));
     t.diagnostic(`A answered ${fromA.status}: ${String(fromA.body.detail ?? fromA.body.state)}`);
 
     for (const instance of [b, a]) {
@@ -208,14 +208,14 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
         answers.push(answer);
         return answer.body.state === 'committed' ? answer : undefined;
       }, { timeoutMs: 30_000 });
-      assert.equal(shown.body.sessionId, logSessionId(changes));
+      assert.equal(shown.body.sessionId, sessionIdOfChanges(changes));
     }
     assert.equal(countRows(path('s1'), key), 1, 's1 holds the row once');
     assert.equal(countRows(path('s2'), key), 1, 's2 holds the row once');
     for (const instance of [a, b]) {
       const replay = await instance.request('POST', '/v1/commits', { key, changes });
       answers.push(replay);
-      assert.equal(replay.body.sessionId, logSessionId(changes));
+      assert.equal(replay.body.sessionId, sessionIdOfChanges(changes));
     }
     assertNoServerErrors(answers);
   }
@@ -282,7 +282,7 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
             answers.push(answer);
             return answer.body.state === 'committed' ? answer : undefined;
           }, { timeoutMs: 30_000 });
-          assert.equal(shown.body.sessionId, logSessionId(changes));
+          assert.equal(shown.body.sessionId, sessionIdOfChanges(changes));
         } finally {
           a.process.resume();
         }
@@ -294,7 +294,7 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
         assert.equal(Number(rows.rows[0]?.n), 1, 'the row is there once');
         const replay = await a.request('POST', '/v1/commits', { key, changes });
         answers.push(replay);
-        assert.equal(replay.body.sessionId, logSessionId(changes));
+        assert.equal(replay.body.sessionId, sessionIdOfChanges(changes));
         assertNoServerErrors(answers);
       } finally {
         await admin.end();

@@ -149,14 +149,14 @@ describe('the committing record', () => {
       await service.coordinator.begin('partial', ['main', 'audit']);
       await service.coordinator.apply('partial', 'main', [insert('t', 1)]);
       const committed = service.coordinator.commit('partial');
-      let record: { state: string; fingerprint: string } | undefined;
+      let record: { state: string; sessionId: string } | undefined;
       for (let i = 0; i < 100 && record?.state !== 'committing'; i++) {
         await new Promise((resolve) => setTimeout(resolve, 20));
         const entry = await service.kv.get('sessions/partial');
-        record = entry && (JSON.parse(entry.value) as { state: string; fingerprint: string });
+        record = entry && (JSON.parse(entry.value) as { state: string; sessionId: string });
       }
       assert.equal(record?.state, 'committing');
-      assert.equal(record?.fingerprint, (await committed).sessionId);
+      assert.equal(record?.sessionId, (await committed).sessionId);
     } finally {
       await service.dispose();
     }

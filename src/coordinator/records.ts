@@ -21,8 +21,11 @@ export interface SessionRecord {
   readonly stores: readonly string[];
   readonly owner: string;
   readonly startedAt: string;
-  /** Active: hash of the store list; committing/failed: the session ID the log produces. */
-  readonly fingerprint: string;
+  /**
+   * The session ID the session's changes define: a one-shot's from its first record, an
+   * interactive session's from its commit point (its `active` record has none yet).
+   */
+  readonly sessionId?: string;
   readonly oneShot?: boolean;
   /** The change log, inline when small. */
   readonly log?: ChangeLog;
@@ -36,7 +39,6 @@ export interface ResultRecord {
   readonly sessionId: string;
   readonly stores: Readonly<Record<string, string>>;
   readonly committedAt: string;
-  readonly fingerprint: string;
 }
 
 /** `instances/<id>`: a running commitd, attached to its lease. */
@@ -67,7 +69,14 @@ export function parseRecord<T extends object>(value: string, required: readonly 
   return parsed as T;
 }
 
-export const parseSession = (value: string) => parseRecord<SessionRecord>(value, ['state', 'stores', 'owner', 'startedAt', 'fingerprint']);
+/** A session record from its stored JSON. */
+export function parseSession(value: string): SessionRecord {
+  const record = parseRecord<SessionRecord & { fingerprint?: string }>(value, ['state', 'stores', 'owner', 'startedAt']);
+  // Records written before the field was named for what it holds (an active record's old
+  // fingerprint hashed its store list and is no session ID).
+  if (record.sessionId === undefined && record.fingerprint !== undefined && record.state !== 'active') return { ...record, sessionId: record.fingerprint };
+  return record;
+}
 export const parseResult = (value: string) => parseRecord<ResultRecord>(value, ['sessionId', 'stores', 'committedAt']);
 
 /**

@@ -1,28 +1,42 @@
 /**
- * One session under one key: its stores' committables driven by a MultiCommitter whose
- * slot is the session record itself, so one KV write serves as both (DESIGN.md steps 1–4).
+ * One session under one key, as a state machine: `active` (begun, taking changes) → the
+ * commit point → `committing` → ended. Its stores' committables are driven by a
+ * MultiCommitter whose slot is the session record. Every way a session can end goes
+ * through one path, {@link Session.#end}, which decides from where the session is what
+ * an interruption leaves behind — as the reference package's single deferred handler does:
+ * - before the commit point: cancel the stores, delete the record; a retry starts afresh;
+ * - at or after it: release the stores, keep the record, and have recovery finish it.
  * @module
  */
 import type { Logger } from 'pino';
 import type { Committable } from '../core/committable.ts';
-import type { Kv, KvOp } from '../kv/kv.ts';
-import { ConstraintViolatedError } from '../kv/errors.ts';
+import { keyBytes } from '../core/keys.ts';
 import { MultiCommitter, compareNames } from '../core/multi-committer.ts';
-import { keyBytes, toHex } from '../core/keys.ts';
-import { ChangeHasher, sessionId } from '../core/session-id.ts';
-import type { CommitResult, SessionSlot } from '../core/slot.ts';
+import { SessionHasher } from '../core/session-id.ts';
+import { errorMessage } from '../errors/catalogue.ts';
 import type { StoreSession } from '../stores/api.ts';
-import { storeError } from './errors.ts';
+import { PayloadTooLargeError, ServiceUnavailableError, storeError } from './errors.ts';
 import type { Failpoints } from './failpoints.ts';
-import { deleteLogOps, parseResult, recordKeys, storeLog, type ChangeLog, type ResultRecord, type SessionRecord } from './records.ts';
+import { RecordSlot, SlotTakenError, type RecordDeps } from './record-slot.ts';
+import type { ChangeLog, ResultRecord, SessionRecord } from './records.ts';
 
 /** What every session of one coordinator shares. */
-export interface SessionDeps {
-  readonly kv: Kv;
-  readonly failpoints: Failpoints;
-  readonly instanceId: string;
-  readonly retentionSeconds: number;
+export interface SessionDeps extends RecordDeps {
   readonly logger: Logger;
+  /** Largest change log one session may collect, in bytes of canonical JSON. */
+  readonly maxLogBytes: number;
+}
+
+/**
+ * How a session ended, as its owner needs to know: `committed`; `cancelled` before its
+ * commit point (its stores were begun); `recover`: stopped at or past its commit point,
+ * recovery must finish it; `released`: stopped without anything left to do here (its begin
+ * failed, or its record is no longer this session's to decide).
+ */
+export interface SessionEnd {
+  readonly outcome: 'committed' | 'cancelled' | 'recover' | 'released';
+  /** Why: `committed`, or a cancel reason (`request`, `idle`, `shutdown`, `error`, `lease lost`). */
+  readonly reason: string;
 }
 
 /** Where a session starts from. */
@@ -30,16 +44,37 @@ export interface SessionStart {
   readonly key: string;
   readonly stores: ReadonlyMap<string, StoreSession>;
   readonly oneShot: boolean;
+  /** A one-shot session's changes, already hashed: the session ID they define is known. */
+  readonly hasher?: SessionHasher;
   /** The record of a crashed session this one resumes (adopted by this instance). */
   readonly adopted?: { readonly record: SessionRecord; readonly revision: number };
-  /** Fingerprint of the request (store list for interactive begin, session ID for one-shot). */
-  readonly fingerprint: string;
+  /** Called once, when the session ends in any way. */
+  readonly onEnd: (session: Session, end: SessionEnd) => void;
 }
 
-/** Raised when the session record was taken by someone else before our create. */
-export class SlotTakenError extends Error {
+/** Where a session is. `deciding`: the commit point is being written; whether it landed is unknown until it answers. */
+export type SessionPhase = 'active' | 'deciding' | 'committing' | 'ended';
+
+/** The session has ended (or ended while a request waited for its turn). */
+export class SessionEndedError extends Error {
   constructor(key: string) {
-    super(`session record for ${key} already exists`);
+    super(`session ${key} has ended`);
+  }
+}
+
+/**
+ * A session stopped at or past its commit point: it will commit, through recovery. A
+ * passing condition for the request (`503`); `cause` is what interrupted it.
+ */
+export class SessionInterruptedError extends ServiceUnavailableError {
+  constructor(key: string, atCommitPoint: boolean, cause: unknown) {
+    super(
+      atCommitPoint
+        ? `commit of ${key} was interrupted (${errorMessage(cause)}); retry it`
+        : `commit of ${key} is past its commit point and will complete (${errorMessage(cause)}); retry for the result`,
+      1,
+      { cause },
+    );
   }
 }
 
@@ -74,32 +109,28 @@ class StoreStep implements Committable {
   }
 }
 
-/** A session this instance drives. Callers serialise requests with `run`. */
-export class Session implements SessionSlot {
+/** A session this instance drives. Requests take turns through `run`. */
+export class Session {
   readonly key: string;
   readonly oneShot: boolean;
-  readonly stores: ReadonlyMap<string, StoreSession>;
-  readonly log: ChangeLog = {};
+  /** Store names in commit order. */
+  readonly storeNames: readonly string[];
   readonly startedAt: string;
-  readonly fingerprint: string;
-  readonly committer: MultiCommitter;
   readonly logger: Logger;
-  /** `active` until the commit point is written, then `committing`. */
-  state: 'active' | 'committing' = 'active';
-  logBytes = 0;
-  lastTouched = Date.now();
-  /** Settles when the session ends (committed or not); concurrent one-shot retries await it. */
-  outcome: Promise<unknown> | undefined;
-  /** The result record, once `release` wrote it. */
-  result: ResultRecord | undefined;
+  /** Settles when the session has ended, however it ended. */
+  readonly ended: Promise<void>;
   readonly #deps: SessionDeps;
-  /** The key as the stores take it. */
+  readonly #stores: ReadonlyMap<string, StoreSession>;
   readonly #keyBytes: Uint8Array;
-  readonly #adopted: boolean;
-  /** Each store's running hash of its logged changes, fed the lines the coordinator validated. */
-  readonly #logHashers = new Map<string, ChangeHasher>();
-  #record: SessionRecord | undefined;
-  #revision = 0;
+  readonly #slot: RecordSlot;
+  readonly #committer: MultiCommitter<ResultRecord>;
+  readonly #hasher: SessionHasher;
+  readonly #log: ChangeLog = {};
+  readonly #onEnd: (session: Session, end: SessionEnd) => void;
+  #markEnded: () => void = () => undefined;
+  #phase: SessionPhase;
+  #logBytes = 0;
+  #lastTouched = Date.now();
   #queue: Promise<unknown> = Promise.resolve();
 
   constructor(deps: SessionDeps, start: SessionStart) {
@@ -107,20 +138,52 @@ export class Session implements SessionSlot {
     this.key = start.key;
     this.#keyBytes = keyBytes(start.key);
     this.oneShot = start.oneShot;
-    this.stores = start.stores;
-    this.fingerprint = start.fingerprint;
+    this.#stores = start.stores;
+    this.storeNames = [...start.stores.keys()].sort(compareNames);
+    this.#hasher = start.hasher ?? new SessionHasher(this.storeNames);
+    this.#onEnd = start.onEnd;
     this.logger = deps.logger.child({ key: start.key });
-    this.#adopted = start.adopted !== undefined;
-    this.#record = start.adopted?.record;
-    this.#revision = start.adopted?.revision ?? 0;
     this.startedAt = start.adopted?.record.startedAt ?? new Date().toISOString();
-    if (start.adopted?.record.state === 'committing') this.state = 'committing';
-    const names = [...start.stores.keys()].sort(compareNames);
-    const committables = names.map((name, i) => {
+    this.#phase = start.adopted?.record.state === 'committing' ? 'committing' : 'active';
+    this.ended = new Promise((resolve) => {
+      this.#markEnded = resolve;
+    });
+    this.#slot = new RecordSlot(deps, { key: start.key, stores: this.storeNames, oneShot: start.oneShot, startedAt: this.startedAt, adopted: start.adopted });
+    const committables = this.storeNames.map((name, i) => {
       const store = start.stores.get(name) as StoreSession;
       return [name, new StoreStep(name, store, `commit.afterStore.${i + 1}`, deps.failpoints)] as const;
     });
-    this.committer = new MultiCommitter(undefined, committables, { slot: this, logger: this.logger });
+    this.#committer = new MultiCommitter(this.#slot, committables, { logger: this.logger });
+  }
+
+  /** `active` until the commit point is written, then `committing` (as clients see it). */
+  get state(): 'active' | 'committing' {
+    return this.#phase === 'active' ? 'active' : 'committing';
+  }
+
+  /** True until the session has ended: committed, cancelled, or handed to recovery. */
+  get open(): boolean {
+    return this.#phase !== 'ended';
+  }
+
+  /** True while changes may still come (interactive, before the commit point). */
+  get acceptsChanges(): boolean {
+    return this.#phase === 'active' && !this.oneShot;
+  }
+
+  /** Milliseconds since the last request touched this session. */
+  idleFor(now = Date.now()): number {
+    return now - this.#lastTouched;
+  }
+
+  /** The revision of the record this session last wrote or adopted (0 before the first write). */
+  get revision(): number {
+    return this.#slot.revision;
+  }
+
+  /** The session ID its changes define so far (every store counted, with or without changes). */
+  get sessionId(): string {
+    return this.#hasher.sessionIdHex();
   }
 
   /** Runs `step` after every earlier step of this session: one request at a time. */
@@ -130,67 +193,116 @@ export class Session implements SessionSlot {
     return next;
   }
 
-  /** The record revision this session last wrote or adopted (0 before the first write). */
-  get revision(): number {
-    return this.#revision;
-  }
-
-  // --- SessionSlot: the session record is the MultiCommitter's slot ---
-
-  async read(): Promise<Uint8Array | undefined> {
-    return this.#adopted ? this.#keyBytes : undefined;
-  }
-
-  /** Interactive sessions create their record now; one-shot ones at the commit point. */
-  async claim(): Promise<void> {
-    if (this.oneShot) return;
-    const record = this.#newRecord('active', {});
-    await this.#createRecord(record);
-    await this.#deps.failpoints.fire('begin.afterRecord');
-  }
-
-  /** Step 4d: write the result and delete the session record in one transaction. */
-  async release(_key: Uint8Array, result: CommitResult): Promise<void> {
-    await this.#deps.failpoints.fire('commit.beforeResult');
-    const stores = Object.fromEntries([...result.stores].map(([name, id]) => [name, toHex(id)]));
-    const sessionIdHex = toHex(result.sessionId);
-    const value: ResultRecord = { sessionId: sessionIdHex, stores, committedAt: new Date().toISOString(), fingerprint: sessionIdHex };
-    const record = this.#record as SessionRecord;
-    const ops: KvOp[] = [
-      { type: 'create', key: recordKeys.result(this.key), value: JSON.stringify(value), options: { ttlSeconds: this.#deps.retentionSeconds } },
-      { type: 'delete', key: recordKeys.session(this.key), revision: this.#revision },
-      ...(await deleteLogOps(this.#deps.kv, this.key, record)),
-    ];
+  /**
+   * Steps 1–2: writes the record (interactive) and begins every store; an adopted record
+   * makes the stores recover instead. A failure ends the session before its commit point.
+   */
+  async begin(): Promise<void> {
     try {
-      await this.#deps.kv.txn(ops);
+      await this.#committer.begin(this.key);
     } catch (err) {
-      if (!(err instanceof ConstraintViolatedError)) throw err;
-      // Someone else (an adopter of this session) wrote the same result first: fine.
-      const existing = await this.#deps.kv.get(recordKeys.result(this.key));
-      if (!existing || parseResult(existing.value).sessionId !== value.sessionId) throw err;
+      return this.#fail(err);
     }
-    this.result = value;
   }
 
-  /** Set when the record must outlive a cancel of the stores (its fate is recovery's). */
-  keepRecord = false;
-
-  async abandon(): Promise<void> {
-    if (this.keepRecord || this.#revision === 0 || !this.#record) return;
-    const ops: KvOp[] = [
-      { type: 'delete', key: recordKeys.session(this.key), revision: this.#revision },
-      ...(await deleteLogOps(this.#deps.kv, this.key, this.#record)),
-    ];
-    await this.#deps.kv.txn(ops);
-    this.#revision = 0;
+  /**
+   * Step 3: hands changes to one store in order, logs and hashes them. `lines` are the
+   * changes' canonical lines, already checked against the store type. A store that
+   * rejects a change ends the session (before its commit point).
+   */
+  async apply(store: string, changes: readonly unknown[], lines: readonly string[]): Promise<void> {
+    if (!this.acceptsChanges) throw new SessionEndedError(this.key);
+    let bytes = 0;
+    for (const line of lines) bytes += line.length - 1;
+    if (this.#logBytes + bytes > this.#deps.maxLogBytes) {
+      throw new PayloadTooLargeError(`session ${this.key} would exceed the change log limit of ${this.#deps.maxLogBytes} bytes`);
+    }
+    this.#lastTouched = Date.now();
+    try {
+      await this.#stage(store, changes);
+    } catch (err) {
+      return this.#fail(err);
+    }
+    this.#hasher.addLines(store, lines);
+    this.#logBytes += bytes;
+    this.#lastTouched = Date.now();
   }
 
-  // --- the commit protocol ---
+  /** A one-shot session's changes, hashed when the session was opened, handed to the stores. */
+  async applyAll(changes: Readonly<Record<string, readonly unknown[]>>): Promise<void> {
+    try {
+      for (const name of this.storeNames) await this.#stage(name, changes[name] ?? []);
+    } catch (err) {
+      return this.#fail(err);
+    }
+  }
 
-  /** Step 3: hands changes to one store in order and appends them to the log. */
-  async apply(storeName: string, changes: readonly unknown[]): Promise<void> {
-    const store = this.stores.get(storeName) as StoreSession;
-    const logged = (this.log[storeName] ??= []);
+  /**
+   * Steps 4a–4e: prepare every store, write the commit point, commit the stores in name
+   * order and write the result. Answers the result record; an interruption ends the
+   * session by its phase (see the module's comment).
+   */
+  async commit(): Promise<ResultRecord> {
+    try {
+      if (this.#phase === 'active') {
+        await this.#eachStore((store, key) => store.prepare(key));
+        this.#phase = 'deciding';
+        await this.#slot.writeCommitPoint(this.#log, this.sessionId);
+        this.#phase = 'committing';
+      }
+      return await this.#commitStores();
+    } catch (err) {
+      return this.#fail(err);
+    }
+  }
+
+  /**
+   * Roll-forward of an adopted `committing` record: the stores recover (those holding the
+   * marker skip), take the logged changes again, prepare and commit.
+   */
+  async rollForward(log: ChangeLog): Promise<ResultRecord> {
+    try {
+      await this.#committer.begin(this.key);
+      for (const name of this.storeNames) await this.#stage(name, log[name] ?? []);
+      await this.#eachStore((store, key) => store.prepare(key));
+      return await this.#commitStores();
+    } catch (err) {
+      return this.#fail(err);
+    }
+  }
+
+  /** Step 5: cancel an `active` session (a request, the idle timeout, shutdown). */
+  async cancel(reason: string): Promise<void> {
+    if (this.#phase !== 'active') throw new SessionEndedError(this.key);
+    await this.#end(reason);
+  }
+
+  /**
+   * Stop driving the session without touching its record: this instance may no longer
+   * own it (its lease was lost), so whoever adopts the record decides its fate.
+   */
+  async relinquish(reason: string): Promise<void> {
+    await this.#end(reason, { ownsRecord: false });
+  }
+
+  /**
+   * Steps 4c–d. Every store first learns, in commit order, that the session will commit, so
+   * a store that groups commits (sqlite) lets the next session in before any store waits
+   * for its own commit to be durable; then the stores commit one by one, in that order, and
+   * the result is written.
+   */
+  async #commitStores(): Promise<ResultRecord> {
+    await this.#eachStore((store, key) => store.decide?.(key));
+    const { receipt } = await this.#committer.commitWithDetails(this.key);
+    this.#phase = 'ended';
+    this.#markEnded();
+    this.#onEnd(this, { outcome: 'committed', reason: 'committed' });
+    return receipt;
+  }
+
+  async #stage(storeName: string, changes: readonly unknown[]): Promise<void> {
+    const store = this.#stores.get(storeName) as StoreSession;
+    const logged = (this.#log[storeName] ??= []);
     for (const change of changes) {
       try {
         await store.apply(change);
@@ -201,96 +313,54 @@ export class Session implements SessionSlot {
     }
   }
 
-  /** Adds changes just applied to `storeName`, as their canonical lines, to the log's hash. */
-  hashLog(storeName: string, lines: readonly string[]): void {
-    let hasher = this.#logHashers.get(storeName);
-    if (!hasher) this.#logHashers.set(storeName, (hasher = new ChangeHasher()));
-    for (const line of lines) hasher.addLine(line);
-  }
-
-  /**
-   * The session ID the hashed log defines: what the stores' IDs will hash to, stores that
-   * got no change included.
-   */
-  logSessionId(): string {
-    return toHex(sessionId(this.committer.names.map((name) => [name, (this.#logHashers.get(name) ?? new ChangeHasher()).digest()] as const)));
-  }
-
-  /** Step 4a: every store prepares; failures surface here, before the commit point. */
-  async prepare(): Promise<void> {
-    await this.#eachStore((store, key) => store.prepare(key));
-  }
-
-  /**
-   * Step 4b, the commit point: the record turns `committing` with the full change log.
-   * A one-shot session creates its record here, guarded against an existing result.
-   */
-  async writeCommitPoint(sessionIdHex: string): Promise<void> {
-    const logFields = await storeLog(this.#deps.kv, this.key, this.log);
-    const record = { ...this.#newRecord('committing', logFields), fingerprint: sessionIdHex };
-    if (this.oneShot && this.#revision === 0) {
-      await this.#createRecord(record);
-      await this.#deps.failpoints.fire('begin.afterRecord');
-    } else {
-      this.#revision = await this.#deps.kv.update(recordKeys.session(this.key), JSON.stringify(record), this.#revision);
-      this.#record = record;
-    }
-    this.state = 'committing';
-    await this.#deps.failpoints.fire('commit.afterIntent');
-  }
-
-  /**
-   * Steps 4c–d. Every store first learns, in commit order, that the session will commit, so
-   * a store that groups commits (sqlite) lets the next session in before any store waits
-   * for its own commit to be durable; then the stores commit one by one, in that order, and
-   * the result is written.
-   */
-  async commitStores(): Promise<ResultRecord> {
-    try {
-      await this.#eachStore((store, key) => store.decide?.(key));
-    } catch (err) {
-      // Past the commit point: keep the record for recovery, release the stores.
-      this.keepRecord = true;
-      await this.committer.cancel().catch(() => undefined);
-      throw err;
-    }
-    await this.committer.commitWithDetails(this.key);
-    return this.result as ResultRecord;
-  }
-
   /** Runs `step` on every store in commit order; a store's error names the store. */
   async #eachStore(step: (store: StoreSession, key: Uint8Array) => Promise<void> | undefined): Promise<void> {
-    for (const name of this.committer.names) {
+    for (const name of this.storeNames) {
       try {
-        await step(this.stores.get(name) as StoreSession, this.#keyBytes);
+        await step(this.#stores.get(name) as StoreSession, this.#keyBytes);
       } catch (err) {
         throw storeError(name, err);
       }
     }
   }
 
-  #newRecord(state: SessionRecord['state'], logFields: Pick<SessionRecord, 'log' | 'logChunks'>): SessionRecord {
-    return {
-      state,
-      stores: [...this.stores.keys()].sort(compareNames),
-      owner: this.#deps.instanceId,
-      startedAt: this.startedAt,
-      fingerprint: this.fingerprint,
-      ...(this.oneShot ? { oneShot: true } : {}),
-      ...logFields,
-    };
+  /**
+   * Ends the session after `err` and throws what its caller should see: the error itself
+   * before the commit point, a {@link SessionInterruptedError} from it on.
+   */
+  async #fail(err: unknown): Promise<never> {
+    const from = this.#phase;
+    const notOurs = err instanceof SlotTakenError;
+    // A failed cancel was logged by the committer; the caller answers for the first error.
+    await this.#end('error', { ownsRecord: !notOurs, cause: err }).catch(() => undefined);
+    if (from === 'active' || notOurs) throw err;
+    throw new SessionInterruptedError(this.key, from === 'deciding', err);
   }
 
-  async #createRecord(record: SessionRecord): Promise<void> {
+  /**
+   * The one way a session ends short of committing. Before the commit point the stores
+   * are cancelled and the record deleted (a cancel: nothing reached any store). From the
+   * commit point on — including a commit-point write whose outcome is unknown — the stores
+   * are released and the record kept: it is recovery's to finish. A session that may no
+   * longer own its record (`ownsRecord: false`) only releases its stores.
+   */
+  async #end(reason: string, how: { ownsRecord?: boolean; cause?: unknown } = {}): Promise<void> {
+    const from = this.#phase;
+    if (from === 'ended') return;
+    const ownsRecord = how.ownsRecord ?? true;
+    const begun = this.#committer.inSession;
+    this.#phase = 'ended';
     try {
-      this.#revision = await this.#deps.kv.txn([
-        { type: 'check', key: recordKeys.result(this.key), exists: false },
-        { type: 'create', key: recordKeys.session(this.key), value: JSON.stringify(record) },
-      ]);
-      this.#record = record;
-    } catch (err) {
-      if (err instanceof ConstraintViolatedError) throw new SlotTakenError(this.key);
-      throw err;
+      if (from === 'active' && ownsRecord) {
+        if (begun) await this.#committer.cancel();
+        else await this.#slot.abandon();
+      } else {
+        await this.#committer.abort(how.cause ?? new Error(reason));
+      }
+    } finally {
+      this.#markEnded();
+      const outcome = !ownsRecord ? 'released' : from !== 'active' ? 'recover' : begun ? 'cancelled' : 'released';
+      this.#onEnd(this, { outcome, reason });
     }
   }
 }

@@ -8,14 +8,12 @@ import { AlreadyRegisteredError, IdempotencyKeyMismatchError, InSessionError, No
 import { describeKey, keyBytes, sameKey, type IdempotencyKey } from './keys.ts';
 import type { Kv } from '../kv/kv.ts';
 import { sessionId } from './session-id.ts';
-import { KvSlot, type CommitResult, type SessionSlot } from './slot.ts';
+import { KvSlot, isSlot, type CommitResult, type SessionSlot } from './slot.ts';
 
 /** Options of a MultiCommitter. */
 export interface MultiCommitterOptions {
-  /** KV key of the default slot (ignored when `slot` is given). Default `slot`. */
+  /** KV key of the slot when the committer is given a KV. Default `slot`. */
   readonly slotKey?: string;
-  /** A slot other than the default KV key, e.g. the coordinator's session record. */
-  readonly slot?: SessionSlot;
   /** Where cancel errors go: they never replace the error that caused the cancel. */
   readonly logger?: CommitterLogger;
 }
@@ -34,8 +32,8 @@ type State = 'closed' | 'beginning' | 'open' | 'committing';
  * - Any error inside `begin` or `commit` cancels every committable and closes the session;
  *   the slot keeps the key so that the next `begin` with it recovers.
  */
-export class MultiCommitter {
-  readonly #slot: SessionSlot;
+export class MultiCommitter<Receipt = void> {
+  readonly #slot: SessionSlot<Receipt>;
   readonly #logger: CommitterLogger;
   readonly #committables = new Map<string, Committable>();
   #state: State = 'closed';
@@ -43,13 +41,17 @@ export class MultiCommitter {
   #recovery = false;
 
   /**
-   * @param kv where the default slot lives (unused when `options.slot` is given)
+   * @param slot where the key of the open session is kept: a KV (the slot is then its key
+   *   `options.slotKey`) or a slot of the caller's, such as the coordinator's session record
    * @param committables initial committables by name
    */
-  constructor(kv: Kv | undefined, committables: Iterable<readonly [string, Committable]> | Record<string, Committable> = [], options: MultiCommitterOptions = {}) {
-    const slot = options.slot ?? (kv ? new KvSlot(kv, options.slotKey ?? 'slot') : undefined);
-    if (!slot) throw new TypeError('MultiCommitter needs a kv or a slot');
-    this.#slot = slot;
+  constructor(
+    slot: Kv | SessionSlot<Receipt>,
+    committables: Iterable<readonly [string, Committable]> | Record<string, Committable> = [],
+    options: MultiCommitterOptions = {},
+  ) {
+    // A KV slot gives nothing back on release: its Receipt is void.
+    this.#slot = isSlot(slot) ? slot : (new KvSlot(slot, options.slotKey ?? 'slot') as unknown as SessionSlot<Receipt>);
     this.#logger = options.logger ?? silentLogger;
     const entries = Symbol.iterator in committables ? committables : Object.entries(committables);
     for (const [name, committable] of entries as Iterable<readonly [string, Committable]>) this.register(name, committable);
@@ -106,8 +108,8 @@ export class MultiCommitter {
     return (await this.commitWithDetails(idempotencyKey)).sessionId;
   }
 
-  /** Like `commit`, and also returns each committable's ID. */
-  async commitWithDetails(idempotencyKey: IdempotencyKey): Promise<CommitResult> {
+  /** Like `commit`, and also returns each committable's ID and what the slot gave back on release. */
+  async commitWithDetails(idempotencyKey: IdempotencyKey): Promise<CommitResult & { readonly receipt: Receipt }> {
     if (this.#state !== 'open' || !this.#key) throw new NotInSessionError(`no session is open to commit (state: ${this.#state})`);
     const key = keyBytes(idempotencyKey);
     if (!sameKey(this.#key, key)) {
@@ -118,9 +120,9 @@ export class MultiCommitter {
       const stores = new Map<string, Uint8Array>();
       for (const [name, committable] of this.#orderedEntries()) stores.set(name, await committable.commit(key));
       const result: CommitResult = { sessionId: sessionId(stores), stores };
-      await this.#slot.release(key, result);
+      const receipt = await this.#slot.release(key, result);
       this.#close();
-      return result;
+      return { ...result, receipt };
     } catch (err) {
       await this.#cancelAll(err);
       throw err;
@@ -151,6 +153,16 @@ export class MultiCommitter {
       this.#close();
     }
     if (firstError !== undefined) throw firstError;
+  }
+
+  /**
+   * What an error inside `begin` or `commit` does, for a caller that decides a session
+   * must stop where it is: every committable is cancelled, the session closes, and the
+   * slot keeps the key so that the next `begin` with it recovers.
+   */
+  async abort(cause: unknown): Promise<void> {
+    if (this.#state === 'closed') return;
+    await this.#cancelAll(cause);
   }
 
   async #cancelAll(cause: unknown): Promise<void> {

@@ -97,6 +97,40 @@ export function storeIdOfLines(lines: Iterable<string>): Uint8Array {
   return hasher.digest();
 }
 
+/**
+ * The running hash of one session's changes: a {@link ChangeHasher} per store of the
+ * session, so that the session ID it gives counts every store — those that got no change
+ * contribute the hash of the empty stream, as their committables' IDs will.
+ */
+export class SessionHasher {
+  readonly #stores: Map<string, ChangeHasher>;
+
+  /** @param stores every store of the session, changes or not */
+  constructor(stores: Iterable<string>) {
+    this.#stores = new Map([...stores].map((name) => [name, new ChangeHasher()]));
+  }
+
+  /** Adds changes of `store`, given as {@link canonicalLine}s, in the order they apply. */
+  addLines(store: string, lines: Iterable<string>): void {
+    const hasher = this.#stores.get(store);
+    if (!hasher) throw new RangeError(`store ${JSON.stringify(store)} is not part of this session`);
+    for (const line of lines) hasher.addLine(line);
+  }
+
+  /** The session ID of everything added so far, as 32 hex digits. */
+  sessionIdHex(): string {
+    return toHex(sessionId([...this.#stores].map(([name, hasher]) => [name, hasher.digest()] as const)));
+  }
+}
+
+/**
+ * The session ID of a session whose stores are exactly the members of `changes` (a store
+ * without changes is a member with `[]`), as 32 hex digits: what its commit answers.
+ */
+export function sessionIdOfChanges(changes: Readonly<Record<string, Iterable<unknown>>>): string {
+  return toHex(sessionId(Object.entries(changes).map(([name, list]) => [name, storeId(list)] as const)));
+}
+
 /** The session ID from each store's ID; order of the input does not matter. */
 export function sessionId(stores: Iterable<readonly [name: string, id: Uint8Array]>): Uint8Array {
   const pairs = [...stores].map(([name, id]) => [name, toHex(id)] as const);

@@ -1,7 +1,7 @@
 /**
  * The slot where a MultiCommitter keeps the key of its open session, durably, before any
  * committable begins. The default lives in one KV key; the coordinator supplies its own
- * slot backed by its session record so one write serves both.
+ * slot, backed by the session record, so one write serves both.
  * @module
  */
 import type { Kv } from '../kv/kv.ts';
@@ -14,16 +14,24 @@ export interface CommitResult {
   readonly stores: ReadonlyMap<string, Uint8Array>;
 }
 
-/** Durable storage for the key of the open session. */
-export interface SessionSlot {
+/**
+ * Durable storage for the key of the open session. `Receipt` is what emptying the slot
+ * after a commit gives back (the coordinator's slot: the result record it wrote).
+ */
+export interface SessionSlot<Receipt = void> {
   /** The key held in the slot, if any. */
   read(): Promise<Uint8Array | undefined>;
   /** Durably writes `key` into the empty slot; rejects if it is taken. */
   claim(key: Uint8Array): Promise<void>;
   /** Empties the slot after every committable committed. */
-  release(key: Uint8Array, result: CommitResult): Promise<void>;
+  release(key: Uint8Array, result: CommitResult): Promise<Receipt>;
   /** Empties the slot after an explicit cancel: nothing of the session was committed. */
   abandon(key: Uint8Array): Promise<void>;
+}
+
+/** True for a slot, false for a KV (the two things a MultiCommitter can be given). */
+export function isSlot<Receipt>(source: Kv | SessionSlot<Receipt>): source is SessionSlot<Receipt> {
+  return 'claim' in source && 'release' in source && 'abandon' in source;
 }
 
 /** A slot in one KV key; the value is `{"key":"<base64>"}`. */

@@ -1,0 +1,137 @@
+/**
+ * Answers for keys without a session open here: a key already committed, held by another
+ * instance, left by a dead one, or gone. Each reads the KV and, where the key's fate is
+ * recovery's, lets recovery decide first.
+ * @module
+ */
+import { compareNames } from '../core/multi-committer.ts';
+import type { Kv } from '../kv/kv.ts';
+import type { Metrics } from '../metrics.ts';
+import { KeyReusedError, ServiceUnavailableError, SessionBusyError, SessionNotFoundError, StoreConflictError } from './errors.ts';
+import type { Instance } from './instance.ts';
+import type { ResultRecord, SessionRecord } from './records.ts';
+import { readKey, type Recovery, type RecoveryOutcome } from './recovery.ts';
+import type { SessionTable } from './session-table.ts';
+import type { ActiveView, CommittedView, SessionView } from './types.ts';
+
+/** The answer to a commit, and to every replay of it. */
+export function committedView(key: string, result: ResultRecord): CommittedView {
+  return { key, state: 'committed', sessionId: result.sessionId, stores: result.stores, committedAt: result.committedAt };
+}
+
+/** What `GET /v1/sessions/:key` shows for a record in the KV. */
+export function recordView(key: string, record: SessionRecord): SessionView {
+  return {
+    key,
+    state: record.state,
+    stores: record.stores,
+    owner: record.owner,
+    startedAt: record.startedAt,
+    ...(record.state !== 'active' && record.sessionId ? { sessionId: record.sessionId } : {}),
+    ...(record.error ? { error: record.error } : {}),
+  };
+}
+
+/** True when both lists name the same stores, in any order. */
+export function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  const sortedB = [...b].sort(compareNames);
+  return a.length === b.length && [...a].sort(compareNames).every((name, i) => name === sortedB[i]);
+}
+
+/** The answers' collaborators. */
+export interface AnswerDeps {
+  readonly kv: Kv;
+  readonly table: SessionTable;
+  readonly recovery: Recovery;
+  readonly instance: Instance;
+  readonly metrics: Metrics | undefined;
+}
+
+/** Answers for keys without a live session here. */
+export class KeyAnswers {
+  readonly #deps: AnswerDeps;
+
+  constructor(deps: AnswerDeps) {
+    this.#deps = deps;
+  }
+
+  /** A begin found the key's record or result already there. */
+  async begin(key: string, names: readonly string[]): Promise<ActiveView | CommittedView> {
+    const { kv, table, recovery, instance, metrics } = this.#deps;
+    const { record, revision, result } = await readKey(kv, key);
+    if (result) {
+      if (sameNames(Object.keys(result.stores), names)) return committedView(key, result);
+      throw new KeyReusedError(key, `with stores ${Object.keys(result.stores).join(', ')}`);
+    }
+    if (!record) throw new ServiceUnavailableError(`session ${key} changed while beginning; retry`, 1);
+    if (record.owner !== instance.id && (await instance.isAlive(record.owner))) {
+      throw new SessionBusyError(key, record.owner, `the session is ${record.state}`);
+    }
+    if (record.state !== 'active') return this.fromRecovery(key, await recovery.recoverKey(key));
+    if (!sameNames(record.stores, names)) throw new KeyReusedError(key, `with stores ${record.stores.join(', ')}`);
+    const adopted = await recovery.adopt(key, record, revision);
+    if (!adopted) throw new SessionBusyError(key, record.owner, 'another instance adopted it first');
+    // Work a dead owner prepared before its commit point must not commit with the resumed session.
+    await recovery.resolveOrphans();
+    table.assertFree(key);
+    const session = table.open({ key, names, oneShot: false, adopted, recoverOnInterrupt: true });
+    await session.run(() => session.begin());
+    metrics?.sessionsBegun.inc();
+    metrics?.sessionsRecovered.inc({ outcome: 'resumed' });
+    return { key, state: 'active', recovery: true, stores: names };
+  }
+
+  /** A one-shot commit found the key taken: the same changes get the key's answer. */
+  async oneShot(key: string, sessionId: string): Promise<CommittedView> {
+    const { record, result } = await readKey(this.#deps.kv, key);
+    if (result) {
+      if (result.sessionId === sessionId) return committedView(key, result);
+      throw new KeyReusedError(key, 'with other changes');
+    }
+    if (!record) throw new KeyReusedError(key, 'and committed; its result is no longer retained');
+    if (record.sessionId !== sessionId) throw new KeyReusedError(key, 'with other stores or changes');
+    return this.fromRecovery(key, await this.#deps.recovery.recoverKey(key));
+  }
+
+  /** A commit of a key with no session open here: whatever recovery makes of it. */
+  async commit(key: string): Promise<CommittedView> {
+    return this.fromRecovery(key, await this.#deps.recovery.recoverKey(key));
+  }
+
+  /** A cancel of a key with no session open here. */
+  async cancel(key: string): Promise<{ key: string; state: 'cancelled' }> {
+    const { record, result } = await readKey(this.#deps.kv, key);
+    if (result) throw new SessionBusyError(key, this.#deps.instance.id, 'the session is already committed');
+    if (!record) throw new SessionNotFoundError(key);
+    if (record.state !== 'active') throw new SessionBusyError(key, record.owner, `the session is ${record.state}`);
+    const outcome = await this.#deps.recovery.recoverKey(key);
+    if (outcome.state === 'cancelled' || outcome.state === 'absent') return { key, state: 'cancelled' };
+    return this.fromRecovery(key, outcome).then(() => {
+      throw new SessionBusyError(key, this.#deps.instance.id, 'the session committed');
+    });
+  }
+
+  /** Why a key has no open session here: the error to answer with. */
+  async notOpen(key: string): Promise<Error> {
+    const { record, result } = await readKey(this.#deps.kv, key);
+    if (result) return new KeyReusedError(key, 'and committed: no changes can be added');
+    if (record) return new SessionBusyError(key, record.owner, `the session is ${record.state} ${record.owner === this.#deps.instance.id ? 'and not open here' : 'on another instance'}`);
+    return new SessionNotFoundError(key);
+  }
+
+  /** Turns the outcome of a recovery into the answer of a request about that key. */
+  async fromRecovery(key: string, outcome: RecoveryOutcome): Promise<CommittedView> {
+    switch (outcome.state) {
+      case 'committed':
+        return committedView(key, outcome.result);
+      case 'busy':
+        throw new SessionBusyError(key, outcome.owner, outcome.why);
+      case 'failed':
+        throw new StoreConflictError('(roll-forward)', `session ${key} failed and awaits an operator: ${outcome.error}`);
+      case 'pending':
+        throw new ServiceUnavailableError(`session ${key} is past its commit point and will complete (${outcome.error}); retry`, 1);
+      default:
+        throw new SessionNotFoundError(key);
+    }
+  }
+}

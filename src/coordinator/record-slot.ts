@@ -1,0 +1,148 @@
+/**
+ * The session record as the MultiCommitter's slot: one KV write serves as both. An
+ * interactive session creates its `active` record at begin; a one-shot session writes its
+ * first record at the commit point. Releasing the slot writes the result and deletes the
+ * record in one transaction (DESIGN.md steps 1, 4b and 4d).
+ * @module
+ */
+import type { CommitResult, SessionSlot } from '../core/slot.ts';
+import { keyBytes, toHex } from '../core/keys.ts';
+import type { Kv, KvOp } from '../kv/kv.ts';
+import { ConstraintViolatedError } from '../kv/errors.ts';
+import type { Failpoints } from './failpoints.ts';
+import { deleteLogOps, parseResult, recordKeys, storeLog, type ChangeLog, type ResultRecord, type SessionRecord } from './records.ts';
+
+/** What every session record of one coordinator shares. */
+export interface RecordDeps {
+  readonly kv: Kv;
+  readonly failpoints: Failpoints;
+  readonly instanceId: string;
+  readonly retentionSeconds: number;
+}
+
+/** The record was created by someone else (another request, another instance) before ours. */
+export class SlotTakenError extends Error {
+  constructor(key: string) {
+    super(`session record for ${key} already exists`);
+  }
+}
+
+/** What the record says about the session, fixed when it starts. */
+export interface RecordStart {
+  readonly key: string;
+  /** The session's stores in commit order. */
+  readonly stores: readonly string[];
+  readonly oneShot: boolean;
+  readonly startedAt: string;
+  /** The record of a crashed session this one resumes (adopted by this instance). */
+  readonly adopted?: { readonly record: SessionRecord; readonly revision: number };
+}
+
+/** One session's record in the coordinator KV. */
+export class RecordSlot implements SessionSlot<ResultRecord> {
+  readonly #deps: RecordDeps;
+  readonly #start: RecordStart;
+  #record: SessionRecord | undefined;
+  #revision: number;
+
+  constructor(deps: RecordDeps, start: RecordStart) {
+    this.#deps = deps;
+    this.#start = start;
+    this.#record = start.adopted?.record;
+    this.#revision = start.adopted?.revision ?? 0;
+  }
+
+  /** The revision this slot last wrote or adopted (0 while it holds no record). */
+  get revision(): number {
+    return this.#revision;
+  }
+
+  /** An adopted record holds the key already: the MultiCommitter then recovers. */
+  async read(): Promise<Uint8Array | undefined> {
+    return this.#start.adopted ? keyBytes(this.#start.key) : undefined;
+  }
+
+  /** Interactive sessions create their record now; one-shot ones at the commit point. */
+  async claim(): Promise<void> {
+    if (this.#start.oneShot) return;
+    await this.#create(this.#newRecord('active', {}));
+    await this.#deps.failpoints.fire('begin.afterRecord');
+  }
+
+  /**
+   * Step 4b, the commit point: the record turns `committing` with the full change log and
+   * the session ID it defines. A one-shot session creates its record here, guarded against
+   * an existing result.
+   */
+  async writeCommitPoint(log: ChangeLog, sessionId: string): Promise<void> {
+    const record: SessionRecord = { ...this.#newRecord('committing', await storeLog(this.#deps.kv, this.#start.key, log)), sessionId };
+    if (this.#start.oneShot && this.#revision === 0) {
+      await this.#create(record);
+      await this.#deps.failpoints.fire('begin.afterRecord');
+    } else {
+      this.#revision = await this.#deps.kv.update(recordKeys.session(this.#start.key), JSON.stringify(record), this.#revision);
+      this.#record = record;
+    }
+    await this.#deps.failpoints.fire('commit.afterIntent');
+  }
+
+  /** Step 4d: write the result and delete the session record in one transaction. */
+  async release(_key: Uint8Array, result: CommitResult): Promise<ResultRecord> {
+    await this.#deps.failpoints.fire('commit.beforeResult');
+    const key = this.#start.key;
+    const value: ResultRecord = {
+      sessionId: toHex(result.sessionId),
+      stores: Object.fromEntries([...result.stores].map(([name, id]) => [name, toHex(id)])),
+      committedAt: new Date().toISOString(),
+    };
+    const ops: KvOp[] = [
+      { type: 'create', key: recordKeys.result(key), value: JSON.stringify(value), options: { ttlSeconds: this.#deps.retentionSeconds } },
+      { type: 'delete', key: recordKeys.session(key), revision: this.#revision },
+      ...(await deleteLogOps(this.#deps.kv, key, this.#record as SessionRecord)),
+    ];
+    try {
+      await this.#deps.kv.txn(ops);
+    } catch (err) {
+      if (!(err instanceof ConstraintViolatedError)) throw err;
+      // Someone else (an adopter of this session) wrote the same result first: fine.
+      const existing = await this.#deps.kv.get(recordKeys.result(key));
+      if (!existing || parseResult(existing.value).sessionId !== value.sessionId) throw err;
+    }
+    this.#revision = 0;
+    return value;
+  }
+
+  /** Deletes the record (with its log chunks) after a cancel, if this session wrote one. */
+  async abandon(): Promise<void> {
+    if (this.#revision === 0 || !this.#record) return;
+    await this.#deps.kv.txn([
+      { type: 'delete', key: recordKeys.session(this.#start.key), revision: this.#revision },
+      ...(await deleteLogOps(this.#deps.kv, this.#start.key, this.#record)),
+    ]);
+    this.#revision = 0;
+  }
+
+  #newRecord(state: SessionRecord['state'], logFields: Pick<SessionRecord, 'log' | 'logChunks'>): SessionRecord {
+    return {
+      state,
+      stores: this.#start.stores,
+      owner: this.#deps.instanceId,
+      startedAt: this.#start.startedAt,
+      ...(this.#start.oneShot ? { oneShot: true } : {}),
+      ...logFields,
+    };
+  }
+
+  async #create(record: SessionRecord): Promise<void> {
+    try {
+      this.#revision = await this.#deps.kv.txn([
+        { type: 'check', key: recordKeys.result(this.#start.key), exists: false },
+        { type: 'create', key: recordKeys.session(this.#start.key), value: JSON.stringify(record) },
+      ]);
+      this.#record = record;
+    } catch (err) {
+      if (err instanceof ConstraintViolatedError) throw new SlotTakenError(this.#start.key);
+      throw err;
+    }
+  }
+}
