@@ -14,6 +14,8 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
+import ms from 'ms';
+import { COORDINATOR_DEFAULTS } from './coordinator/coordinator.ts';
 import { CommitdError } from './errors/core.ts';
 import { createValidatorCompiler, describeSchemaError, type StoreDefinition } from './stores/registry.ts';
 import { STORE_NAME_PATTERN } from './contract/schemas.ts';
@@ -67,11 +69,14 @@ const DEFAULTS = {
   namespace: '/commitd/',
   dataDir: './data',
   logLevel: 'info',
-  retention: '24h',
-  sessionIdleTimeout: '60s',
-  leaseTtl: '10s',
-  recoveryInterval: '5s',
-  maxOpenSessions: 10_000,
+} as const;
+
+/** Durations in the file, by field, and their defaults (the coordinator's), in milliseconds. */
+const DURATION_DEFAULTS_MS = {
+  retention: COORDINATOR_DEFAULTS.retentionSeconds * 1000,
+  sessionIdleTimeout: COORDINATOR_DEFAULTS.idleTimeoutMs,
+  leaseTtl: COORDINATOR_DEFAULTS.leaseTtlSeconds * 1000,
+  recoveryInterval: COORDINATOR_DEFAULTS.recoveryIntervalMs,
 } as const;
 
 /** A duration: a number of seconds, or a string such as "24h", "60s", "500ms". */
@@ -118,16 +123,17 @@ type ConfigFile = Static<typeof ConfigFileSchema>;
 
 const validateFile = createValidatorCompiler().compile<ConfigFile>(ConfigFileSchema);
 
-const DURATION_UNITS_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/** Milliseconds of a duration; `field` names it in the error. */
+/**
+ * Milliseconds of a duration: a number of seconds, or a string with a unit as the `ms`
+ * package reads it ("500ms", "60s", "2m", "24h", "1d"); `field` names it in the error.
+ */
 export function parseDuration(value: number | string, field: string): number {
-  const match = typeof value === 'string' ? /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value.trim()) : null;
-  const ms = typeof value === 'number' ? value * 1000 : match ? Number(match[1]) * (DURATION_UNITS_MS[match[2] as string] as number) : NaN;
-  if (!Number.isFinite(ms) || ms <= 0) {
+  // A bare number in a string would be milliseconds to `ms` but seconds as a number: refused.
+  const millis = typeof value === 'number' ? value * 1000 : /[a-z]\s*$/i.test(value) ? ms(value as ms.StringValue) : Number.NaN;
+  if (typeof millis !== 'number' || !Number.isFinite(millis) || millis <= 0) {
     throw new ConfigError(`${field}: must be a positive duration such as "24h", "60s", "500ms" or a number of seconds, got ${JSON.stringify(value)}`);
   }
-  return ms;
+  return millis;
 }
 
 /** An environment variable, or undefined when unset or empty (`VAR= cmd` means "not set"). */
@@ -209,7 +215,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   );
   const plugins = (file.plugins ?? []).map((plugin) => (plugin.startsWith('.') || isAbsolute(plugin) ? resolve(pluginBaseDir, plugin) : plugin));
   const duration = (field: 'retention' | 'sessionIdleTimeout' | 'leaseTtl' | 'recoveryInterval') =>
-    file[field] === undefined ? parseDuration(DEFAULTS[field], field) : parseDuration(file[field], inFile(field));
+    file[field] === undefined ? DURATION_DEFAULTS_MS[field] : parseDuration(file[field], inFile(field));
 
   return {
     host: envValue(env, 'COMMITD_HOST') ?? file.http?.host ?? DEFAULTS.host,
@@ -225,7 +231,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     pluginBaseDir,
     retentionSeconds: duration('retention') / 1000,
     idleTimeoutMs: duration('sessionIdleTimeout'),
-    maxOpenSessions: file.maxOpenSessions ?? DEFAULTS.maxOpenSessions,
+    maxOpenSessions: file.maxOpenSessions ?? COORDINATOR_DEFAULTS.maxOpenSessions,
     leaseTtlSeconds: duration('leaseTtl') / 1000,
     recoveryIntervalMs: duration('recoveryInterval'),
     instanceId: file.instanceId,

@@ -16,7 +16,7 @@ import type { StoreContext } from './stores/api.ts';
 import { Coordinator } from './coordinator/coordinator.ts';
 import { Failpoints } from './coordinator/failpoints.ts';
 import { stableInstanceId } from './coordinator/instance.ts';
-import type { StoreDefinition } from './coordinator/types.ts';
+import type { StoreDefinition } from './stores/registry.ts';
 import { buildApp } from './http/app.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 

@@ -51,11 +51,6 @@ export class Failpoints {
     }
   }
 
-  /** True when at least one failpoint is set. */
-  get active(): boolean {
-    return this.#actions.size > 0;
-  }
-
   /** Fires `point` if it is set: crash, throw or wait. A no-op otherwise. */
   async fire(point: string): Promise<void> {
     if (this.#actions.size === 0) return;

@@ -2,6 +2,8 @@
  * The coordinator's public surface: what the HTTP layer (and tests) call.
  * @module
  */
+import type { StoreDefinition } from '../stores/registry.ts';
+
 
 /** Session states as seen from outside. */
 export type SessionState = 'active' | 'committing' | 'committed' | 'failed';
@@ -46,12 +48,7 @@ export interface StoreInfo {
   readonly type: string;
 }
 
-/** A store to register at run time. */
-export interface StoreDefinition {
-  readonly name: string;
-  readonly type: string;
-  readonly options: unknown;
-}
+export type { StoreDefinition } from '../stores/registry.ts';
 
 /** The operations the HTTP API maps onto. Errors are the classes of `./errors.ts`. */
 export interface SessionCoordinator {
