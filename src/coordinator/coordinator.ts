@@ -295,14 +295,12 @@ export class Coordinator implements SessionCoordinator {
   /** Steps 4a–4e for a session this instance drives; the caller holds the session's turn. */
   async #commitOpen(session: Session): Promise<CommittedView> {
     const started = process.hrtime.bigint();
-    let result;
-    try {
-      result = await session.commit();
-    } catch (err) {
+    const result = await session.commit().catch((err: unknown) => {
       // The one-shot's record was created first by a concurrent attempt: answer from it.
-      if (err instanceof SlotTakenError) return this.#answers.oneShot(session.key, session.sessionId);
+      if (err instanceof SlotTakenError) return undefined;
       throw err;
-    }
+    });
+    if (!result) return this.#answers.oneShot(session.key, session.sessionId);
     this.#metrics?.sessionsCommitted.inc();
     this.#metrics?.commitSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     return committedView(session.key, result);

@@ -302,7 +302,8 @@ export class Session {
 
   async #stage(storeName: string, changes: readonly unknown[]): Promise<void> {
     const store = this.#stores.get(storeName) as StoreSession;
-    const logged = (this.#log[storeName] ??= []);
+    this.#log[storeName] ??= [];
+    const logged = this.#log[storeName];
     for (const change of changes) {
       try {
         await store.apply(change);
