@@ -347,14 +347,14 @@ describe('sqlite store', () => {
     assert.deepEqual(names(), ['from-other-process', 'ours']);
   });
 
-  it('fails with STORE_BUSY when the other process holds the lock past busyTimeoutMs', async (t) => {
+  it('fails as unavailable when the other process holds the lock past busyTimeoutMs', async (t) => {
     const store = await openWithItems({ busyTimeoutMs: 100 });
     const child = spawn(process.execPath, ['--import', 'tsx', writerFixture, path], { stdio: ['pipe', 'pipe', 'inherit'] });
     t.after(() => child.kill('SIGKILL'));
     const lines = createInterface({ input: child.stdout });
     assert.equal(await new Promise<string>((resolve) => lines.once('line', resolve)), 'locked');
     const session = await begun(store, 'k1', [insert('ours')]);
-    await assert.rejects(session.commit(keyBytes('k1')), { code: 'STORE_BUSY' });
+    await assert.rejects(session.commit(keyBytes('k1')), { code: 'UNAVAILABLE' });
     await session.cancel();
     child.stdin.write('go\n');
     await new Promise((resolve) => child.once('exit', resolve));
