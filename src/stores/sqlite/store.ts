@@ -25,12 +25,12 @@ import { dirname, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Type } from '@sinclair/typebox';
 import Database from 'better-sqlite3';
+import { Mutex } from 'async-mutex';
 import { LRUCache } from 'lru-cache';
 import { errorMessage } from '../../errors/core.ts';
 import { describeKey, fromHex, toHex } from '../../core/keys.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, StoreUnavailableError, type StoreDriver } from '../helper.ts';
 import type { Store, StoreContext, StoreType } from '../api.ts';
-import { FifoMutex } from '../fifo-mutex.ts';
 
 /** The savepoint of the session that holds the write lock (one at a time). */
 const SAVEPOINT = 'commitd_session';
@@ -139,14 +139,17 @@ interface MarkerStatements {
 
 /** The long-lived part of a store: its connections and its writer queue. */
 class SqliteDatabase {
-  /** Runs every write, and compiles changes; only the holder of `writeLock` executes on it. */
+  /** Runs every write, and compiles changes; only the holder of `#writeLock` executes on it. */
   readonly writer: Database.Database;
   /**
    * Reads markers. A second connection because the writer may be inside another session's
    * open transaction, where it would see that session's uncommitted marker.
    */
   readonly reader: Database.Database;
-  readonly writeLock = new FifoMutex();
+  /** async-mutex serves waiters in arrival order, so no session starves. */
+  readonly #writeLock = new Mutex();
+  /** Sessions queued for `#writeLock`: the group commits at a hand-over when none are. */
+  #queued = 0;
   readonly path: string;
   readonly #busyTimeoutMs: number;
   #markers: MarkerStatements | undefined;
@@ -262,7 +265,12 @@ class SqliteDatabase {
    * joins the open one, and opens the session's savepoint.
    */
   async enter(): Promise<void> {
-    await this.writeLock.acquire();
+    this.#queued += 1;
+    try {
+      await this.#writeLock.acquire();
+    } finally {
+      this.#queued -= 1;
+    }
     try {
       this.#failLostGroup();
       if (!this.writer.inTransaction) await this.whenNotBusy(() => this.writer.exec('BEGIN IMMEDIATE'));
@@ -305,7 +313,11 @@ class SqliteDatabase {
       member.requested = true;
       this.#requestedSince ??= performance.now();
     }
-    if (this.#group.includes(member) && this.writeLock.tryAcquire()) await this.#handOver(true);
+    // Taken only if free: an unlocked Mutex is taken at once by `acquire`, before it resolves.
+    if (this.#group.includes(member) && !this.#writeLock.isLocked()) {
+      await this.#writeLock.acquire();
+      await this.#handOver(true);
+    }
     return member.outcome;
   }
 
@@ -344,10 +356,11 @@ class SqliteDatabase {
       const due =
         flush ||
         (since !== undefined &&
-          (this.writeLock.waiting === 0 || this.#group.length >= MAX_GROUP || performance.now() - since >= MAX_GROUP_DELAY_MS));
+          (this.#queued === 0 || this.#group.length >= MAX_GROUP || performance.now() - since >= MAX_GROUP_DELAY_MS));
       if (this.#group.length > 0 && due) failed = await this.#commitGroup();
     } finally {
-      this.writeLock.release();
+      // Hands the lock straight to the next waiter, still held, so no newcomer can jump the queue.
+      this.#writeLock.release();
     }
     // The group's sessions learn it from their `durable`; a forced flush tells its caller too.
     if (flush && failed !== undefined) throw failed;
