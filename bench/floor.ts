@@ -17,17 +17,18 @@
  *   decided sessions in groups); kept as the reference for what that design allowed.
  * @module
  */
+import { Mutex } from 'async-mutex';
 import Database from 'better-sqlite3';
 import type { Kv } from '../src/kv/kv.ts';
 import { INSERT_SQL, STORE_NAMES, changeFor } from './workload.ts';
-import { FifoMutex } from '../src/stores/fifo-mutex.ts';
 
 export type FloorOrder = 'back-to-back' | 'held';
 
 
 /** One store file opened as the sqlite store type opens it: a writer and a reader connection. */
 class FloorStore {
-  readonly lock = new FifoMutex();
+  /** FIFO, as the sqlite store's write lock. */
+  readonly lock = new Mutex();
   readonly #writer: Database.Database;
   readonly #reader: Database.Database;
   readonly #findMarker: Database.Statement<[string], { session_id: string }>;

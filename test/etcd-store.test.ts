@@ -1,3 +1,4 @@
+/** What only the etcd store type does; what every store type does is in test/contract/etcd.test.ts. */
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it, type TestContext } from 'node:test';
 import { Etcd3 } from 'etcd3';
@@ -5,7 +6,6 @@ import { pino } from 'pino';
 import { ChangeRejectedError } from '../src/stores/helper.ts';
 import { ETCD_MAX_CHANGED_KEYS, etcdStoreType, TooManyOperationsError, type EtcdChange, type EtcdOptions } from '../src/stores/etcd/store.ts';
 import type { Store, StoreContext } from '../src/stores/api.ts';
-import { AlreadyCommittedError } from '../src/errors/core.ts';
 import { keyBytes, toHex } from '../src/core/keys.ts';
 import { etcdBinary, startEtcd, type EtcdServer } from './harness/etcd.ts';
 import { skipOrFail } from './harness/require.ts';
@@ -82,19 +82,6 @@ describe('etcd store', () => {
     assert.equal(first, second);
     const { TTL } = await etcd().leaseClient.leaseTimeToLive({ ID: first });
     assert.ok(Number(TTL) > 25 && Number(TTL) <= 31, `lease TTL ${TTL}`);
-  });
-
-  it('skips on recovery of a committed key and refuses to begin it again', async (t) => {
-    if (!requireServer(t)) return;
-    const store = await open();
-    const id = await commitOnce(store, 'et-skip', [put('et-skip/v', 'once')]);
-    const recovery = store.session();
-    await recovery.beginRecovery(keyBytes('et-skip'));
-    assert.equal(recovery.skipping, true);
-    await recovery.apply(put('et-skip/v', 'twice'));
-    assert.equal(toHex(await recovery.commit(keyBytes('et-skip'))), toHex(id));
-    assert.equal(await get('et-skip/v'), 'once');
-    await assert.rejects(store.session().begin(keyBytes('et-skip')), AlreadyCommittedError);
   });
 
   it('two committers of one key (a paused owner and its successor): the data lands once', async (t) => {

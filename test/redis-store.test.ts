@@ -1,3 +1,4 @@
+/** What only the redis store type does; what every store type does is in test/contract/redis.test.ts. */
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -6,7 +7,6 @@ import { pino } from 'pino';
 import { ChangeRejectedError } from '../src/stores/helper.ts';
 import { InvalidRedisCommandError, redisStoreType, type RedisChange } from '../src/stores/redis/store.ts';
 import type { Store } from '../src/stores/api.ts';
-import { AlreadyCommittedError } from '../src/errors/core.ts';
 import { keyBytes, toHex } from '../src/core/keys.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
 import { skipOrFail } from './harness/require.ts';
@@ -61,41 +61,6 @@ describe('redis store', () => {
     assert.equal(await marker('rd-commit'), toHex(id));
     const ttl = await redis().ttl('commitd:session:rd-commit');
     assert.ok(ttl > 0 && ttl <= 60, `marker TTL ${ttl}`);
-  });
-
-  it('skips on recovery of a committed key and refuses to begin it again', async (t) => {
-    if (!requireServer(t)) return;
-    const store = await open();
-    const id = await commitOnce(store, 'rd-skip', [cmd('INCR', 'rd-skip:n')]);
-    const recovery = store.session();
-    await recovery.beginRecovery(keyBytes('rd-skip'));
-    assert.equal(recovery.skipping, true);
-    await recovery.apply(cmd('INCR', 'rd-skip:n'));
-    assert.equal(toHex(await recovery.commit(keyBytes('rd-skip'))), toHex(id));
-    assert.equal(await redis().get('rd-skip:n'), '1');
-    await assert.rejects(store.session().begin(keyBytes('rd-skip')), AlreadyCommittedError);
-  });
-
-  it('INCR takes effect once across a crash and the recovery that re-applies it', async (t) => {
-    if (!requireServer(t)) return;
-    // Crash after the commit: the recovery finds the marker and skips.
-    const crashed = await open();
-    const id = await commitOnce(crashed, 'rd-incr', [cmd('INCR', 'rd-incr:n')]);
-    const recovered = await open();
-    const recovery = recovered.session();
-    await recovery.beginRecovery(keyBytes('rd-incr'));
-    await recovery.apply(cmd('INCR', 'rd-incr:n'));
-    assert.equal(toHex(await recovery.commit(keyBytes('rd-incr'))), toHex(id));
-    assert.equal(await redis().get('rd-incr:n'), '1');
-
-    // Crash before the commit: nothing reached Redis, the recovery applies it.
-    await begun(crashed, 'rd-incr-2', [cmd('INCR', 'rd-incr-2:n')]);
-    const second = recovered.session();
-    await second.beginRecovery(keyBytes('rd-incr-2'));
-    assert.equal(second.skipping, false);
-    await second.apply(cmd('INCR', 'rd-incr-2:n'));
-    await second.commit(keyBytes('rd-incr-2'));
-    assert.equal(await redis().get('rd-incr-2:n'), '1');
   });
 
   it('committers racing on one key (a paused owner and its successors): INCR lands once', async (t) => {

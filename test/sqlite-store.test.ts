@@ -1,3 +1,4 @@
+/** What only the sqlite store type does; what every store type does is in test/contract/sqlite.test.ts. */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -11,7 +12,6 @@ import { pino } from 'pino';
 import { ChangeRejectedError } from '../src/stores/helper.ts';
 import { sqliteStoreType, type SqliteChange, type SqliteOptions } from '../src/stores/sqlite/store.ts';
 import type { Store } from '../src/stores/api.ts';
-import { AlreadyCommittedError } from '../src/errors/core.ts';
 import { keyBytes, toHex } from '../src/core/keys.ts';
 import { begun, commitOnce } from './support/store-session.ts';
 
@@ -62,34 +62,15 @@ describe('sqlite store', () => {
   const markerCount = () => query((db) => db.prepare('SELECT count(*) FROM commitd_sessions').pluck().get());
   const insert = (name: string): SqliteChange => ({ sql: 'INSERT INTO items (name) VALUES (?)', params: [name] });
 
-  it('commits each session once, data and marker together', async () => {
+  it('keeps each marker in commitd_sessions: the key as text, the session ID in hex', async () => {
     const store = await openWithItems();
-    const first = await commitOnce(store, 'k1', [insert('a'), insert('b')]);
-    const second = await commitOnce(store, 'k2', [insert('c')]);
-    assert.deepEqual(names(), ['a', 'b', 'c']);
-    assert.notEqual(toHex(first), toHex(second));
-    const marker = query((db) => db.prepare('SELECT key, session_id FROM commitd_sessions ORDER BY key').all());
-    assert.deepEqual(marker, [
+    const first = await commitOnce(store, 'k1', [insert('a')]);
+    const second = await commitOnce(store, 'k2', [insert('b')]);
+    const markers = query((db) => db.prepare('SELECT key, session_id FROM commitd_sessions ORDER BY key').all());
+    assert.deepEqual(markers, [
       { key: 'k1', session_id: toHex(first) },
       { key: 'k2', session_id: toHex(second) },
     ]);
-  });
-
-  it('skips on recovery when the marker is there, returning the stored ID', async () => {
-    const store = await openWithItems();
-    const id = await commitOnce(store, 'k1', [insert('a')]);
-    const session = store.session();
-    await session.beginRecovery(keyBytes('k1'));
-    assert.equal(session.skipping, true);
-    await session.apply(insert('a'));
-    assert.deepEqual(await session.commit(keyBytes('k1')), id);
-    assert.deepEqual(names(), ['a']);
-  });
-
-  it('refuses begin on a key it already committed', async () => {
-    const store = await openWithItems();
-    await commitOnce(store, 'k1', [insert('a')]);
-    await assert.rejects(store.session().begin(keyBytes('k1')), AlreadyCommittedError);
   });
 
   it('rejects a bad change at apply, naming the SQLite error', async () => {
@@ -347,14 +328,14 @@ describe('sqlite store', () => {
     assert.deepEqual(names(), ['from-other-process', 'ours']);
   });
 
-  it('fails with STORE_BUSY when the other process holds the lock past busyTimeoutMs', async (t) => {
+  it('fails as unavailable when the other process holds the lock past busyTimeoutMs', async (t) => {
     const store = await openWithItems({ busyTimeoutMs: 100 });
     const child = spawn(process.execPath, ['--import', 'tsx', writerFixture, path], { stdio: ['pipe', 'pipe', 'inherit'] });
     t.after(() => child.kill('SIGKILL'));
     const lines = createInterface({ input: child.stdout });
     assert.equal(await new Promise<string>((resolve) => lines.once('line', resolve)), 'locked');
     const session = await begun(store, 'k1', [insert('ours')]);
-    await assert.rejects(session.commit(keyBytes('k1')), { code: 'STORE_BUSY' });
+    await assert.rejects(session.commit(keyBytes('k1')), { code: 'UNAVAILABLE' });
     await session.cancel();
     child.stdin.write('go\n');
     await new Promise((resolve) => child.once('exit', resolve));

@@ -16,10 +16,19 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { link, mkdir, open, readFile, unlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-// A plugin outside this repository imports these from the installed commitd package.
-import { HelperCommittable, MarkerExistsError, type StoreDriver } from '../../src/stores/helper.ts';
-import type { Store, StoreContext, StoreType } from '../../src/stores/api.ts';
-import { describeKey, fromHex, toHex } from '../../src/core/keys.ts';
+// The whole plugin API, by package name: here Node resolves commitd's own `exports`, and a
+// plugin outside this repository gets the same module from the installed package.
+import {
+  describeKey,
+  fromHex,
+  HelperCommittable,
+  MarkerExistsError,
+  toHex,
+  type Store,
+  type StoreContext,
+  type StoreDriver,
+  type StoreType,
+} from 'commitd/plugin';
 
 interface JsonlOptions {
   readonly dir: string;

@@ -1,10 +1,16 @@
 /**
- * What a store type (built in or plugin) provides, and what commitd gives it.
- * A plugin module default-exports a `StoreType`.
+ * The plugin API, exported as `commitd/plugin`: what a store type (built in or plugin)
+ * provides, what commitd gives it, and everything a plugin needs to write one — the
+ * committable helper, the store errors and the key helpers. A plugin module default-exports
+ * a `StoreType` and imports nothing else from commitd.
  * @module
  */
 import type { Logger } from 'pino';
 import type { Committable } from '../core/committable.ts';
+
+export { HelperCommittable, type StoreDriver } from './helper.ts';
+export { ChangeRejectedError, MarkerConflictError, MarkerExistsError, StoreUnavailableError } from './errors.ts';
+export { describeKey, fromHex, toHex } from '../core/keys.ts';
 
 /** A JSON Schema object (TypeBox schemas are JSON Schemas). */
 export type JsonSchema = Readonly<Record<string, unknown>>;

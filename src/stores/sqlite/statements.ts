@@ -1,0 +1,160 @@
+/**
+ * The changes of a `sqlite` store as statements: which statements a change may run, how its
+ * JSON parameters bind, and the cache of compiled statements that lets a bad change fail at
+ * apply rather than at commit.
+ * @module
+ */
+import Database from 'better-sqlite3';
+import { LRUCache } from 'lru-cache';
+import { errorMessage } from '../../errors/core.ts';
+import { ChangeRejectedError } from '../errors.ts';
+
+/** One change: a single SQL statement with positional (array) or named (object) parameters. */
+export interface SqliteChange {
+  readonly sql: string;
+  readonly params?: unknown[] | Record<string, unknown>;
+}
+
+/** A change compiled and checked at apply, ready to run at prepare. */
+export interface CheckedChange {
+  readonly statement: Database.Statement;
+  readonly params: unknown[];
+}
+
+/**
+ * Compiled statements kept per database, by SQL text. A statement compiled per change would
+ * live until V8 finalises its wrapper, and V8 does not see its native size: RSS crept.
+ */
+const STATEMENT_CACHE_SIZE = 256;
+
+/**
+ * Statements a change may start with: those that read or write data, and DDL (transactional
+ * in SQLite). Everything else — BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT, RELEASE, ATTACH,
+ * DETACH, VACUUM, PRAGMA, … — would break the one transaction commitd runs, or escape it.
+ */
+const ALLOWED_VERBS = new Set(['SELECT', 'VALUES', 'WITH', 'INSERT', 'REPLACE', 'UPDATE', 'DELETE', 'CREATE', 'DROP', 'ALTER']);
+
+/** A SQLite error code (`SQLITE_BUSY`, `SQLITE_CONSTRAINT_PRIMARYKEY`, …), if `err` has one. */
+export function sqliteCode(err: unknown): string | undefined {
+  return err instanceof Database.SqliteError ? err.code : undefined;
+}
+
+/** The first keyword of a statement, past whitespace and comments. */
+function leadingVerb(sql: string): string {
+  const rest = sql.replace(/^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?(?:\*\/|$))*/, '');
+  return /^[A-Za-z]+/.exec(rest)?.[0].toUpperCase() ?? '';
+}
+
+/**
+ * A JSON scalar as SQLite binds it. Booleans become 1/0 (SQLite has no boolean type; its own
+ * TRUE/FALSE are 1/0). Integral numbers bind as INTEGER, not REAL: JSON does not tell 5 from
+ * 5.0, SQL does, and a REAL 5.0 in an untyped column would surprise.
+ */
+function bindable(value: unknown, where: string): string | number | bigint | null {
+  if (typeof value === 'boolean') return value ? 1n : 0n;
+  if (typeof value === 'number') return Number.isSafeInteger(value) ? BigInt(value) : value;
+  if (typeof value === 'string' || value === null) return value;
+  throw new ChangeRejectedError(`parameter ${where} must be a string, number, boolean or null`, { reason: 'params' });
+}
+
+function bindableParams(params: SqliteChange['params']): unknown[] {
+  if (params === undefined) return [];
+  if (Array.isArray(params)) return params.map((value, i) => bindable(value, `[${i}]`));
+  const named: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(params)) named[name] = bindable(value, JSON.stringify(name));
+  return [named];
+}
+
+/** Compiles changes on a database's writer connection and remembers what it compiled. */
+export class StatementCache {
+  readonly #writer: Database.Database;
+  /** Compiled on the writer, never bound: parameters are passed to each `run`. */
+  readonly #statements = new LRUCache<string, Database.Statement>({ max: STATEMENT_CACHE_SIZE });
+  /** Whether a parameter shape fits a statement, by SQL text and shape: an error message, or '' if it fits. */
+  readonly #shapes = new LRUCache<string, string>({ max: STATEMENT_CACHE_SIZE * 4 });
+
+  constructor(writer: Database.Database) {
+    this.#writer = writer;
+  }
+
+  /**
+   * Compiles the statement (or finds it compiled) and checks its parameters now, so a bad
+   * statement fails at apply, not at commit.
+   * @throws ChangeRejectedError — the statement does not compile, is not allowed, or its parameters do not fit.
+   */
+  check(change: SqliteChange): CheckedChange {
+    const verb = leadingVerb(change.sql);
+    let statement: Database.Statement;
+    try {
+      statement = this.#statement(change.sql);
+    } catch (err) {
+      throw new ChangeRejectedError(`statement does not compile: ${errorMessage(err)}`, {
+        ...(sqliteCode(err) ? { code: sqliteCode(err) } : { reason: 'statement' }),
+        message: errorMessage(err),
+      });
+    }
+    if (!ALLOWED_VERBS.has(verb)) {
+      throw new ChangeRejectedError(
+        `${verb || 'this'} statements are not allowed: a change must read or write data (commitd runs the transaction)`,
+        { reason: 'statement', verb },
+      );
+    }
+    const params = bindableParams(change.params);
+    const mismatch = this.#paramsMismatch(change.sql, params);
+    if (mismatch !== undefined) {
+      throw new ChangeRejectedError(`parameters do not fit the statement: ${mismatch}`, { reason: 'params', message: mismatch });
+    }
+    return { statement, params };
+  }
+
+  /**
+   * The compiled statement for `sql`, from the cache. Compiling on the shared writer is safe
+   * while a session holds its transaction: it executes nothing.
+   */
+  #statement(sql: string): Database.Statement {
+    let statement = this.#statements.get(sql);
+    if (!statement) {
+      statement = this.#writer.prepare(sql);
+      this.#statements.set(sql, statement);
+    }
+    return statement;
+  }
+
+  /**
+   * Checks that parameters of this shape (how many positional ones, which named ones) bind
+   * to `sql`, without executing it: binds a throwaway compilation once per shape and caches
+   * the verdict, so a mismatch fails at apply rather than at commit.
+   * @returns an error message, or undefined if they fit
+   */
+  #paramsMismatch(sql: string, params: readonly unknown[]): string | undefined {
+    const named = params[0] !== null && typeof params[0] === 'object';
+    const shape = `${sql}\0${named ? Object.keys(params[0] as object).sort().join('\0') + '\0named' : params.length}`;
+    let verdict = this.#shapes.get(shape);
+    if (verdict === undefined) {
+      try {
+        this.#writer.prepare(sql).bind(...params);
+        verdict = '';
+      } catch (err) {
+        verdict = errorMessage(err);
+      }
+      this.#shapes.set(shape, verdict);
+    }
+    return verdict || undefined;
+  }
+}
+
+/**
+ * Runs the `index`th change of a session (inside its savepoint).
+ * @throws ChangeRejectedError — SQLite refused it (a constraint, a table gone since apply).
+ */
+export function runChange({ statement, params }: CheckedChange, index: number): void {
+  try {
+    statement.run(...params);
+  } catch (err) {
+    throw new ChangeRejectedError(`change ${index + 1} failed: ${errorMessage(err)}`, {
+      ...(sqliteCode(err) ? { code: sqliteCode(err) } : {}),
+      message: errorMessage(err),
+      change: index,
+    }, { cause: err });
+  }
+}
