@@ -19,7 +19,7 @@
  */
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { CommitdClient, CommitdClientError, type Changes, type CommittedReply } from '../src/client/index.ts';
+import { CommitdClient, CommitdClientError, type Changes, type CommittedReply } from '@commitd/client';
 
 /** One unit of work. */
 interface Job {

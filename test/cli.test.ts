@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { CommitdClient } from '../src/client/index.ts';
+import { CommitdClient } from '@commitd/client';
 import { DEFAULT_URL, UsageError, parseInvocation } from '../src/cli/args.ts';
 import { fields, formatSession, formatSessions, formatStores, table } from '../src/cli/format.ts';
 import { EXIT, run, type CliIo } from '../src/cli/run.ts';

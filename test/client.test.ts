@@ -20,8 +20,8 @@ import {
   problemFromResponse,
   type CommitdClientOptions,
   type RetryEvent,
-} from '../src/client/index.ts';
-import { retry, type RetryEnvironment, type RetryPolicy } from '../src/client/retry.ts';
+} from '@commitd/client';
+import { retry, type RetryEnvironment, type RetryPolicy } from '@commitd/client/retry';
 import { KEY_PATTERN } from '../src/contract/schemas.ts';
 import { makeTempDir, removeTempDir, spawnTsx, type TrackedProcess } from './harness/child.ts';
 import { freePort } from './harness/ports.ts';

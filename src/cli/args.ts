@@ -4,7 +4,7 @@
  * @module
  */
 import { parseArgs } from 'node:util';
-import type { ListableState } from '../client/index.ts';
+import type { ListableState } from '@commitd/client';
 
 /** Default server when neither `--url` nor `COMMITD_URL` says otherwise (the server's own default). */
 export const DEFAULT_URL = 'http://127.0.0.1:8080';

@@ -3,7 +3,7 @@
  * human rendering and a JSON value, so `--json` never changes what is done.
  * @module
  */
-import { CommitdApiError, type CommitdClient } from '../client/index.ts';
+import { CommitdApiError, type CommitdClient } from '@commitd/client';
 import type { Command } from './args.ts';
 import { formatRecovery, formatSession, formatSessions, formatStores, type RecoveryOutcome } from './format.ts';
 

@@ -3,7 +3,7 @@
  * the same in a terminal, a log and a pipe.
  * @module
  */
-import type { SessionReply, StoreInfoReply } from '../client/index.ts';
+import type { SessionReply, StoreInfoReply } from '@commitd/client';
 
 /** Rows under a header (none when empty), columns padded to their widest cell and separated by two spaces. */
 export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {

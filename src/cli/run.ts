@@ -3,7 +3,7 @@
  * line on stderr and its exit code.
  * @module
  */
-import { CommitdApiError, CommitdClient, CommitdNetworkError, CommitdProtocolError } from '../client/index.ts';
+import { CommitdApiError, CommitdClient, CommitdNetworkError, CommitdProtocolError } from '@commitd/client';
 import { USAGE, UsageError, parseInvocation } from './args.ts';
 import { CommandError, execute } from './commands.ts';
 

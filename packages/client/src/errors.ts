@@ -3,25 +3,17 @@
  * from the server, on the contract's `code` — never on messages.
  * @module
  */
-import type { ProblemCode } from '../contract/schemas.ts';
+import { PROBLEMS, type ProblemCode } from '../../../src/errors/catalogue.ts';
 
-export type { ProblemCode } from '../contract/schemas.ts';
+export type { ProblemCode } from '../../../src/errors/catalogue.ts';
 
 /**
- * The error codes of the HTTP API v1 contract (DESIGN.md) with their statuses; `internal`
- * (500) is the server owning up to a bug.
+ * The error codes of the HTTP API v1 contract (DESIGN.md) with their statuses, read from
+ * the server's catalogue; `internal` (500) is the server owning up to a bug.
  */
-export const PROBLEM_STATUS: Readonly<Record<ProblemCode, number>> = {
-  invalid_request: 400,
-  unauthorized: 401,
-  not_found: 404,
-  session_busy: 409,
-  store_conflict: 409,
-  key_reused: 422,
-  payload_too_large: 413,
-  unavailable: 503,
-  internal: 500,
-};
+export const PROBLEM_STATUS: Readonly<Record<ProblemCode, number>> = Object.fromEntries(
+  Object.entries(PROBLEMS).map(([code, { status }]) => [code, status]),
+) as Record<ProblemCode, number>;
 
 /** An RFC 9457 problem as commitd sends it; extra members are kept. */
 export interface Problem {

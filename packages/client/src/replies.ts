@@ -7,7 +7,7 @@
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Ajv, type ValidateFunction } from 'ajv';
-import * as schemas from '../contract/schemas.ts';
+import * as schemas from '../../../src/contract/schemas.ts';
 
 /** A committed session: the answer to commit, one-shot commit, and every replay of them. */
 export type CommittedReply = Static<typeof schemas.CommittedReply>;

@@ -1,6 +1,10 @@
 /**
  * Exponential backoff with full jitter, bounded in attempts and in total time, that waits
  * at least as long as the server's `Retry-After` asks.
+ *
+ * Our own, not p-retry 7 (the newest that runs on node 20): its delay is
+ * `(1..2) × minTimeout × factor^n`, never full jitter; it cannot wait a delay the error
+ * names (Retry-After), and it cuts a wait to the time left where we give up instead.
  * @module
  */
 import { setTimeout as sleepFor } from 'node:timers/promises';
