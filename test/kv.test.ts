@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
@@ -102,6 +102,50 @@ async function eventually(what: string, timeoutMs: number, probe: () => Promise<
     await sleep(100);
   }
   assert.fail(`${what} did not happen within ${timeoutMs} ms`);
+}
+
+/** The pid of the etcd process serving `server`, found by its data dir; none without procfs. */
+function etcdPid(server: EtcdServer): number | undefined {
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return undefined;
+  }
+  const flag = `\0--data-dir\0${server.dataDir}\0`;
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/cmdline`, 'latin1').includes(flag)) return Number(entry);
+    } catch {
+      // The process exited while we looked.
+    }
+  }
+  return assert.fail(`no process serves etcd data dir ${server.dataDir}`);
+}
+
+/** True once every thread of `pid` is stopped (state `T`). */
+function stopped(pid: number): boolean {
+  return readdirSync(`/proc/${pid}/task`).every((task) => {
+    const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('T');
+  });
+}
+
+/**
+ * Pauses `server` and resolves once etcd has stopped. SIGSTOP takes effect only when the
+ * kernel next schedules each of etcd's threads: on a loaded machine etcd went on answering
+ * for milliseconds after `pause()` returned.
+ */
+async function pauseEtcd(server: EtcdServer): Promise<void> {
+  server.pause();
+  const pid = etcdPid(server);
+  if (pid === undefined) return;
+  const startedAt = Date.now();
+  while (!stopped(pid)) {
+    if (Date.now() - startedAt > 10_000) assert.fail(`etcd (pid ${pid}) did not stop within 10 s of SIGSTOP`);
+    await sleep(1);
+  }
 }
 
 /** Starts the backend once per describe; tests skip (or fail on CI) if it cannot run. */
@@ -402,7 +446,7 @@ describe('etcd KV when etcd fails', () => {
     if (!opened) return;
     const { kv, server } = opened;
     await kv.create('k', 'v');
-    server.pause();
+    await pauseEtcd(server);
     try {
       const startedAt = Date.now();
       await assert.rejects(kv.get('k'), UnavailableError);

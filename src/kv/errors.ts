@@ -25,13 +25,6 @@ export class ConstraintViolatedError extends CommitdError {
   }
 }
 
-/** A read that requires a value found none. */
-export class NotFoundError extends CommitdError {
-  constructor(key: string) {
-    super('NOT_FOUND', `key ${JSON.stringify(key)} not found`);
-  }
-}
-
 /** The KV could not be reached within the configured timeout. Retry later. */
 export class UnavailableError extends CommitdError {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -7,30 +7,22 @@
  * @module
  */
 import {
-  ClientClosedError,
   Etcd3,
-  EtcdLeaseInvalidError,
-  isRecoverableError,
   type ComparatorBuilder,
   type IKeyValue,
   type IRangeResponse,
-  type Lease,
   type Namespace,
   type PutBuilder,
   type DeleteBuilder,
 } from 'etcd3';
 import type { Kv, KvEntry, KvLease, KvOp, ReadOptions, WriteOptions } from './kv.ts';
 import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
-import {
-  AlreadyExistsError,
-  ConstraintViolatedError,
-  UnavailableError,
-  VersionMismatchError,
-} from './errors.ts';
-import { CommitdError } from '../errors/core.ts';
-
-/** Names passed to `onOperation`, one per RPC. */
-export type EtcdKvOperation = 'get' | 'list' | 'create' | 'update' | 'delete' | 'txn' | 'lease' | 'ping';
+import { deadlineIn, withDeadline, type Deadline } from './deadline.ts';
+import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from './errors.ts';
+import { EtcdLease } from './etcd-lease.ts';
+import { RevisionFloor, orderedRead } from './etcd-ordering.ts';
+import { kvRpcRunner, type CallOptions, type EtcdKvOperation, type RpcRunner } from './etcd-rpc.ts';
+import { LeaseBuckets } from './lease-buckets.ts';
 
 /** Options of {@link EtcdKv}. */
 export interface EtcdKvOptions {
@@ -62,14 +54,6 @@ const DEFAULT_TIMEOUT_MS = 5000;
 /** Read by `ping`; it need not exist, the read only has to be answered. */
 const PING_KEY = '.ping';
 
-/** gRPC call options: only the absolute deadline is used. */
-interface CallOptions {
-  readonly deadline: Date;
-}
-
-/** Runs one RPC under the operation's deadline and reports it. */
-type RpcRunner = <T>(op: EtcdKvOperation, deadline: number, run: (options: CallOptions) => Promise<T>) => Promise<T>;
-
 type CompareTarget = 'Create' | 'Mod';
 type Comparator = '==' | '>';
 /** One etcd compare: `target(key) cmp value`. */
@@ -79,14 +63,6 @@ type Compare = readonly [key: string, target: CompareTarget, cmp: Comparator, va
 interface TxnPlan {
   readonly compares: readonly Compare[];
   readonly writes: readonly (PutBuilder | DeleteBuilder)[];
-}
-
-/** What a lease needs from the {@link EtcdKv} that granted it. */
-interface LeaseOwner {
-  readonly rpc: RpcRunner;
-  readonly timeoutMs: number;
-  /** Leases being kept alive, released on `close`. */
-  readonly keptAlive: Set<EtcdLease>;
 }
 
 /** Result of a committed etcd transaction. */
@@ -127,7 +103,8 @@ export class EtcdKv implements Kv {
   private readonly client: Etcd3;
   private readonly ns: Namespace;
   private readonly timeoutMs: number;
-  private readonly onOperation: EtcdKvOptions['onOperation'];
+  /** Runs one RPC bounded by its deadline, maps its errors and reports it to `onOperation`. */
+  private readonly rpc: RpcRunner;
   private readonly onStaleRead: EtcdKvOptions['onStaleRead'];
   private readonly buckets: LeaseBuckets;
   private readonly keptAlive = new Set<EtcdLease>();
@@ -136,12 +113,13 @@ export class EtcdKv implements Kv {
   constructor(options: EtcdKvOptions) {
     if (options.endpoints.length === 0) throw new RangeError('EtcdKv needs at least one endpoint');
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    this.onOperation = options.onOperation;
     this.onStaleRead = options.onStaleRead;
     this.floor = new RevisionFloor();
     this.client = new Etcd3({ hosts: [...options.endpoints] });
     this.ns = this.client.namespace(options.namespace ?? DEFAULT_ETCD_NAMESPACE);
     this.buckets = new LeaseBuckets((ttl, deadline) => this.grantRaw(ttl, deadline).then((lease) => lease.id));
+    // A shared TTL lease that etcd no longer knows (e.g. its data was wiped) must not be reused.
+    this.rpc = kvRpcRunner({ onOperation: options.onOperation, onLeaseInvalid: () => this.buckets.clear() });
   }
 
   /** {@inheritDoc Kv.get} A serializable read passes the ordering guard (class comment). */
@@ -224,8 +202,8 @@ export class EtcdKv implements Kv {
     this.client.close();
   }
 
-  private deadline(): number {
-    return Date.now() + this.timeoutMs;
+  private deadline(): Deadline {
+    return deadlineIn(this.timeoutMs);
   }
 
   /** One range read under one deadline, through the ordering guard when serializable. */
@@ -251,7 +229,7 @@ export class EtcdKv implements Kv {
   }
 
   /** Maps `ops` to compares and writes; waits for the TTL leases the writes need. */
-  private async plan(ops: readonly KvOp[], deadline: number): Promise<TxnPlan> {
+  private async plan(ops: readonly KvOp[], deadline: Deadline): Promise<TxnPlan> {
     const compares = ops.flatMap(comparesOf);
     const leaseIds = await Promise.all(
       ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.leaseIdFor(op.options, deadline) : '0')),
@@ -278,13 +256,15 @@ export class EtcdKv implements Kv {
   }
 
   /** The lease a write attaches to: its own lease, a shared TTL bucket, or none (`0`). */
-  private async leaseIdFor(options: WriteOptions | undefined, deadline: number): Promise<string> {
+  private async leaseIdFor(options: WriteOptions | undefined, deadline: Deadline): Promise<string> {
     if (options?.lease !== undefined) {
       if (!(options.lease instanceof EtcdLease)) throw new TypeError('EtcdKv accepts only leases it granted');
       return options.lease.id;
     }
     if (options?.ttlSeconds === undefined) return '0';
-    return withDeadline(this.buckets.leaseFor(options.ttlSeconds, deadline), deadline, 'lease grant');
+    assertTtl(options.ttlSeconds);
+    const leaseId = this.buckets.leaseFor(options.ttlSeconds, deadline);
+    return withDeadline(leaseId, deadline.signal, () => new UnavailableError('etcd did not answer lease grant in time'));
   }
 
   private async currentRevision(): Promise<number> {
@@ -293,200 +273,13 @@ export class EtcdKv implements Kv {
   }
 
   /** Grants an etcd lease of `ttlSeconds` (rounded up) without keeping it alive. */
-  private async grantRaw(ttlSeconds: number, deadline: number): Promise<EtcdLease> {
+  private async grantRaw(ttlSeconds: number, deadline: Deadline): Promise<EtcdLease> {
     assertTtl(ttlSeconds);
     const ttl = Math.ceil(ttlSeconds);
     const sentAt = performance.now();
-    const lease = this.ns.lease(ttl, { autoKeepAlive: false, deadline: new Date(deadline) });
+    const lease = this.ns.lease(ttl, { autoKeepAlive: false, deadline: deadline.at });
     const id = await this.rpc('lease', deadline, () => lease.grant());
     return new EtcdLease(id, ttl, sentAt, lease, { rpc: this.rpc, timeoutMs: this.timeoutMs, keptAlive: this.keptAlive });
-  }
-
-  /** Runs one RPC bounded by `deadline`, maps its errors and reports it to `onOperation`. */
-  private readonly rpc: RpcRunner = async (op, deadline, run) => {
-    const startedAt = performance.now();
-    let answered = false;
-    try {
-      const result = await withDeadline(run({ deadline: new Date(deadline) }), deadline, op);
-      answered = true;
-      return result;
-    } catch (error) {
-      // A shared TTL lease that etcd no longer knows (e.g. its data was wiped) must not be reused.
-      if (error instanceof EtcdLeaseInvalidError) this.buckets.clear();
-      const mapped = toKvError(error);
-      answered = mapped instanceof CommitdError && !(mapped instanceof UnavailableError);
-      throw mapped;
-    } finally {
-      this.onOperation?.(op, performance.now() - startedAt, answered);
-    }
-  };
-}
-
-/**
- * A lease granted by {@link EtcdKv}. Keep-alive is ours, not etcd3's: etcd3 declares a
- * lease lost only after twice its TTL without contact, while the server may drop it after
- * one TTL, so we renew every third of the TTL and report the loss as soon as the TTL has
- * run out since the last renewal that etcd confirmed.
- */
-class EtcdLease implements KvLease {
-  private renewTimer: NodeJS.Timeout | undefined;
-  private expiryTimer: NodeJS.Timeout | undefined;
-  private running = false;
-  /** {@inheritDoc KvLease.heldUntil} */
-  heldUntil: number;
-
-  constructor(
-    readonly id: string,
-    readonly ttlSeconds: number,
-    /** When the grant was sent (`performance.now()`): the lease lives at least `ttl` from then. */
-    private validFrom: number,
-    private readonly lease: Lease,
-    private readonly owner: LeaseOwner,
-  ) {
-    this.heldUntil = validFrom + ttlSeconds * 1000;
-  }
-
-  /** {@inheritDoc KvLease.keepAlive} */
-  keepAlive(onLost: (reason: Error) => void): void {
-    if (this.running) throw new Error(`lease ${this.id} is already kept alive`);
-    this.running = true;
-    this.owner.keptAlive.add(this);
-    let fired = false;
-    const lose = (reason: Error): void => {
-      if (fired || !this.running) return;
-      fired = true;
-      this.stop();
-      onLost(reason);
-    };
-    this.lease.on('lost', lose);
-    this.armExpiry(lose);
-    void this.renew(lose);
-  }
-
-  /** {@inheritDoc KvLease.revoke} */
-  async revoke(): Promise<void> {
-    this.stop();
-    const deadline = Date.now() + this.owner.timeoutMs;
-    await this.owner.rpc('lease', deadline, (call) => this.lease.revoke(call));
-  }
-
-  /** {@inheritDoc KvLease.release} */
-  release(): void {
-    this.stop();
-    this.lease.release();
-  }
-
-  /** One renewal, then schedules the next: a third of the TTL, sooner after a failure. */
-  private async renew(lose: (reason: Error) => void): Promise<void> {
-    const sentAt = performance.now();
-    const period = (this.ttlSeconds * 1000) / 3;
-    let delay = period;
-    try {
-      const response = await this.owner.rpc('lease', Date.now() + Math.min(period, this.owner.timeoutMs), (call) => this.lease.keepaliveOnce(call));
-      if (!this.running) return;
-      this.validFrom = sentAt;
-      this.armExpiry(lose, Number(response.TTL));
-    } catch (error) {
-      // etcd answered that the lease is gone (etcd3 has emitted 'lost' as well).
-      if (error instanceof ConstraintViolatedError) return lose(error);
-      delay = Math.min(period, 250);
-    }
-    if (this.running) this.renewTimer = unrefTimer(() => void this.renew(lose), delay);
-  }
-
-  /** Reports the loss once `ttl` has passed since the last confirmed renewal. */
-  private armExpiry(lose: (reason: Error) => void, ttlSeconds = this.ttlSeconds): void {
-    clearTimeout(this.expiryTimer);
-    this.heldUntil = this.validFrom + Math.min(ttlSeconds, this.ttlSeconds) * 1000;
-    const reason = new UnavailableError(
-      `lease ${this.id} could not be renewed within its TTL of ${this.ttlSeconds} s`,
-    );
-    this.expiryTimer = unrefTimer(() => lose(reason), this.heldUntil - performance.now());
-  }
-
-  private stop(): void {
-    this.running = false;
-    this.heldUntil = -Infinity;
-    clearTimeout(this.renewTimer);
-    clearTimeout(this.expiryTimer);
-    this.owner.keptAlive.delete(this);
-  }
-}
-
-/** A response that carries etcd's header: its `revision` is the store revision it reflects. */
-export interface RevisionedResponse {
-  readonly header: { readonly revision: string | number };
-}
-
-/** The highest store revision one client has seen in a response header. Never goes down. */
-export class RevisionFloor {
-  #highest = 0;
-
-  get highest(): number {
-    return this.#highest;
-  }
-
-  /** Records the revision of a response; true when it is older than one seen before (stale). */
-  observe(response: RevisionedResponse): boolean {
-    const revision = Number(response.header.revision);
-    if (revision < this.#highest) return true;
-    this.#highest = revision;
-    return false;
-  }
-
-  /** Records the revision of `response` once it arrives and passes it on. */
-  async observed<T extends RevisionedResponse>(response: Promise<T>): Promise<T> {
-    const answer = await response;
-    this.observe(answer);
-    return answer;
-  }
-}
-
-/**
- * The ordering guard of a serializable read: its answer is used unless it is older than the
- * revision `floor` had seen when the read was sent (answers to calls running at the same
- * time may legitimately be newer); then `onStale` is told and the linearizable read answers.
- */
-export async function orderedRead<T extends RevisionedResponse>(
-  floor: RevisionFloor,
-  serializable: () => Promise<T>,
-  linearizable: () => Promise<T>,
-  onStale?: (staleRevision: number, seenRevision: number) => void,
-): Promise<T> {
-  const seen = floor.highest;
-  const answer = await serializable();
-  floor.observe(answer);
-  const revision = Number(answer.header.revision);
-  if (revision >= seen) return answer;
-  onStale?.(revision, seen);
-  return floor.observed(linearizable());
-}
-
-/** One shared, not-kept-alive lease per TTL, replaced after its bucket width. */
-class LeaseBuckets {
-  private readonly byTtl = new Map<number, { readonly grantedAt: number; readonly id: Promise<string> }>();
-
-  constructor(private readonly grant: (ttlSeconds: number, deadline: number) => Promise<string>) {}
-
-  /** The id of a lease under which a value lives between `ttl` and `ttl + width` seconds. */
-  leaseFor(ttlSeconds: number, deadline: number): Promise<string> {
-    assertTtl(ttlSeconds);
-    const widthMs = Math.max(1000, ttlSeconds * 10);
-    const now = Date.now();
-    const current = this.byTtl.get(ttlSeconds);
-    if (current !== undefined && now - current.grantedAt < widthMs) return current.id;
-    const entry = { grantedAt: now, id: this.grant(ttlSeconds + widthMs / 1000, deadline) };
-    this.byTtl.set(ttlSeconds, entry);
-    // A failed grant must not be handed to later writes of the same bucket.
-    entry.id.catch(() => {
-      if (this.byTtl.get(ttlSeconds) === entry) this.byTtl.delete(ttlSeconds);
-    });
-    return entry.id;
-  }
-
-  /** Forgets every bucket, e.g. after etcd reported one of their leases unknown. */
-  clear(): void {
-    this.byTtl.clear();
   }
 }
 
@@ -523,13 +316,10 @@ function toComparatorBuilder(ns: Namespace, plan: TxnPlan): ComparatorBuilder {
   return builder.then(...plan.writes);
 }
 
-
-
 /** Revisions that a stored value can have: etcd's start at 1. */
 function isRevision(revision: number): boolean {
   return Number.isSafeInteger(revision) && revision >= 1;
 }
-
 
 function isSerializable(options: ReadOptions | undefined): boolean {
   return options?.consistency === 'serializable';
@@ -539,45 +329,3 @@ function toEntry(key: string, kv: IKeyValue): KvEntry {
   return { key, value: kv.value.toString(), revision: Number(kv.mod_revision) };
 }
 
-/**
- * Maps etcd3's errors to the KV contract: everything that means "etcd did not answer"
- * (gRPC unavailable, deadline exceeded, cancelled, internal, aborted, resource exhausted,
- * an open circuit breaker, a closed client) becomes `UnavailableError`; a write to an
- * expired or revoked lease becomes `ConstraintViolatedError`. Anything else is a bug and
- * passes through unchanged.
- */
-function toKvError(error: unknown): unknown {
-  if (error instanceof CommitdError || !(error instanceof Error)) return error;
-  if (error instanceof EtcdLeaseInvalidError) {
-    return new ConstraintViolatedError(`the lease of the write expired or was revoked: ${error.message}`);
-  }
-  if (isRecoverableError(error) || isBrokenCircuit(error) || error instanceof ClientClosedError) {
-    return new UnavailableError(`etcd unavailable: ${error.message}`, { cause: error });
-  }
-  return error;
-}
-
-/** cockatiel's `BrokenCircuitError` (etcd3's per-host breaker), recognised by its flag. */
-function isBrokenCircuit(error: Error): boolean {
-  return 'isBrokenCircuitError' in error && error.isBrokenCircuitError === true;
-}
-
-/** Settles like `promise`, or rejects with `UnavailableError` at `deadline`. */
-async function withDeadline<T>(promise: Promise<T>, deadline: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new UnavailableError(`etcd did not answer ${what} in time`)), deadline - Date.now());
-  });
-  try {
-    return await Promise.race([promise, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** A timer that does not keep the process alive on its own. */
-function unrefTimer(run: () => void, delayMs: number): NodeJS.Timeout {
-  const timer = setTimeout(run, Math.max(0, delayMs));
-  timer.unref();
-  return timer;
-}

@@ -1,7 +1,7 @@
 /**
  * The KV contract: typed, versioned storage where every value carries the revision it
  * was read at and every write is a conditional operation. Implemented by the etcd
- * backend (`kv-etcd.ts`) and the embedded SQLite backend (`kv-sqlite.ts`).
+ * backend (`etcd.ts`) and the embedded SQLite backend (`sqlite.ts`).
  * @module
  */
 

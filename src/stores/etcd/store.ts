@@ -21,9 +21,13 @@
  * @module
  */
 import { Type } from '@sinclair/typebox';
-import { ClientClosedError, Etcd3, EtcdLeaseInvalidError, isRecoverableError, type Namespace } from 'etcd3';
+import { Etcd3, type Namespace } from 'etcd3';
 import { CommitdError, errorMessage } from '../../errors/core.ts';
 import { describeKey, fromHex, toHex } from '../../core/keys.ts';
+import { deadlineIn, type Deadline } from '../../kv/deadline.ts';
+import { isEtcdUnavailable, isLeaseInvalid } from '../../kv/etcd-errors.ts';
+import { callEtcd, type CallOptions } from '../../kv/etcd-rpc.ts';
+import { LeaseBuckets } from '../../kv/lease-buckets.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, StoreUnavailableError, type StoreDriver } from '../helper.ts';
 import type { Store, StoreContext, StoreType } from '../api.ts';
 
@@ -83,81 +87,51 @@ function markerKey(key: Uint8Array): Buffer {
   return Buffer.concat([Buffer.from(MARKER_DIR), key]);
 }
 
-/** cockatiel's `BrokenCircuitError` (etcd3's per-host breaker), recognised by its flag. */
-function isBrokenCircuit(err: Error): boolean {
-  return 'isBrokenCircuitError' in err && err.isBrokenCircuitError === true;
-}
-
-/** One lease per retention bucket, granted on first use and replaced when the bucket ends. */
-class MarkerLease {
-  readonly #grant: (ttlSeconds: number) => Promise<string>;
-  readonly #ttlSeconds: number;
-  readonly #widthMs: number;
-  #current: { readonly grantedAt: number; readonly id: Promise<string> } | undefined;
-
-  constructor(retentionSeconds: number, grant: (ttlSeconds: number) => Promise<string>) {
-    this.#grant = grant;
-    this.#widthMs = Math.max(1_000, retentionSeconds * 10);
-    this.#ttlSeconds = Math.ceil(retentionSeconds + this.#widthMs / 1_000);
-  }
-
-  /** The id of a lease under which a marker lives at least the retention period. */
-  id(): Promise<string> {
-    const now = Date.now();
-    if (this.#current && now - this.#current.grantedAt < this.#widthMs) return this.#current.id;
-    const current = { grantedAt: now, id: this.#grant(this.#ttlSeconds) };
-    this.#current = current;
-    // A failed grant must not be handed to the next commits of the bucket.
-    current.id.catch(() => {
-      if (this.#current === current) this.forget();
-    });
-    return current.id;
-  }
-
-  /** Drops the current lease, e.g. after etcd said it no longer knows it. */
-  forget(): void {
-    this.#current = undefined;
-  }
-}
-
-/** A store's etcd client, namespace and marker lease. */
+/** A store's etcd client, namespace and marker leases. */
 class EtcdBackend {
   readonly name: string;
   readonly #client: Etcd3;
   readonly ns: Namespace;
-  readonly lease: MarkerLease;
+  readonly #retentionSeconds: number;
+  /** Markers share one lease per 1 % of the retention (module comment). */
+  readonly #leases: LeaseBuckets;
 
   constructor(name: string, endpoints: readonly string[], prefix: string, retentionSeconds: number) {
     this.name = name;
     this.#client = new Etcd3({ hosts: [...endpoints] });
     this.ns = this.#client.namespace(prefix);
-    this.lease = new MarkerLease(retentionSeconds, (ttl) =>
-      this.rpc('lease grant', (deadline) => this.ns.lease(ttl, { autoKeepAlive: false, deadline }).grant()),
+    this.#retentionSeconds = retentionSeconds;
+    this.#leases = new LeaseBuckets((ttl, deadline) =>
+      this.rpc('lease grant', (call) => this.ns.lease(Math.ceil(ttl), { autoKeepAlive: false, deadline: call.deadline }).grant(), deadline),
     );
+  }
+
+  /** The id of a lease under which a marker lives at least the retention period. */
+  markerLease(): Promise<string> {
+    return this.#leases.leaseFor(this.#retentionSeconds, deadlineIn(RPC_TIMEOUT_MS));
+  }
+
+  /** Drops the marker leases, e.g. after etcd said it no longer knows one. */
+  forgetMarkerLeases(): void {
+    this.#leases.clear();
   }
 
   /** The ID stored in `key`'s marker, if any. */
   async readMarker(key: Uint8Array): Promise<Uint8Array | undefined> {
-    const stored = await this.rpc('marker read', (deadline) => this.ns.get(markerKey(key)).options({ deadline }).string());
+    const stored = await this.rpc('marker read', (call) => this.ns.get(markerKey(key)).options(call).string());
     return stored === null ? undefined : fromHex(stored);
   }
 
   /** Runs one call under the timeout; "etcd did not answer" becomes `StoreUnavailableError`. */
-  async rpc<T>(what: string, call: (deadline: Date) => Promise<T>): Promise<T> {
-    const deadline = Date.now() + RPC_TIMEOUT_MS;
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new StoreUnavailableError(`etcd store ${this.name}: no answer to ${what} within ${RPC_TIMEOUT_MS} ms`)), RPC_TIMEOUT_MS);
-    });
+  async rpc<T>(what: string, run: (options: CallOptions) => Promise<T>, deadline: Deadline = deadlineIn(RPC_TIMEOUT_MS)): Promise<T> {
     try {
-      return await Promise.race([call(new Date(deadline)), expired]);
+      const expired = () => new StoreUnavailableError(`etcd store ${this.name}: no answer to ${what} within ${RPC_TIMEOUT_MS} ms`);
+      return await callEtcd(deadline, run, expired);
     } catch (err) {
-      if (err instanceof Error && (isRecoverableError(err) || isBrokenCircuit(err) || err instanceof ClientClosedError)) {
+      if (isEtcdUnavailable(err)) {
         throw new StoreUnavailableError(`etcd store ${this.name} is unavailable (${what}): ${err.message}`, {}, { cause: err });
       }
       throw err;
-    } finally {
-      clearTimeout(timer);
     }
   }
 
@@ -208,8 +182,8 @@ class EtcdDriver implements StoreDriver<EtcdChange> {
       await this.#commitOnce(key, id);
     } catch (err) {
       // etcd forgot the lease (its data was restored, say): take a new one, once.
-      if (!(err instanceof EtcdLeaseInvalidError)) throw this.#rejection(err);
-      this.#backend.lease.forget();
+      if (!isLeaseInvalid(err)) throw this.#rejection(err);
+      this.#backend.forgetMarkerLeases();
       await this.#commitOnce(key, id).catch((retryErr: unknown) => Promise.reject(this.#rejection(retryErr)));
     }
     this.#changes = new Map();
@@ -222,9 +196,9 @@ class EtcdDriver implements StoreDriver<EtcdChange> {
   async #commitOnce(key: Uint8Array, id: Uint8Array): Promise<void> {
     const { ns } = this.#backend;
     const marker = markerKey(key);
-    const leaseId = await this.#backend.lease.id();
+    const leaseId = await this.#backend.markerLease();
     // Builders are built inside the call: etcd3's builders are thenables, awaiting one sends it.
-    const response = await this.#backend.rpc('commit', (deadline) =>
+    const response = await this.#backend.rpc('commit', (call) =>
       ns
         .if(marker, 'Create', '==', 0)
         .then(
@@ -232,7 +206,7 @@ class EtcdDriver implements StoreDriver<EtcdChange> {
           ns.put(marker).value(toHex(id)).lease(leaseId),
         )
         .else(ns.get(marker))
-        .options({ deadline })
+        .options(call)
         .commit(),
     );
     if (response.succeeded) return;

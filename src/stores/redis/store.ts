@@ -20,6 +20,7 @@ import { Redis, type ChainableCommander } from 'ioredis';
 import type { Logger } from 'pino';
 import { CommitdError, errorMessage } from '../../errors/core.ts';
 import { describeKey, fromHex, toHex } from '../../core/keys.ts';
+import { withTimeout } from '../../kv/deadline.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, StoreUnavailableError, type StoreDriver } from '../helper.ts';
 import type { Store, StoreContext, StoreType } from '../api.ts';
 
@@ -108,19 +109,6 @@ function failuresOf(replies: readonly Reply[], commands: readonly (readonly (str
   });
 }
 
-/** Rejects after `ms` with `StoreUnavailableError`, for steps ioredis does not bound itself. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new StoreUnavailableError(`redis did not ${what} within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /**
  * A store's connections. Marker reads share one auto-reconnecting connection. Commits each
  * take a dedicated connection, because WATCH belongs to a connection: two commits sharing
@@ -147,7 +135,7 @@ class RedisConnections {
     // Without a listener an 'error' event kills the process; ioredis reconnects on its own.
     let failing = false;
     this.shared.on('error', (err: Error) => {
-      if (!failing) logger.warn({ error: err.message }, 'redis connection failed; reconnecting');
+      if (!failing) logger.warn({ err }, 'redis connection failed; reconnecting');
       failing = true;
     });
     this.shared.on('ready', () => {
@@ -172,7 +160,9 @@ class RedisConnections {
     // Failures reject the pending command; the listener only keeps the event from killing the process.
     conn.on('error', () => undefined);
     try {
-      await within(conn.connect(), CONNECT_TIMEOUT_MS + COMMAND_TIMEOUT_MS, 'accept a connection');
+      // Connecting and the handshake together: ioredis bounds each step, not the whole.
+      const timeoutMs = CONNECT_TIMEOUT_MS + COMMAND_TIMEOUT_MS;
+      await withTimeout(conn.connect(), timeoutMs, () => new StoreUnavailableError(`redis did not accept a connection within ${timeoutMs} ms`));
       return conn;
     } catch (err) {
       conn.disconnect();
