@@ -12,9 +12,10 @@ import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { logSessionId } from '../src/coordinator/coordinator.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { startProcess, type ProcessServiceOptions } from './support/process.ts';
 import { countRows } from './support/rows.ts';
-import { KV_BACKENDS, sharedEtcdServer, skipUnless, sqliteStores } from './support/service.ts';
+import { KV_BACKENDS, kvNeeds, sharedEtcdServer, sqliteStores } from './support/service.ts';
 
 type Mode = 'one-shot' | 'interactive';
 
@@ -35,7 +36,7 @@ async function runSession(request: (m: string, p: string, b?: unknown) => Promis
 }
 
 for (const kv of KV_BACKENDS) {
-  describe(`crash matrix (${kv} KV)`, { skip: skipUnless(kv) }, () => {
+  describe(`crash matrix (${kv} KV)`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     const root = makeTempDir('matrix');
     let etcd: ProcessServiceOptions['etcd'];
     before(async () => {

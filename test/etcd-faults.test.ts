@@ -16,8 +16,9 @@ import { EtcdKv, RevisionFloor, orderedRead, type RevisionedResponse } from '../
 import { logSessionId } from '../src/coordinator/coordinator.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdServer } from './harness/etcd.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { startProcess, type ProcessService } from './support/process.ts';
-import { skipUnless, sqliteStores } from './support/service.ts';
+import { kvNeeds, sqliteStores } from './support/service.ts';
 import { waitFor } from './support/wait.ts';
 import { countRows } from './support/rows.ts';
 
@@ -168,7 +169,7 @@ async function verify(service: ProcessService, paths: readonly string[], load: R
   }
 }
 
-describe('etcd faults under load', { skip: skipUnless('etcd') }, () => {
+describe('etcd faults under load', { skip: skipUnlessFound(kvNeeds('etcd')) }, () => {
   const root = makeTempDir('etcd-faults');
   after(() => removeTempDir(root));
 

@@ -12,8 +12,9 @@ import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { logSessionId } from '../src/coordinator/coordinator.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { startProcess, type ProcessService, type ProcessServiceOptions } from './support/process.ts';
-import { KV_BACKENDS, sharedEtcdServer, skipUnless, sqliteStores } from './support/service.ts';
+import { KV_BACKENDS, kvNeeds, sharedEtcdServer, sqliteStores } from './support/service.ts';
 
 /** s1 takes a plain row; s2 inserts `id` into a table whose primary key another writer can take first. */
 function changesFor(key: string, id: number) {
@@ -38,7 +39,7 @@ function metricValue(text: string, series: string): number | undefined {
 }
 
 for (const kv of KV_BACKENDS) {
-  describe(`failed sessions (${kv} KV)`, { skip: skipUnless(kv) }, () => {
+  describe(`failed sessions (${kv} KV)`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     const dir = makeTempDir('failed');
     const stores = sqliteStores(dir, ['s1', 's2']);
     const [s1Path, s2Path] = stores.map((s) => (s.options as { path: string }).path) as [string, string];

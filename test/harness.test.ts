@@ -10,7 +10,7 @@ import { etcdBinary, etcdRequest, startEtcd, startEtcdCluster } from './harness/
 import { freePort, waitForPort } from './harness/ports.ts';
 import { postgresBinDir, startPostgres } from './harness/postgres.ts';
 import { redisBinary, startRedis } from './harness/redis.ts';
-import { skipOrFail } from './harness/require.ts';
+import { skipUnlessFound } from './harness/require.ts';
 
 const b64 = (text: string): string => Buffer.from(text).toString('base64');
 
@@ -72,8 +72,7 @@ test('child: waits for a line of a tsx child, then SIGKILLs it', async () => {
   }
 });
 
-test('etcd: a key survives SIGKILL and restart on the same data dir', async (t) => {
-  if (!etcdBinary()) return skipOrFail(t, 'etcd binary not found');
+test('etcd: a key survives SIGKILL and restart on the same data dir', { skip: skipUnlessFound({ etcd: etcdBinary() }) }, async () => {
   const etcd = await startEtcd();
   try {
     const [endpoint] = etcd.endpoints as [string];
@@ -89,8 +88,7 @@ test('etcd: a key survives SIGKILL and restart on the same data dir', async (t) 
   }
 });
 
-test('etcd cluster: writes continue after the leader is killed, and it rejoins', async (t) => {
-  if (!etcdBinary()) return skipOrFail(t, 'etcd binary not found');
+test('etcd cluster: writes continue after the leader is killed, and it rejoins', { skip: skipUnlessFound({ etcd: etcdBinary() }) }, async () => {
   const cluster = await startEtcdCluster(3);
   try {
     assert.equal(cluster.endpoints.length, 3);
@@ -109,8 +107,7 @@ test('etcd cluster: writes continue after the leader is killed, and it rejoins',
   }
 });
 
-test('postgres: answers select 1, and again after SIGKILL and restart', async (t) => {
-  if (!postgresBinDir()) return skipOrFail(t, 'PostgreSQL server binaries not found');
+test('postgres: answers select 1, and again after SIGKILL and restart', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir() }) }, async () => {
   const server = await startPostgres();
   try {
     assert.match(server.connectionString, /^postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres$/);
@@ -123,8 +120,7 @@ test('postgres: answers select 1, and again after SIGKILL and restart', async (t
   }
 });
 
-test('postgres twoPhase: max_prepared_transactions is 10', async (t) => {
-  if (!postgresBinDir()) return skipOrFail(t, 'PostgreSQL server binaries not found');
+test('postgres twoPhase: max_prepared_transactions is 10', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir() }) }, async () => {
   const server = await startPostgres({ twoPhase: true });
   try {
     const rows = await query<{ max_prepared_transactions: string }>(server.connectionString, 'show max_prepared_transactions');
@@ -134,8 +130,7 @@ test('postgres twoPhase: max_prepared_transactions is 10', async (t) => {
   }
 });
 
-test('redis: answers PING, stalls while paused, keeps AOF data across SIGKILL', async (t) => {
-  if (!redisBinary()) return skipOrFail(t, 'redis-server not found');
+test('redis: answers PING, stalls while paused, keeps AOF data across SIGKILL', { skip: skipUnlessFound({ 'redis-server': redisBinary() }) }, async () => {
   const server = await startRedis({ appendonly: true });
   const client = new Redis(server.url, { lazyConnect: true, commandTimeout: 500, maxRetriesPerRequest: 0 });
   client.on('error', () => {});

@@ -16,7 +16,8 @@ import { ServiceUnavailableError, StoreConflictError } from '../src/coordinator/
 import { isLoopbackHost } from '../src/http/auth.ts';
 import { problemFor } from '../src/http/problems.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
-import { KV_BACKENDS, skipUnless, startTestService, type KvBackend, type TestService } from './support/service.ts';
+import { skipUnlessFound } from './harness/require.ts';
+import { KV_BACKENDS, kvNeeds, startTestService, type KvBackend, type TestService } from './support/service.ts';
 
 const PROBLEM_JSON = /^application\/problem\+json/;
 const JSON_TYPE = /^application\/json/;
@@ -100,7 +101,7 @@ let unique = 0;
 const freshKey = (label: string) => `${label}-${process.pid}-${++unique}`;
 
 for (const kv of KV_BACKENDS) {
-  describe(`HTTP API v1 contract (kv: ${kv})`, { skip: skipUnless(kv) }, () => {
+  describe(`HTTP API v1 contract (kv: ${kv})`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     let service: TestService;
     let app: FastifyInstance;
 
@@ -460,7 +461,7 @@ for (const kv of KV_BACKENDS) {
     });
   });
 
-  describe(`HTTP API v1 unavailable (kv: ${kv})`, { skip: skipUnless(kv) }, () => {
+  describe(`HTTP API v1 unavailable (kv: ${kv})`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     let service: TestService;
 
     before(async () => {
@@ -485,7 +486,7 @@ for (const kv of KV_BACKENDS) {
     });
   });
 
-  describe(`HTTP API v1 auth (kv: ${kv})`, { skip: skipUnless(kv) }, () => {
+  describe(`HTTP API v1 auth (kv: ${kv})`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     const token = 'test-token-0123456789';
     let service: TestService;
     let app: FastifyInstance;

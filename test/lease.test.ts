@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { SessionBusyError, SessionNotFoundError } from '../src/coordinator/errors.ts';
-import { KV_BACKENDS, skipUnless, startTestService, type TestService } from './support/service.ts';
+import { skipUnlessFound } from './harness/require.ts';
+import { KV_BACKENDS, kvNeeds, startTestService, type TestService } from './support/service.ts';
 import { waitFor } from './support/wait.ts';
 
 const LEASE_TTL_SECONDS = 1;
@@ -45,7 +46,7 @@ async function startWithTable(kv: (typeof KV_BACKENDS)[number]): Promise<TestSer
 }
 
 for (const kv of KV_BACKENDS) {
-  describe(`owned sessions and the lease, ${kv} KV`, { skip: skipUnless(kv) }, () => {
+  describe(`owned sessions and the lease, ${kv} KV`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     it('while the lease holds, reading and changing an owned session reads nothing from the KV', async (t) => {
       const service = await startWithTable(kv);
       t.after(() => service.dispose());

@@ -15,18 +15,11 @@ import { logSessionId } from '../src/coordinator/coordinator.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { startProcess } from './support/process.ts';
-import { KV_BACKENDS, sharedEtcdServer, skipUnless } from './support/service.ts';
+import { KV_BACKENDS, kvNeeds, sharedEtcdServer } from './support/service.ts';
 
-function serversMissing(): string | false {
-  const missing = [!postgresBinDir() && 'PostgreSQL', !redisBinary() && 'redis-server'].filter(Boolean);
-  if (missing.length === 0) return false;
-  const reason = `${missing.join(' and ')} not found`;
-  if (process.env.CI === 'true') throw new Error(`required for CI: ${reason}`);
-  return reason;
-}
-
-describe('a mixed four-store session crashed after the second store', { skip: serversMissing() }, () => {
+describe('a mixed four-store session crashed after the second store', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir(), 'redis-server': redisBinary() }) }, () => {
   let postgres: PostgresServer;
   let redis: RedisServer;
   const root = makeTempDir('mixed');
@@ -44,7 +37,7 @@ describe('a mixed four-store session crashed after the second store', { skip: se
   });
 
   for (const kv of KV_BACKENDS) {
-    it(`commits every store exactly once after a restart (${kv} KV)`, { skip: skipUnless(kv) }, async () => {
+    it(`commits every store exactly once after a restart (${kv} KV)`, { skip: skipUnlessFound(kvNeeds(kv)) }, async () => {
       const dir = join(root, kv);
       const etcd = await sharedEtcdServer();
       const flagsPrefix = `/flags-${randomUUID()}/`;

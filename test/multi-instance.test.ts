@@ -14,8 +14,9 @@ import pg from 'pg';
 import { logSessionId } from '../src/coordinator/coordinator.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { startProcess, type ProcessService, type ProcessServiceOptions } from './support/process.ts';
-import { sharedEtcdServer, skipUnless, sqliteStores } from './support/service.ts';
+import { kvNeeds, sharedEtcdServer, sqliteStores } from './support/service.ts';
 import { waitFor } from './support/wait.ts';
 import { countRows } from './support/rows.ts';
 
@@ -57,7 +58,7 @@ async function runSession(instance: ProcessService, mode: 'one-shot' | 'interact
   return instance.request('POST', `/v1/sessions/${key}/commit`);
 }
 
-describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
+describe('two instances on one etcd', { skip: skipUnlessFound(kvNeeds('etcd')) }, () => {
   const root = makeTempDir('multi');
   const started: ProcessService[] = [];
   let endpoints: readonly string[] = [];
@@ -257,11 +258,7 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
    * and commits while A is still frozen. On SIGCONT A's transaction is gone: it answers 503
    * (or 200 if B's identical result is already there), never a second apply.
    */
-  it('PostgreSQL: a frozen A does not stall B (idle transactions are bounded)', async (t: TestContext) => {
-    if (!postgresBinDir()) {
-      t.skip('PostgreSQL server binaries not found');
-      return;
-    }
+  it('PostgreSQL: a frozen A does not stall B (idle transactions are bounded)', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir() }) }, async (t: TestContext) => {
     const server: PostgresServer = await startPostgres();
     try {
       const admin = new pg.Client({ connectionString: server.connectionString });

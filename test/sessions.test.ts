@@ -10,7 +10,8 @@ import { pino } from 'pino';
 import { createService } from '../src/service.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { startEtcd } from './harness/etcd.ts';
-import { KV_BACKENDS, skipUnless, startTestService, type TestService } from './support/service.ts';
+import { skipUnlessFound } from './harness/require.ts';
+import { KV_BACKENDS, kvNeeds, startTestService, type TestService } from './support/service.ts';
 
 const insert = (table: string, id: number) => ({ sql: `INSERT INTO ${table}(id) VALUES (?)`, params: [id] });
 
@@ -24,7 +25,7 @@ function rows(service: TestService, store: string, table: string): number[] {
 }
 
 for (const kv of KV_BACKENDS) {
-  describe(`sessions over ${kv} KV`, { skip: skipUnless(kv) }, () => {
+  describe(`sessions over ${kv} KV`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     let service: TestService;
 
     before(async () => {
@@ -182,7 +183,7 @@ describe('idle timeout and readiness', () => {
     }
   });
 
-  it('/readyz answers 503 while etcd is down and 200 once it is back', { skip: skipUnless('etcd') }, async () => {
+  it('/readyz answers 503 while etcd is down and 200 once it is back', { skip: skipUnlessFound(kvNeeds('etcd')) }, async () => {
     const etcd = await startEtcd();
     const dir = makeTempDir('ready');
     const service = await createService(

@@ -23,15 +23,9 @@ export function sharedEtcdServer(): Promise<EtcdServer> {
   return sharedEtcd;
 }
 
-/**
- * The `skip` option of a suite over `kv`: a reason when the backend cannot run here (etcd
- * binary missing), else false. Under CI=true a missing backend throws: CI must not skip.
- */
-export function skipUnless(kv: KvBackend): string | false {
-  if (kv !== 'etcd' || etcdBinary()) return false;
-  const reason = 'etcd binary not found (install etcd-server)';
-  if (process.env.CI === 'true') throw new Error(`required for CI: ${reason}`);
-  return reason;
+/** What a suite over `kv` needs on this machine, for `skipUnlessFound`. */
+export function kvNeeds(kv: KvBackend): Record<string, unknown> {
+  return kv === 'etcd' ? { etcd: etcdBinary() } : {};
 }
 
 export interface TestServiceOptions extends Partial<Omit<ServiceOptions, 'etcd'>> {
