@@ -9,12 +9,11 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { logSessionId } from '../src/coordinator/coordinator.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { skipUnlessFound } from './harness/require.ts';
 import { startProcess, type ProcessServiceOptions } from './support/process.ts';
-import { countRows } from './support/rows.ts';
+import { countRows, sqliteRun } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, sharedEtcdServer, sqliteStores } from './support/service.ts';
 
 type Mode = 'one-shot' | 'interactive';
@@ -52,11 +51,7 @@ for (const kv of KV_BACKENDS) {
             mkdirSync(dir, { recursive: true });
             const names = ['s1', 's2', 's3'].slice(0, storeCount);
             const stores = sqliteStores(dir, names);
-            for (const { options } of stores) {
-              const db = new Database((options as { path: string }).path);
-              db.exec('CREATE TABLE t(k TEXT, n INTEGER)');
-              db.close();
-            }
+            for (const { options } of stores) sqliteRun((options as { path: string }).path, 'CREATE TABLE t(k TEXT, n INTEGER)');
             const options: ProcessServiceOptions = { dir, stores, etcd: etcd && { ...etcd, namespace: `${etcd.namespace}${storeCount}/${point}/${mode}/` } };
             const key = `m-${storeCount}-${mode}-${point}`;
             const changes = Object.fromEntries(names.map((name, i) => [name, [{ sql: 'INSERT INTO t(k, n) VALUES (?, ?)', params: [key, i] }]]));

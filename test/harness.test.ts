@@ -4,13 +4,13 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import pg from 'pg';
 import { makeTempDir, removeTempDir, spawnTsx } from './harness/child.ts';
 import { etcdBinary, etcdRequest, startEtcd, startEtcdCluster } from './harness/etcd.ts';
 import { freePort, waitForPort } from './harness/ports.ts';
 import { postgresBinDir, startPostgres } from './harness/postgres.ts';
 import { redisBinary, startRedis } from './harness/redis.ts';
 import { skipUnlessFound } from './harness/require.ts';
+import { postgresRows } from './support/rows.ts';
 
 const b64 = (text: string): string => Buffer.from(text).toString('base64');
 
@@ -39,16 +39,6 @@ async function onAnyEndpoint<T>(endpoints: string[], attempt: (endpoint: string)
     await sleep(100);
   }
   throw lastError;
-}
-
-async function query<T extends pg.QueryResultRow>(connectionString: string, sql: string): Promise<T[]> {
-  const client = new pg.Client({ connectionString });
-  await client.connect();
-  try {
-    return (await client.query<T>(sql)).rows;
-  } finally {
-    await client.end();
-  }
 }
 
 test('ports: freePort is bindable and waitForPort times out on a closed port', async () => {
@@ -111,10 +101,10 @@ test('postgres: answers select 1, and again after SIGKILL and restart', { skip: 
   const server = await startPostgres();
   try {
     assert.match(server.connectionString, /^postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres$/);
-    assert.deepEqual(await query(server.connectionString, 'select 1 as one'), [{ one: 1 }]);
+    assert.deepEqual(await postgresRows(server.connectionString, 'select 1 as one'), [{ one: 1 }]);
     await server.kill();
     await server.restart();
-    assert.deepEqual(await query(server.connectionString, 'select 1 as one'), [{ one: 1 }]);
+    assert.deepEqual(await postgresRows(server.connectionString, 'select 1 as one'), [{ one: 1 }]);
   } finally {
     await server.cleanup();
   }
@@ -123,7 +113,7 @@ test('postgres: answers select 1, and again after SIGKILL and restart', { skip: 
 test('postgres twoPhase: max_prepared_transactions is 10', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir() }) }, async () => {
   const server = await startPostgres({ twoPhase: true });
   try {
-    const rows = await query<{ max_prepared_transactions: string }>(server.connectionString, 'show max_prepared_transactions');
+    const rows = await postgresRows<{ max_prepared_transactions: string }>(server.connectionString, 'show max_prepared_transactions');
     assert.equal(rows[0]?.max_prepared_transactions, '10');
   } finally {
     await server.cleanup();

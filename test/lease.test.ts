@@ -7,9 +7,9 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { SessionBusyError, SessionNotFoundError } from '../src/coordinator/errors.ts';
 import { skipUnlessFound } from './harness/require.ts';
+import { ids, sqliteRun } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, startTestService, type TestService } from './support/service.ts';
 import { waitFor } from './support/wait.ts';
 
@@ -21,14 +21,7 @@ function blockEventLoop(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-function rows(service: TestService): number[] {
-  const db = new Database(join(service.dir, 'main.db'), { readonly: true });
-  try {
-    return (db.prepare('SELECT id FROM t ORDER BY id').all() as { id: number }[]).map((r) => r.id);
-  } finally {
-    db.close();
-  }
-}
+const rows = (service: TestService): number[] => ids(join(service.dir, 'main.db'));
 
 /** Successful KV reads (`get`) so far, from commitd's own metrics. */
 async function kvGets(service: TestService): Promise<number> {
@@ -39,9 +32,7 @@ async function kvGets(service: TestService): Promise<number> {
 
 async function startWithTable(kv: (typeof KV_BACKENDS)[number]): Promise<TestService> {
   const service = await startTestService({ kv, leaseTtlSeconds: LEASE_TTL_SECONDS });
-  const db = new Database(join(service.dir, 'main.db'));
-  db.exec('CREATE TABLE t(id INTEGER PRIMARY KEY)');
-  db.close();
+  sqliteRun(join(service.dir, 'main.db'), 'CREATE TABLE t(id INTEGER PRIMARY KEY)');
   return service;
 }
 

@@ -7,16 +7,15 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { Etcd3 } from 'etcd3';
 import { Redis } from 'ioredis';
-import pg from 'pg';
 import { logSessionId } from '../src/coordinator/coordinator.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
 import { skipUnlessFound } from './harness/require.ts';
 import { startProcess } from './support/process.ts';
+import { postgresRows, sqliteRows } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, sharedEtcdServer } from './support/service.ts';
 
 describe('a mixed four-store session crashed after the second store', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir(), 'redis-server': redisBinary() }) }, () => {
@@ -26,10 +25,7 @@ describe('a mixed four-store session crashed after the second store', { skip: sk
 
   before(async () => {
     [postgres, redis] = await Promise.all([startPostgres(), startRedis()]);
-    const client = new pg.Client({ connectionString: postgres.connectionString });
-    await client.connect();
-    await client.query('CREATE TABLE orders(k TEXT, total INTEGER)');
-    await client.end();
+    await postgresRows(postgres.connectionString, 'CREATE TABLE orders(k TEXT, total INTEGER)');
   });
   after(async () => {
     await Promise.all([postgres?.cleanup(), redis?.cleanup()]);
@@ -68,7 +64,6 @@ describe('a mixed four-store session crashed after the second store', { skip: sk
       const restarted = await startProcess(options);
       const redisClient = new Redis(redis.url);
       const etcdClient = new Etcd3({ hosts: etcd.endpoints });
-      const pgClient = new pg.Client({ connectionString: postgres.connectionString });
       try {
         const shown = await restarted.request('GET', `/v1/sessions/${key}`);
         assert.equal(shown.status, 200, JSON.stringify(shown.body));
@@ -79,15 +74,11 @@ describe('a mixed four-store session crashed after the second store', { skip: sk
 
         assert.equal(await redisClient.get(counter), '1', 'INCR applied exactly once');
         assert.equal(await etcdClient.get(`${flagsPrefix}feature-${kv}`).string(), 'on');
-        const db = new Database(ledger, { readonly: true });
-        assert.equal((db.prepare('SELECT count(*) AS n FROM entries WHERE k = ?').get(key) as { n: number }).n, 1);
-        db.close();
-        await pgClient.connect();
-        assert.equal((await pgClient.query('SELECT count(*)::int AS n FROM orders WHERE k = $1', [key])).rows[0].n, 1);
+        assert.deepEqual(sqliteRows(ledger, 'SELECT count(*) AS n FROM entries WHERE k = ?', key), [{ n: 1 }]);
+        assert.deepEqual(await postgresRows(postgres.connectionString, 'SELECT count(*)::int AS n FROM orders WHERE k = $1', [key]), [{ n: 1 }]);
       } finally {
         redisClient.disconnect();
         etcdClient.close();
-        await pgClient.end().catch(() => undefined);
         await restarted.process.stop();
       }
     });
