@@ -64,7 +64,10 @@ export async function startTestService(options: TestServiceOptions): Promise<Tes
       retentionSeconds: 3600,
       idleTimeoutMs: 60_000,
       maxOpenSessions: 10_000,
-      leaseTtlSeconds: 5,
+      // commitd's default. A shorter lease makes every suite depend on the event loop never
+      // stalling for 2/3 of it, which a loaded machine does not guarantee (module loading at
+      // start-up stalled it for over 4 s); suites about the lease set their own.
+      leaseTtlSeconds: 10,
       ...options,
       etcd,
     },
