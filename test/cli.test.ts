@@ -1,17 +1,16 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { CommitdClient } from '@commitd/client';
 import { DEFAULT_URL, UsageError, parseInvocation } from '../src/cli/args.ts';
 import { fields, formatSession, formatSessions, formatStores, table } from '../src/cli/format.ts';
 import { EXIT, run, type CliIo } from '../src/cli/run.ts';
-import { makeTempDir, removeTempDir, spawnTracked, type TrackedProcess } from './harness/child.ts';
+import { makeTempDir, removeTempDir, type TrackedProcess } from './harness/child.ts';
 import { freePort } from './harness/ports.ts';
+import { runCommitd, spawnCommitd, type CommitdEnv } from './support/process.ts';
 
 // ---------------------------------------------------------------------------------------
 // Pure parts
@@ -121,28 +120,14 @@ describe('commitd exit codes (no server)', () => {
 // The executable against a real commitd, itself started with `commitd serve`
 // ---------------------------------------------------------------------------------------
 
-const BIN = fileURLToPath(new URL('../bin/commitd.mjs', import.meta.url));
-
-/** The environment without inherited COMMITD_* settings, plus `extra`. */
-function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  return { ...Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('COMMITD_'))), ...extra };
-}
-
 /** Runs `bin/commitd.mjs` to completion. */
-function commitd(args: readonly string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [BIN, ...args], { env: cleanEnv(env), timeout: 30_000 }, (error, stdout, stderr) => {
-      if (error && typeof error.code !== 'number') return reject(error);
-      resolve({ code: typeof error?.code === 'number' ? error.code : 0, stdout, stderr });
-    });
-  });
-}
+const commitd = runCommitd;
 
 /** `commitd serve` over `dir` (which holds `commitd.json`) on `port`, ready. */
-async function serve(dir: string, port: number, extraEnv: Record<string, string> = {}): Promise<TrackedProcess> {
-  const server = await spawnTracked(process.execPath, [BIN, 'serve'], {
-    name: 'commitd serve',
-    env: cleanEnv({ COMMITD_PORT: String(port), COMMITD_DATA_DIR: dir, COMMITD_CONFIG: join(dir, 'commitd.json'), COMMITD_LOG_LEVEL: 'warn', ...extraEnv }),
+async function serve(dir: string, port: number, extraEnv: CommitdEnv = {}): Promise<TrackedProcess> {
+  const server = await spawnCommitd({
+    bin: ['serve'],
+    env: { COMMITD_PORT: String(port), COMMITD_DATA_DIR: dir, COMMITD_CONFIG: join(dir, 'commitd.json'), COMMITD_LOG_LEVEL: 'warn', ...extraEnv },
   });
   await server.waitReady(async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).ok, { timeoutMs: 30_000, what: 'commitd /readyz' });
   return server;

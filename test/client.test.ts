@@ -4,7 +4,6 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import {
   CommitdApiError,
@@ -23,8 +22,9 @@ import {
 } from '@commitd/client';
 import { retry, type RetryEnvironment, type RetryPolicy } from '@commitd/client/retry';
 import { KEY_PATTERN } from '../src/contract/schemas.ts';
-import { makeTempDir, removeTempDir, spawnTsx, type TrackedProcess } from './harness/child.ts';
+import { makeTempDir, removeTempDir, type TrackedProcess } from './harness/child.ts';
 import { freePort } from './harness/ports.ts';
+import { spawnCommitd, type CommitdEnv } from './support/process.ts';
 
 // ---------------------------------------------------------------------------------------
 // Pure parts
@@ -422,8 +422,6 @@ describe('client retries (scripted server)', () => {
 // Against the real service: commitd in a child process, killed and restarted
 // ---------------------------------------------------------------------------------------
 
-const SERVER_ENTRY = fileURLToPath(new URL('../src/main.ts', import.meta.url));
-
 /** A data dir with a config of two sqlite stores, `main` and `audit`, and their tables already there. */
 function prepareDataDir(label: string): string {
   const dir = makeTempDir(label);
@@ -437,11 +435,10 @@ function prepareDataDir(label: string): string {
   return dir;
 }
 
-/** Starts `src/main.ts` on `port` over `dir` and waits until it is ready. Inherited COMMITD_* settings are dropped. */
-async function startCommitd(dir: string, port: number, extraEnv: Record<string, string> = {}): Promise<TrackedProcess> {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('COMMITD_')));
-  const proc = await spawnTsx(SERVER_ENTRY, [], {
-    env: { ...env, COMMITD_PORT: String(port), COMMITD_DATA_DIR: dir, COMMITD_CONFIG: join(dir, 'commitd.json'), COMMITD_LOG_LEVEL: 'warn', ...extraEnv },
+/** Starts `src/main.ts` on `port` over `dir` and waits until it is ready. */
+async function startCommitd(dir: string, port: number, extraEnv: CommitdEnv = {}): Promise<TrackedProcess> {
+  const proc = await spawnCommitd({
+    env: { COMMITD_PORT: String(port), COMMITD_DATA_DIR: dir, COMMITD_CONFIG: join(dir, 'commitd.json'), COMMITD_LOG_LEVEL: 'warn', ...extraEnv },
   });
   await proc.waitReady(async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).ok, { timeoutMs: 30_000, what: 'commitd /readyz' });
   return proc;

@@ -8,15 +8,16 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { MultiCommitter } from '../src/core/multi-committer.ts';
 import { makeTempDir, removeTempDir, spawnTsx } from './harness/child.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { kvFromArg } from './fixtures/kv-from-arg.ts';
 import { MemoryDatastore } from './support/memory-store.ts';
 import { Recording } from './support/recording.ts';
-import { KV_BACKENDS, sharedEtcdServer, skipUnless } from './support/service.ts';
+import { KV_BACKENDS, kvNeeds, sharedEtcdServer } from './support/service.ts';
 
 const fixture = new URL('./fixtures/committer-crash.ts', import.meta.url).pathname;
 
 for (const backend of KV_BACKENDS) {
-  describe(`a crash between slot write and commit (${backend} KV)`, { skip: skipUnless(backend) }, () => {
+  describe(`a crash between slot write and commit (${backend} KV)`, { skip: skipUnlessFound(kvNeeds(backend)) }, () => {
     const dir = makeTempDir('crash');
     after(() => removeTempDir(dir));
 

@@ -9,12 +9,12 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { startProcess, type ProcessServiceOptions } from './support/process.ts';
-import { countRows } from './support/rows.ts';
-import { KV_BACKENDS, sharedEtcdServer, skipUnless, sqliteStores } from './support/service.ts';
+import { countRows, sqliteRun } from './support/rows.ts';
+import { KV_BACKENDS, kvNeeds, sharedEtcdServer, sqliteStores } from './support/service.ts';
 
 type Mode = 'one-shot' | 'interactive';
 
@@ -35,7 +35,7 @@ async function runSession(request: (m: string, p: string, b?: unknown) => Promis
 }
 
 for (const kv of KV_BACKENDS) {
-  describe(`crash matrix (${kv} KV)`, { skip: skipUnless(kv) }, () => {
+  describe(`crash matrix (${kv} KV)`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     const root = makeTempDir('matrix');
     let etcd: ProcessServiceOptions['etcd'];
     before(async () => {
@@ -51,11 +51,7 @@ for (const kv of KV_BACKENDS) {
             mkdirSync(dir, { recursive: true });
             const names = ['s1', 's2', 's3'].slice(0, storeCount);
             const stores = sqliteStores(dir, names);
-            for (const { options } of stores) {
-              const db = new Database((options as { path: string }).path);
-              db.exec('CREATE TABLE t(k TEXT, n INTEGER)');
-              db.close();
-            }
+            for (const { options } of stores) sqliteRun((options as { path: string }).path, 'CREATE TABLE t(k TEXT, n INTEGER)');
             const options: ProcessServiceOptions = { dir, stores, etcd: etcd && { ...etcd, namespace: `${etcd.namespace}${storeCount}/${point}/${mode}/` } };
             const key = `m-${storeCount}-${mode}-${point}`;
             const changes = Object.fromEntries(names.map((name, i) => [name, [{ sql: 'INSERT INTO t(k, n) VALUES (?, ?)', params: [key, i] }]]));

@@ -11,16 +11,16 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import Database from 'better-sqlite3';
-import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { EtcdKv } from '../src/kv/etcd.ts';
 import { RevisionFloor, orderedRead, type RevisionedResponse } from '../src/kv/etcd-ordering.ts';
+import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdServer } from './harness/etcd.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { startProcess, type ProcessService } from './support/process.ts';
-import { skipUnless, sqliteStores } from './support/service.ts';
+import { kvNeeds, sqliteStores } from './support/service.ts';
 import { waitFor } from './support/wait.ts';
-import { countRows } from './support/rows.ts';
+import { countRows, sqliteRun } from './support/rows.ts';
 
 const response = (revision: number, tag = ''): RevisionedResponse & { tag: string } => ({ header: { revision: String(revision) }, tag });
 
@@ -84,11 +84,7 @@ async function startCommitd(root: string, name: string, endpoints: readonly stri
   mkdirSync(dir, { recursive: true });
   const stores = sqliteStores(dir, ['s1', 's2']);
   const paths = stores.map((store) => (store.options as { path: string }).path);
-  for (const path of paths) {
-    const db = new Database(path);
-    db.exec('CREATE TABLE t(k TEXT, n INTEGER)');
-    db.close();
-  }
+  for (const path of paths) sqliteRun(path, 'CREATE TABLE t(k TEXT, n INTEGER)');
   const service = await startProcess({ dir, stores, etcd: { endpoints, namespace: `/faults-${randomUUID()}/` } });
   return { service, paths };
 }
@@ -169,7 +165,7 @@ async function verify(service: ProcessService, paths: readonly string[], load: R
   }
 }
 
-describe('etcd faults under load', { skip: skipUnless('etcd') }, () => {
+describe('etcd faults under load', { skip: skipUnlessFound(kvNeeds('etcd')) }, () => {
   const root = makeTempDir('etcd-faults');
   after(() => removeTempDir(root));
 

@@ -9,11 +9,12 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { startProcess, type ProcessService, type ProcessServiceOptions } from './support/process.ts';
-import { KV_BACKENDS, sharedEtcdServer, skipUnless, sqliteStores } from './support/service.ts';
+import { countRows, sqliteRows, sqliteRun } from './support/rows.ts';
+import { KV_BACKENDS, kvNeeds, sharedEtcdServer, sqliteStores } from './support/service.ts';
 
 /** s1 takes a plain row; s2 inserts `id` into a table whose primary key another writer can take first. */
 function changesFor(key: string, id: number) {
@@ -23,22 +24,13 @@ function changesFor(key: string, id: number) {
   };
 }
 
-function withDb<T>(path: string, use: (db: Database.Database) => T): T {
-  const db = new Database(path);
-  try {
-    return use(db);
-  } finally {
-    db.close();
-  }
-}
-
 function metricValue(text: string, series: string): number | undefined {
   const line = text.split('\n').find((l) => l.startsWith(`${series} `));
   return line === undefined ? undefined : Number(line.slice(series.length + 1));
 }
 
 for (const kv of KV_BACKENDS) {
-  describe(`failed sessions (${kv} KV)`, { skip: skipUnless(kv) }, () => {
+  describe(`failed sessions (${kv} KV)`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     const dir = makeTempDir('failed');
     const stores = sqliteStores(dir, ['s1', 's2']);
     const [s1Path, s2Path] = stores.map((s) => (s.options as { path: string }).path) as [string, string];
@@ -47,8 +39,8 @@ for (const kv of KV_BACKENDS) {
 
     before(async () => {
       mkdirSync(dir, { recursive: true });
-      withDb(s1Path, (db) => db.exec('CREATE TABLE t(k TEXT, n INTEGER)'));
-      withDb(s2Path, (db) => db.exec('CREATE TABLE p(id INTEGER PRIMARY KEY, note TEXT)'));
+      sqliteRun(s1Path, 'CREATE TABLE t(k TEXT, n INTEGER)');
+      sqliteRun(s2Path, 'CREATE TABLE p(id INTEGER PRIMARY KEY, note TEXT)');
       const etcd = kv === 'etcd' ? { endpoints: (await sharedEtcdServer()).endpoints, namespace: `/failed-${randomUUID()}/` } : undefined;
       options = { dir, stores, etcd };
     });
@@ -62,7 +54,7 @@ for (const kv of KV_BACKENDS) {
       const doomed = await startProcess(options, 'commit.afterIntent=crash');
       await assert.rejects(doomed.request('POST', '/v1/commits', { key, changes: changesFor(key, id) }), 'the request dies with the process');
       assert.equal((await doomed.process.waitForExit(20_000)).signal, 'SIGKILL');
-      withDb(s2Path, (db) => db.prepare('INSERT INTO p(id, note) VALUES (?, ?)').run(id, 'intruder'));
+      sqliteRun(s2Path, 'INSERT INTO p(id, note) VALUES (?, ?)', id, 'intruder');
     }
 
     it('a roll-forward rejected by a store leaves the session failed, listed and counted', async () => {
@@ -77,7 +69,7 @@ for (const kv of KV_BACKENDS) {
         assert.match(String(shown.body.error), /UNIQUE|PRIMARY KEY|constraint/i, 'the error says what the store rejected');
         assert.equal(shown.body.sessionId, sessionIdOfChanges(changesFor(key, id)), 'the log is kept: its session ID is shown');
       }
-      assert.equal(withDb(s1Path, (db) => (db.prepare('SELECT count(*) AS n FROM t').get() as { n: number }).n), 0, 'no store committed any part');
+      assert.deepEqual(sqliteRows(s1Path, 'SELECT count(*) AS n FROM t'), [{ n: 0 }], 'no store committed any part');
 
       const before = await (await fetch(`${service.url}/metrics`)).text();
       assert.equal(metricValue(before, 'commitd_sessions_recovered_total{outcome="failed"}'), 1, 'this run failed one roll-forward (f-retry)');
@@ -112,7 +104,7 @@ for (const kv of KV_BACKENDS) {
       const metrics = await (await fetch(`${service.url}/metrics`)).text();
       assert.equal(metricValue(metrics, 'commitd_sessions_failed'), 1);
       assert.equal((await service.request('POST', '/v1/sessions/f-abandon/resolve', { action: 'abandon' })).status, 404, 'gone');
-      assert.equal(withDb(s2Path, (db) => (db.prepare('SELECT note FROM p WHERE id = 7').get() as { note: string }).note), 'intruder');
+      assert.deepEqual(sqliteRows(s2Path, 'SELECT note FROM p WHERE id = 7'), [{ note: 'intruder' }]);
     });
 
     it('retry rolls forward again: still failed while the conflict stands, committed once it is gone', async () => {
@@ -122,7 +114,7 @@ for (const kv of KV_BACKENDS) {
       assert.equal(stillFailing.body.code, 'store_conflict');
       assert.equal((await service.request('GET', '/v1/sessions/f-retry')).body.state, 'failed');
 
-      withDb(s2Path, (db) => db.prepare("DELETE FROM p WHERE id = 8 AND note = 'intruder'").run());
+      sqliteRun(s2Path, "DELETE FROM p WHERE id = 8 AND note = 'intruder'");
       // Operators at once: one rolls it forward; the others get the result or a 409 (never 500).
       const answers = await Promise.all(Array.from({ length: 8 }, () => (service as ProcessService).request('POST', '/v1/sessions/f-retry/resolve', { action: 'retry' })));
       for (const answer of answers) assert.ok([200, 409].includes(answer.status), JSON.stringify(answer.body));
@@ -135,8 +127,8 @@ for (const kv of KV_BACKENDS) {
       const shown = await service.request('GET', '/v1/sessions/f-retry');
       assert.equal(shown.body.state, 'committed');
       assert.equal(shown.body.sessionId, expected);
-      assert.equal(withDb(s1Path, (db) => (db.prepare("SELECT count(*) AS n FROM t WHERE k = 'f-retry'").get() as { n: number }).n), 1);
-      assert.deepEqual(withDb(s2Path, (db) => db.prepare('SELECT note FROM p WHERE id = 8').all()), [{ note: 'f-retry' }]);
+      assert.equal(countRows(s1Path, 'f-retry'), 1);
+      assert.deepEqual(sqliteRows(s2Path, 'SELECT note FROM p WHERE id = 8'), [{ note: 'f-retry' }]);
 
       const replay = await service.request('POST', '/v1/commits', { key: 'f-retry', changes: changesFor('f-retry', 8) });
       assert.equal(replay.status, 200);

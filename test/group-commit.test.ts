@@ -7,20 +7,11 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { startProcess } from './support/process.ts';
+import { ids, sqliteRows, sqliteRun } from './support/rows.ts';
 import { sqliteStores } from './support/service.ts';
 import { waitFor } from './support/wait.ts';
-
-function read<T>(path: string, sql: string): T[] {
-  const db = new Database(path, { readonly: true });
-  try {
-    return db.prepare(sql).all() as T[];
-  } finally {
-    db.close();
-  }
-}
 
 describe('sqlite group commit and a crash', () => {
   const dir = makeTempDir('group');
@@ -28,12 +19,8 @@ describe('sqlite group commit and a crash', () => {
 
   it('sessions of a commit group lost in a crash replay in commit order, not key order', async () => {
     const stores = sqliteStores(dir, ['x', 'y']);
-    for (const name of ['x', 'y']) {
-      const db = new Database(join(dir, `${name}.db`));
-      db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)');
-      db.close();
-    }
-    const xIds = () => read<{ id: number }>(join(dir, 'x.db'), 'SELECT id FROM t ORDER BY id').map((row) => row.id);
+    for (const name of ['x', 'y']) sqliteRun(join(dir, `${name}.db`), 'CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)');
+    const xIds = () => ids(join(dir, 'x.db'));
     // Each session stops after committing store x (the first by name); its y writes stay
     // decided in y's open group, which nobody asks to commit yet.
     const doomed = await startProcess({ dir, stores }, 'commit.afterStore.1=delay(60000)');
@@ -45,7 +32,7 @@ describe('sqlite group commit and a crash', () => {
     await waitFor('z-first past store x', () => (xIds().includes(1) ? true : undefined));
     commit('a-second', "UPDATE t SET v = v || 'b' WHERE id = 1");
     await waitFor('a-second past store x', () => (xIds().includes(2) ? true : undefined));
-    assert.deepEqual(read(join(dir, 'y.db'), 'SELECT * FROM t'), [], "y's group is not durable yet");
+    assert.deepEqual(sqliteRows(join(dir, 'y.db'), 'SELECT * FROM t'), [], "y's group is not durable yet");
 
     await doomed.process.kill('SIGKILL');
     const restarted = await startProcess({ dir, stores });
@@ -55,7 +42,7 @@ describe('sqlite group commit and a crash', () => {
         assert.equal(shown.body.state, 'committed', `${key} rolled forward at start-up`);
       }
       // In key order the UPDATE would have run first, on no row, and left 'a'.
-      assert.deepEqual(read(join(dir, 'y.db'), 'SELECT id, v FROM t'), [{ id: 1, v: 'ab' }]);
+      assert.deepEqual(sqliteRows(join(dir, 'y.db'), 'SELECT id, v FROM t'), [{ id: 1, v: 'ab' }]);
       assert.deepEqual(xIds(), [1, 2]);
     } finally {
       await restarted.process.stop();

@@ -4,13 +4,13 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import pg from 'pg';
 import { makeTempDir, removeTempDir, spawnTsx } from './harness/child.ts';
 import { etcdBinary, etcdRequest, startEtcd, startEtcdCluster } from './harness/etcd.ts';
 import { freePort, waitForPort } from './harness/ports.ts';
 import { postgresBinDir, startPostgres } from './harness/postgres.ts';
 import { redisBinary, startRedis } from './harness/redis.ts';
-import { skipOrFail } from './harness/require.ts';
+import { skipUnlessFound } from './harness/require.ts';
+import { postgresRows } from './support/rows.ts';
 
 const b64 = (text: string): string => Buffer.from(text).toString('base64');
 
@@ -41,16 +41,6 @@ async function onAnyEndpoint<T>(endpoints: string[], attempt: (endpoint: string)
   throw lastError;
 }
 
-async function query<T extends pg.QueryResultRow>(connectionString: string, sql: string): Promise<T[]> {
-  const client = new pg.Client({ connectionString });
-  await client.connect();
-  try {
-    return (await client.query<T>(sql)).rows;
-  } finally {
-    await client.end();
-  }
-}
-
 test('ports: freePort is bindable and waitForPort times out on a closed port', async () => {
   const port = await freePort();
   assert.ok(port > 0 && port < 65536);
@@ -72,8 +62,7 @@ test('child: waits for a line of a tsx child, then SIGKILLs it', async () => {
   }
 });
 
-test('etcd: a key survives SIGKILL and restart on the same data dir', async (t) => {
-  if (!etcdBinary()) return skipOrFail(t, 'etcd binary not found');
+test('etcd: a key survives SIGKILL and restart on the same data dir', { skip: skipUnlessFound({ etcd: etcdBinary() }) }, async () => {
   const etcd = await startEtcd();
   try {
     const [endpoint] = etcd.endpoints as [string];
@@ -89,8 +78,7 @@ test('etcd: a key survives SIGKILL and restart on the same data dir', async (t) 
   }
 });
 
-test('etcd cluster: writes continue after the leader is killed, and it rejoins', async (t) => {
-  if (!etcdBinary()) return skipOrFail(t, 'etcd binary not found');
+test('etcd cluster: writes continue after the leader is killed, and it rejoins', { skip: skipUnlessFound({ etcd: etcdBinary() }) }, async () => {
   const cluster = await startEtcdCluster(3);
   try {
     assert.equal(cluster.endpoints.length, 3);
@@ -109,33 +97,30 @@ test('etcd cluster: writes continue after the leader is killed, and it rejoins',
   }
 });
 
-test('postgres: answers select 1, and again after SIGKILL and restart', async (t) => {
-  if (!postgresBinDir()) return skipOrFail(t, 'PostgreSQL server binaries not found');
+test('postgres: answers select 1, and again after SIGKILL and restart', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir() }) }, async () => {
   const server = await startPostgres();
   try {
     assert.match(server.connectionString, /^postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres$/);
-    assert.deepEqual(await query(server.connectionString, 'select 1 as one'), [{ one: 1 }]);
+    assert.deepEqual(await postgresRows(server.connectionString, 'select 1 as one'), [{ one: 1 }]);
     await server.kill();
     await server.restart();
-    assert.deepEqual(await query(server.connectionString, 'select 1 as one'), [{ one: 1 }]);
+    assert.deepEqual(await postgresRows(server.connectionString, 'select 1 as one'), [{ one: 1 }]);
   } finally {
     await server.cleanup();
   }
 });
 
-test('postgres twoPhase: max_prepared_transactions is 10', async (t) => {
-  if (!postgresBinDir()) return skipOrFail(t, 'PostgreSQL server binaries not found');
+test('postgres twoPhase: max_prepared_transactions is 10', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir() }) }, async () => {
   const server = await startPostgres({ twoPhase: true });
   try {
-    const rows = await query<{ max_prepared_transactions: string }>(server.connectionString, 'show max_prepared_transactions');
+    const rows = await postgresRows<{ max_prepared_transactions: string }>(server.connectionString, 'show max_prepared_transactions');
     assert.equal(rows[0]?.max_prepared_transactions, '10');
   } finally {
     await server.cleanup();
   }
 });
 
-test('redis: answers PING, stalls while paused, keeps AOF data across SIGKILL', async (t) => {
-  if (!redisBinary()) return skipOrFail(t, 'redis-server not found');
+test('redis: answers PING, stalls while paused, keeps AOF data across SIGKILL', { skip: skipUnlessFound({ 'redis-server': redisBinary() }) }, async () => {
   const server = await startRedis({ appendonly: true });
   const client = new Redis(server.url, { lazyConnect: true, commandTimeout: 500, maxRetriesPerRequest: 0 });
   client.on('error', () => {});

@@ -6,7 +6,6 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
 import { ChangeRejectedError } from '../src/stores/helper.ts';
 import { IdempotencyKeyMismatchError } from '../src/errors/core.ts';
@@ -16,7 +15,9 @@ import { ServiceUnavailableError, StoreConflictError } from '../src/coordinator/
 import { isLoopbackHost } from '../src/http/auth.ts';
 import { problemFor } from '../src/http/problems.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
-import { KV_BACKENDS, skipUnless, startTestService, type KvBackend, type TestService } from './support/service.ts';
+import { skipUnlessFound } from './harness/require.ts';
+import { sqliteRows, sqliteRun } from './support/rows.ts';
+import { KV_BACKENDS, kvNeeds, startTestService, type KvBackend, type TestService } from './support/service.ts';
 
 const PROBLEM_JSON = /^application\/problem\+json/;
 const JSON_TYPE = /^application\/json/;
@@ -76,21 +77,12 @@ function assertOk(response: LightMyRequestResponse, status = 200): Record<string
 
 /** An `items` table with a unique name, in each sqlite store of the service. */
 function createTables(service: TestService, stores: readonly string[] = ['main', 'audit']): void {
-  for (const store of stores) withDb(service, store, (db) => db.exec('CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)'));
-}
-
-function withDb<T>(service: TestService, store: string, use: (db: Database.Database) => T): T {
-  const db = new Database(join(service.dir, `${store}.db`));
-  try {
-    return use(db);
-  } finally {
-    db.close();
-  }
+  for (const store of stores) sqliteRun(join(service.dir, `${store}.db`), 'CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)');
 }
 
 /** Names in `items` of a store, in insertion order. */
 function itemNames(service: TestService, store: string): string[] {
-  return withDb(service, store, (db) => db.prepare('SELECT name FROM items ORDER BY id').pluck().all() as string[]);
+  return sqliteRows<{ name: string }>(join(service.dir, `${store}.db`), 'SELECT name FROM items ORDER BY id').map((row) => row.name);
 }
 
 const insert = (name: string) => ({ sql: 'INSERT INTO items (name) VALUES (?)', params: [name] });
@@ -100,7 +92,7 @@ let unique = 0;
 const freshKey = (label: string) => `${label}-${process.pid}-${++unique}`;
 
 for (const kv of KV_BACKENDS) {
-  describe(`HTTP API v1 contract (kv: ${kv})`, { skip: skipUnless(kv) }, () => {
+  describe(`HTTP API v1 contract (kv: ${kv})`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     let service: TestService;
     let app: FastifyInstance;
 
@@ -460,7 +452,7 @@ for (const kv of KV_BACKENDS) {
     });
   });
 
-  describe(`HTTP API v1 unavailable (kv: ${kv})`, { skip: skipUnless(kv) }, () => {
+  describe(`HTTP API v1 unavailable (kv: ${kv})`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     let service: TestService;
 
     before(async () => {
@@ -485,7 +477,7 @@ for (const kv of KV_BACKENDS) {
     });
   });
 
-  describe(`HTTP API v1 auth (kv: ${kv})`, { skip: skipUnless(kv) }, () => {
+  describe(`HTTP API v1 auth (kv: ${kv})`, { skip: skipUnlessFound(kvNeeds(kv)) }, () => {
     const token = 'test-token-0123456789';
     let service: TestService;
     let app: FastifyInstance;

@@ -7,36 +7,25 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { Etcd3 } from 'etcd3';
 import { Redis } from 'ioredis';
-import pg from 'pg';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { startProcess } from './support/process.ts';
-import { KV_BACKENDS, sharedEtcdServer, skipUnless } from './support/service.ts';
+import { postgresRows, sqliteRows } from './support/rows.ts';
+import { KV_BACKENDS, kvNeeds, sharedEtcdServer } from './support/service.ts';
 
-function serversMissing(): string | false {
-  const missing = [!postgresBinDir() && 'PostgreSQL', !redisBinary() && 'redis-server'].filter(Boolean);
-  if (missing.length === 0) return false;
-  const reason = `${missing.join(' and ')} not found`;
-  if (process.env.CI === 'true') throw new Error(`required for CI: ${reason}`);
-  return reason;
-}
-
-describe('a mixed four-store session crashed after the second store', { skip: serversMissing() }, () => {
+describe('a mixed four-store session crashed after the second store', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir(), 'redis-server': redisBinary() }) }, () => {
   let postgres: PostgresServer;
   let redis: RedisServer;
   const root = makeTempDir('mixed');
 
   before(async () => {
     [postgres, redis] = await Promise.all([startPostgres(), startRedis()]);
-    const client = new pg.Client({ connectionString: postgres.connectionString });
-    await client.connect();
-    await client.query('CREATE TABLE orders(k TEXT, total INTEGER)');
-    await client.end();
+    await postgresRows(postgres.connectionString, 'CREATE TABLE orders(k TEXT, total INTEGER)');
   });
   after(async () => {
     await Promise.all([postgres?.cleanup(), redis?.cleanup()]);
@@ -44,7 +33,7 @@ describe('a mixed four-store session crashed after the second store', { skip: se
   });
 
   for (const kv of KV_BACKENDS) {
-    it(`commits every store exactly once after a restart (${kv} KV)`, { skip: skipUnless(kv) }, async () => {
+    it(`commits every store exactly once after a restart (${kv} KV)`, { skip: skipUnlessFound(kvNeeds(kv)) }, async () => {
       const dir = join(root, kv);
       const etcd = await sharedEtcdServer();
       const flagsPrefix = `/flags-${randomUUID()}/`;
@@ -75,7 +64,6 @@ describe('a mixed four-store session crashed after the second store', { skip: se
       const restarted = await startProcess(options);
       const redisClient = new Redis(redis.url);
       const etcdClient = new Etcd3({ hosts: etcd.endpoints });
-      const pgClient = new pg.Client({ connectionString: postgres.connectionString });
       try {
         const shown = await restarted.request('GET', `/v1/sessions/${key}`);
         assert.equal(shown.status, 200, JSON.stringify(shown.body));
@@ -86,15 +74,11 @@ describe('a mixed four-store session crashed after the second store', { skip: se
 
         assert.equal(await redisClient.get(counter), '1', 'INCR applied exactly once');
         assert.equal(await etcdClient.get(`${flagsPrefix}feature-${kv}`).string(), 'on');
-        const db = new Database(ledger, { readonly: true });
-        assert.equal((db.prepare('SELECT count(*) AS n FROM entries WHERE k = ?').get(key) as { n: number }).n, 1);
-        db.close();
-        await pgClient.connect();
-        assert.equal((await pgClient.query('SELECT count(*)::int AS n FROM orders WHERE k = $1', [key])).rows[0].n, 1);
+        assert.deepEqual(sqliteRows(ledger, 'SELECT count(*) AS n FROM entries WHERE k = ?', key), [{ n: 1 }]);
+        assert.deepEqual(await postgresRows(postgres.connectionString, 'SELECT count(*)::int AS n FROM orders WHERE k = $1', [key]), [{ n: 1 }]);
       } finally {
         redisClient.disconnect();
         etcdClient.close();
-        await pgClient.end().catch(() => undefined);
         await restarted.process.stop();
       }
     });

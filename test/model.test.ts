@@ -6,11 +6,11 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
-import { requireBinary, skipOrFail } from './harness/require.ts';
+import { requireBinary, skipUnlessFound } from './harness/require.ts';
 
 const run = promisify(execFile);
 const MODEL = fileURLToPath(new URL('../docs/model/commitd.pml', import.meta.url));
@@ -45,19 +45,10 @@ async function verify(defines: readonly string[]): Promise<Verification> {
   }
 }
 
-function toolsMissing(t: TestContext): boolean {
-  for (const tool of ['spin', 'gcc']) {
-    if (!requireBinary(tool)) {
-      skipOrFail(t, `${tool} is not installed (apt-get install -y ${tool})`);
-      return true;
-    }
-  }
-  return false;
-}
+const TOOLS = { 'spin (apt-get install -y spin)': requireBinary('spin'), 'gcc (apt-get install -y gcc)': requireBinary('gcc') };
 
-describe('the Promela model of the commit protocol', { concurrency: true }, () => {
-  it('verifies: at most once, nothing before the commit point, finished means committed', async (t) => {
-    if (toolsMissing(t)) return;
+describe('the Promela model of the commit protocol', { concurrency: true, skip: skipUnlessFound(TOOLS) }, () => {
+  it('verifies: at most once, nothing before the commit point, finished means committed', async () => {
     const { output, errors, states } = await verify([]);
     assert.equal(errors, 0, output);
     assert.match(output, /Full statespace search/, output);
@@ -66,15 +57,13 @@ describe('the Promela model of the commit protocol', { concurrency: true }, () =
     assert.ok(states > 10_000, `suspiciously few states: ${states}`);
   });
 
-  it('catches stores that commit without the marker check (-DNO_MARKER): a paused owner applies twice', async (t) => {
-    if (toolsMissing(t)) return;
+  it('catches stores that commit without the marker check (-DNO_MARKER): a paused owner applies twice', async () => {
     const { output, errors } = await verify(['-DNO_MARKER']);
     assert.ok(errors > 0, output);
     assert.match(output, /assertion violated \(\(applied\[0\]<=1\)&&\(applied\[1\]<=1\)\)/, output);
   });
 
-  it('catches recovery that cancels committing sessions (-DCANCEL_COMMITTING): no result', async (t) => {
-    if (toolsMissing(t)) return;
+  it('catches recovery that cancels committing sessions (-DCANCEL_COMMITTING): no result', async () => {
     const { output, errors } = await verify(['-DCANCEL_COMMITTING']);
     assert.ok(errors > 0, output);
     assert.match(output, /assertion violated .*commit_point&&adopter_done/, output);

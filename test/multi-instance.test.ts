@@ -9,15 +9,14 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
-import Database from 'better-sqlite3';
-import pg from 'pg';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
+import { skipUnlessFound } from './harness/require.ts';
 import { startProcess, type ProcessService, type ProcessServiceOptions } from './support/process.ts';
-import { sharedEtcdServer, skipUnless, sqliteStores } from './support/service.ts';
+import { kvNeeds, sharedEtcdServer, sqliteStores } from './support/service.ts';
 import { waitFor } from './support/wait.ts';
-import { countRows } from './support/rows.ts';
+import { countRows, postgresRows, sqliteRun } from './support/rows.ts';
 
 const LEASE_TTL_MS = 2000;
 const RECOVERY_INTERVAL_MS = 500;
@@ -57,7 +56,7 @@ async function runSession(instance: ProcessService, mode: 'one-shot' | 'interact
   return instance.request('POST', `/v1/sessions/${key}/commit`);
 }
 
-describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
+describe('two instances on one etcd', { skip: skipUnlessFound(kvNeeds('etcd')) }, () => {
   const root = makeTempDir('multi');
   const started: ProcessService[] = [];
   let endpoints: readonly string[] = [];
@@ -76,9 +75,7 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
     for (const sub of ['a', 'b', 'stores']) mkdirSync(join(dir, sub), { recursive: true });
     for (const { type, options } of stores) {
       if (type !== 'sqlite') continue;
-      const db = new Database((options as { path: string }).path);
-      db.exec('CREATE TABLE IF NOT EXISTS t(k TEXT, n INTEGER)');
-      db.close();
+      sqliteRun((options as { path: string }).path, 'CREATE TABLE IF NOT EXISTS t(k TEXT, n INTEGER)');
     }
     const base = { stores, etcd: { endpoints, namespace: `/multi-${randomUUID()}/` } };
     const config = (instanceId: string) => ({ instanceId, leaseTtl: `${LEASE_TTL_MS / 1000}s`, recoveryInterval: `${RECOVERY_INTERVAL_MS}ms` });
@@ -257,48 +254,38 @@ describe('two instances on one etcd', { skip: skipUnless('etcd') }, () => {
    * and commits while A is still frozen. On SIGCONT A's transaction is gone: it answers 503
    * (or 200 if B's identical result is already there), never a second apply.
    */
-  it('PostgreSQL: a frozen A does not stall B (idle transactions are bounded)', async (t: TestContext) => {
-    if (!postgresBinDir()) {
-      t.skip('PostgreSQL server binaries not found');
-      return;
-    }
+  it('PostgreSQL: a frozen A does not stall B (idle transactions are bounded)', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir() }) }, async (t: TestContext) => {
     const server: PostgresServer = await startPostgres();
     try {
-      const admin = new pg.Client({ connectionString: server.connectionString });
-      await admin.connect();
+      await postgresRows(server.connectionString, 'CREATE TABLE t(k TEXT, n INTEGER)');
+      const stores = [{ name: 'pg', type: 'postgres', options: { connectionString: server.connectionString, idleInTransactionTimeoutMs: 500, poolSize: 4 } }];
+      const { a, b } = await startPair('pg', 'commit.afterIntent=delay(3000)', stores);
+      const key = 'pg-1';
+      // A's prepared transaction (rows + marker) idles in the failpoint, then in the freeze.
+      const changes = { pg: [{ sql: 'INSERT INTO t(k, n) VALUES ($1, $2)', params: [key, 1] }] };
+      const answers: Answer[] = [];
+      const onA = a.request('POST', '/v1/commits', { key, changes });
+      await freezeAfterCommitPoint(a, b, key);
       try {
-        await admin.query('CREATE TABLE t(k TEXT, n INTEGER)');
-        const stores = [{ name: 'pg', type: 'postgres', options: { connectionString: server.connectionString, idleInTransactionTimeoutMs: 500, poolSize: 4 } }];
-        const { a, b } = await startPair('pg', 'commit.afterIntent=delay(3000)', stores);
-        const key = 'pg-1';
-        // A's prepared transaction (rows + marker) idles in the failpoint, then in the freeze.
-        const changes = { pg: [{ sql: 'INSERT INTO t(k, n) VALUES ($1, $2)', params: [key, 1] }] };
-        const answers: Answer[] = [];
-        const onA = a.request('POST', '/v1/commits', { key, changes });
-        await freezeAfterCommitPoint(a, b, key);
-        try {
-          const shown = await waitFor(`B to commit ${key} while A is frozen`, async () => {
-            const answer = await b.request('GET', `/v1/sessions/${key}`);
-            answers.push(answer);
-            return answer.body.state === 'committed' ? answer : undefined;
-          }, { timeoutMs: 30_000 });
-          assert.equal(shown.body.sessionId, sessionIdOfChanges(changes));
-        } finally {
-          a.process.resume();
-        }
-        const fromA = await onA;
-        answers.push(fromA);
-        t.diagnostic(`A answered ${fromA.status}: ${String(fromA.body.detail ?? fromA.body.state)}`);
-        assert.ok(fromA.status === 200 || fromA.status === 503, `A answers ${fromA.status}: ${JSON.stringify(fromA.body)}`);
-        const rows = await admin.query<{ n: string }>('SELECT count(*) AS n FROM t WHERE k = $1', [key]);
-        assert.equal(Number(rows.rows[0]?.n), 1, 'the row is there once');
-        const replay = await a.request('POST', '/v1/commits', { key, changes });
-        answers.push(replay);
-        assert.equal(replay.body.sessionId, sessionIdOfChanges(changes));
-        assertNoServerErrors(answers);
+        const shown = await waitFor(`B to commit ${key} while A is frozen`, async () => {
+          const answer = await b.request('GET', `/v1/sessions/${key}`);
+          answers.push(answer);
+          return answer.body.state === 'committed' ? answer : undefined;
+        }, { timeoutMs: 30_000 });
+        assert.equal(shown.body.sessionId, sessionIdOfChanges(changes));
       } finally {
-        await admin.end();
+        a.process.resume();
       }
+      const fromA = await onA;
+      answers.push(fromA);
+      t.diagnostic(`A answered ${fromA.status}: ${String(fromA.body.detail ?? fromA.body.state)}`);
+      assert.ok(fromA.status === 200 || fromA.status === 503, `A answers ${fromA.status}: ${JSON.stringify(fromA.body)}`);
+      const rows = await postgresRows<{ n: string }>(server.connectionString, 'SELECT count(*) AS n FROM t WHERE k = $1', [key]);
+      assert.equal(Number(rows[0]?.n), 1, 'the row is there once');
+      const replay = await a.request('POST', '/v1/commits', { key, changes });
+      answers.push(replay);
+      assert.equal(replay.body.sessionId, sessionIdOfChanges(changes));
+      assertNoServerErrors(answers);
     } finally {
       await server.cleanup();
     }

@@ -5,12 +5,10 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { makeTempDir, removeTempDir, spawnTsx } from './harness/child.ts';
+import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { freePort } from './harness/ports.ts';
-import { startProcess } from './support/process.ts';
+import { spawnCommitd, startProcess, type CommitdEnv } from './support/process.ts';
 import { sqliteStores } from './support/service.ts';
-
-const MAIN = new URL('../src/main.ts', import.meta.url).pathname;
 
 describe('commitd process', () => {
   const dir = makeTempDir('proc');
@@ -31,8 +29,8 @@ describe('commitd process', () => {
     }
   });
 
-  async function startFails(env: Record<string, string>): Promise<{ code: number | null; output: string }> {
-    const child = await spawnTsx(MAIN, [], { env: { ...(process.env as Record<string, string>), COMMITD_DATA_DIR: join(dir, 'bad'), COMMITD_PORT: String(await freePort()), ...env } });
+  async function startFails(env: CommitdEnv): Promise<{ code: number | null; output: string }> {
+    const child = await spawnCommitd({ env: { COMMITD_DATA_DIR: join(dir, 'bad'), COMMITD_PORT: String(await freePort()), ...env } });
     const exit = await child.waitForExit(20_000);
     return { code: exit.code, output: child.output() };
   }

@@ -28,10 +28,26 @@ export function requireBinary(name: string, envVar?: string): string | undefined
 }
 
 /**
- * Skips the test locally but fails it on CI, where a missing server must not
- * silently turn a suite green. Callers should `return` right after.
+ * The one skip-or-fail rule, as the `skip` option of a suite or test: `needs` maps what a
+ * suite needs (e.g. `'etcd binary'`) to what looking it up found. False when everything was
+ * found; else the reason to skip locally. Under CI=true a missing server throws instead, so
+ * the suite fails: CI must not turn green by silently skipping it.
+ */
+export function skipUnlessFound(needs: Readonly<Record<string, unknown>>): string | false {
+  const missing = Object.keys(needs).filter((name) => !needs[name]);
+  if (missing.length === 0) return false;
+  return skipOrFailReason(`${missing.join(' and ')} not found`);
+}
+
+/**
+ * The same rule inside a running test, for what only turns out at run time (a server that
+ * did not start): skips the test locally, fails it under CI=true. Callers `return` right after.
  */
 export function skipOrFail(t: TestContext, reason: string): void {
+  t.skip(skipOrFailReason(reason));
+}
+
+function skipOrFailReason(reason: string): string {
   if (process.env.CI === 'true') throw new Error(`required for CI: ${reason}`);
-  t.skip(reason);
+  return reason;
 }
