@@ -24,7 +24,6 @@ import { INSERT_SQL, STORE_NAMES, changeFor } from './workload.ts';
 
 export type FloorOrder = 'back-to-back' | 'held';
 
-
 /** One store file opened as the sqlite store type opens it: a writer and a reader connection. */
 class FloorStore {
   /** FIFO, as the sqlite store's write lock. */

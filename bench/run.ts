@@ -56,7 +56,9 @@ const settings = {
   tmpfsModes: list(env.BENCH_TMPFS_MODES ?? 'embedded') as Mode[],
   payloadBytes: Number(env.BENCH_PAYLOAD ?? 100),
   roundTripSessions: 200,
-  rssCheckpoints: list(env.BENCH_RSS_SESSIONS ?? '10000,100000').map(Number).filter((n) => n > 0),
+  rssCheckpoints: list(env.BENCH_RSS_SESSIONS ?? '10000,100000')
+    .map(Number)
+    .filter((n) => n > 0),
   rssConcurrency: Number(env.BENCH_RSS_CONCURRENCY ?? 64),
   profile: env.BENCH_PROFILE !== '0',
   profileConcurrency: Number(env.BENCH_PROFILE_CONCURRENCY ?? 16),
@@ -222,7 +224,8 @@ async function benchPass(pass: Pass, etcd: EtcdServer | undefined): Promise<Pass
     const floorCounted = await runCount({ concurrency: 1, total: sessions, session: floorSession(floors['back-to-back'], `${keyPart(pass.name)}-rtf`) });
     const floorTrips = perSession(floorBefore, counter.snapshot(), sessions);
     for (const outcome of [counted, floorCounted]) {
-      if (outcome.errors > 0) throw new Error(`${pass.name}: ${outcome.errors} of ${sessions} sessions failed while counting round trips: ${outcome.firstError}`);
+      if (outcome.errors > 0)
+        throw new Error(`${pass.name}: ${outcome.errors} of ${sessions} sessions failed while counting round trips: ${outcome.firstError}`);
     }
     progress(`${pass.name}: KV operations per one-shot session: commitd ${JSON.stringify(commitdTrips)}, floor ${JSON.stringify(floorTrips)}`);
 
@@ -391,7 +394,11 @@ async function benchProfile(pass: Pass, etcd: EtcdServer | undefined, concurrenc
  */
 function formatJson(value: unknown): string {
   // Only whitespace around newlines changes: JSON strings cannot contain a raw newline.
-  const oneLine = (inner: string) => inner.replace(/\[\n\s*/g, '[').replace(/\s*\n\s*\]/g, ']').replace(/\s*\n\s*/g, ' ');
+  const oneLine = (inner: string) =>
+    inner
+      .replace(/\[\n\s*/g, '[')
+      .replace(/\s*\n\s*\]/g, ']')
+      .replace(/\s*\n\s*/g, ' ');
   const text = JSON.stringify(value, null, 2)
     .replace(/\{\n\s+([^{}[\]]*?)\n\s+\}/g, (_, inner: string) => `{ ${oneLine(inner)} }`)
     .replace(/\[\n\s+((?:[^{}[\]]|\[[^{}[\]]*\])*?)\n\s+\]/g, (_, inner: string) => `[${oneLine(inner)}]`);
@@ -423,17 +430,48 @@ function machineLoad(): { loadavg: number[]; cpuPressureSomeAvg60?: number; ioPr
 }
 
 function printTable(passes: Record<string, PassResult>): void {
-  const header = ['pass', 'conc', 'floor/s', 'held/s', 'commitd/s', 'ratio', 'ratio(held)', 'p50 ms', 'p99 ms', 'floor p50', 'floor p99', 'cpu µs floor', 'cpu µs commitd', 'rss MiB'];
+  const header = [
+    'pass',
+    'conc',
+    'floor/s',
+    'held/s',
+    'commitd/s',
+    'ratio',
+    'ratio(held)',
+    'p50 ms',
+    'p99 ms',
+    'floor p50',
+    'floor p99',
+    'cpu µs floor',
+    'cpu µs commitd',
+    'rss MiB',
+  ];
   const rows = [header];
   for (const [name, result] of Object.entries(passes)) {
     for (const [concurrency, cell] of Object.entries(result.cells)) {
       rows.push(
-        [name, concurrency, cell.floor, cell.floorHeld, cell.commitd, cell.ratio, cell.ratioHeld, cell.p50, cell.p99, cell.floorP50, cell.floorP99, cell.floorCpuUs, cell.commitdCpuUs, cell.rss].map(String),
+        [
+          name,
+          concurrency,
+          cell.floor,
+          cell.floorHeld,
+          cell.commitd,
+          cell.ratio,
+          cell.ratioHeld,
+          cell.p50,
+          cell.p99,
+          cell.floorP50,
+          cell.floorP99,
+          cell.floorCpuUs,
+          cell.commitdCpuUs,
+          cell.rss,
+        ].map(String),
       );
     }
   }
   const widths = header.map((_, i) => Math.max(...rows.map((row) => (row[i] as string).length)));
-  for (const row of rows) process.stdout.write(`${row.map((text, i) => (i < 1 ? text.padEnd(widths[i] as number) : text.padStart(widths[i] as number))).join('  ')}\n`);
+  for (const row of rows)
+    process.stdout.write(`${row.map((text, i) => (i < 1 ? text.padEnd(widths[i] as number) : text.padStart(widths[i] as number))).join('  ')}\n`);
 }
 
 function printHashing(results: readonly HashingResult[]): void {
@@ -468,7 +506,9 @@ async function main(): Promise<void> {
     if (passes.some((pass) => pass.mode === 'etcd') || settings.profile) {
       progress('starting etcd (test harness, data on disk)');
       // Room for a few hundred thousand sessions' revisions, compacted as the run goes.
-      etcd = await startEtcd({ extraArgs: ['--quota-backend-bytes', String(4 * 1024 ** 3), '--auto-compaction-mode', 'periodic', '--auto-compaction-retention', '1m'] });
+      etcd = await startEtcd({
+        extraArgs: ['--quota-backend-bytes', String(4 * 1024 ** 3), '--auto-compaction-mode', 'periodic', '--auto-compaction-retention', '1m'],
+      });
     }
     const results: Record<string, PassResult> = {};
     for (const pass of passes) results[pass.name] = await benchPass(pass, etcd);
@@ -486,10 +526,14 @@ async function main(): Promise<void> {
     printHashing(hashing);
     if (memory) {
       const at = Object.entries(memory.checkpoints).map(([n, sample]) => `${n}: ${sample.rssMiB} MiB (heap ${sample.heapUsedMiB})`);
-      process.stdout.write(`\nRSS after n sessions (embedded KV, tmpfs): ${at.join(', ')}; growth ${memory.growthPct}%; ${memory.afterIdleMiB} MiB after 5 s idle\n`);
+      process.stdout.write(
+        `\nRSS after n sessions (embedded KV, tmpfs): ${at.join(', ')}; growth ${memory.growthPct}%; ${memory.afterIdleMiB} MiB after 5 s idle\n`,
+      );
     }
     for (const profile of profiles) {
-      process.stdout.write(`\nprofile ${profile.pass} (${profile.concurrency} in flight, ${profile.perSecond}/s): busy ${profile.busyMs} of ${profile.totalMs} ms; top self frames:\n`);
+      process.stdout.write(
+        `\nprofile ${profile.pass} (${profile.concurrency} in flight, ${profile.perSecond}/s): busy ${profile.busyMs} of ${profile.totalMs} ms; top self frames:\n`,
+      );
       for (const frame of profile.topFrames.slice(0, 10)) process.stdout.write(`  ${frame.selfPct.toFixed(1).padStart(5)}%  ${frame.frame}\n`);
     }
     const goals = {

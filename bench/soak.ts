@@ -119,7 +119,13 @@ async function attempt(state: KeyState): Promise<boolean> {
 
 async function worker(w: number, stopAt: () => number): Promise<void> {
   for (let n = 0; running && Date.now() < stopAt(); n++) {
-    const state: KeyState = { key: `soak-${w}-${n}`, mode: Math.random() < 0.5 ? 'one-shot' : 'interactive', counter: Math.random() < 0.3, acknowledged: false, attempts: 0 };
+    const state: KeyState = {
+      key: `soak-${w}-${n}`,
+      mode: Math.random() < 0.5 ? 'one-shot' : 'interactive',
+      counter: Math.random() < 0.3,
+      acknowledged: false,
+      attempts: 0,
+    };
     keys.push(state);
     // A key once started is finished (or given up) even past the end of the run: that is the drain.
     while (running && state.attempts < MAX_ATTEMPTS) {
@@ -238,7 +244,8 @@ async function main(): Promise<number> {
   process.stdout.write(`attempted ${summary.attempted}, committed ${summary.committed}, lost ${summary.lost}, duplicated ${summary.duplicated}\n`);
   process.stdout.write(`${JSON.stringify(summary)}\n`);
   for (const line of unexpected.slice(0, 10)) process.stdout.write(`unexpected: ${line}\n`);
-  for (const k of [...lost, ...duplicated].slice(0, 10)) process.stdout.write(`bad key: ${k.key} (${k.mode}) rows ${rows.map((r) => r.get(k.key) ?? 0).join('/')}\n`);
+  for (const k of [...lost, ...duplicated].slice(0, 10))
+    process.stdout.write(`bad key: ${k.key} (${k.mode}) rows ${rows.map((r) => r.get(k.key) ?? 0).join('/')}\n`);
   const ok = lost.length === 0 && duplicated.length === 0 && counterFound === counterExpected;
   return ok ? 0 : 1;
 }

@@ -85,9 +85,7 @@ const NonEmpty = Type.String({ minLength: 1 });
 
 const ConfigFileSchema = Type.Object(
   {
-    etcd: Type.Optional(
-      Type.Object({ endpoints: Type.Optional(Type.Array(NonEmpty)), namespace: Type.Optional(NonEmpty) }, { additionalProperties: false }),
-    ),
+    etcd: Type.Optional(Type.Object({ endpoints: Type.Optional(Type.Array(NonEmpty)), namespace: Type.Optional(NonEmpty) }, { additionalProperties: false })),
     dataDir: Type.Optional(NonEmpty),
     http: Type.Optional(
       Type.Object(
@@ -150,7 +148,10 @@ function parsePort(text: string, field: string): number {
 
 /** `http(s)://host:port` or `host:port`, as the etcd client takes them. */
 function parseEndpoints(text: string, field: string): string[] {
-  const endpoints = text.split(',').map((endpoint) => endpoint.trim()).filter(Boolean);
+  const endpoints = text
+    .split(',')
+    .map((endpoint) => endpoint.trim())
+    .filter(Boolean);
   for (const endpoint of endpoints) {
     const valid = /^https?:\/\/[^\s/]+(:\d+)?\/?$/.test(endpoint) || /^([^\s:/]+|\[[0-9a-fA-F:.]+\]):\d+$/.test(endpoint);
     if (!valid) throw new ConfigError(`${field}: ${JSON.stringify(endpoint)} is not an endpoint (expected http(s)://host:port or host:port)`);
@@ -210,9 +211,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const endpoints = fromEnv('COMMITD_ETCD_ENDPOINTS', parseEndpoints) ?? file.etcd?.endpoints ?? [];
   const namespace = envValue(env, 'COMMITD_ETCD_NAMESPACE') ?? file.etcd?.namespace ?? DEFAULTS.namespace;
   const dataDir = resolve(envValue(env, 'COMMITD_DATA_DIR') ?? file.dataDir ?? DEFAULTS.dataDir);
-  const stores = (file.stores ?? [{ name: 'main', type: 'sqlite', options: { path: join(dataDir, 'main.db') } }]).map(
-    ({ name, type, options }) => ({ name, type, options: options ?? {} }),
-  );
+  const stores = (file.stores ?? [{ name: 'main', type: 'sqlite', options: { path: join(dataDir, 'main.db') } }]).map(({ name, type, options }) => ({
+    name,
+    type,
+    options: options ?? {},
+  }));
   const plugins = (file.plugins ?? []).map((plugin) => (plugin.startsWith('.') || isAbsolute(plugin) ? resolve(pluginBaseDir, plugin) : plugin));
   const duration = (field: 'retention' | 'sessionIdleTimeout' | 'leaseTtl' | 'recoveryInterval') =>
     file[field] === undefined ? DURATION_DEFAULTS_MS[field] : parseDuration(file[field], inFile(field));

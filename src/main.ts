@@ -53,7 +53,12 @@ export async function main(env: NodeJS.ProcessEnv = process.env): Promise<Servic
     process.exit(configurable ? EXIT_CONFIG : 1);
   }
   logger.info(
-    { url: `http://${config.host}:${config.port}`, kv: config.etcd ? 'etcd' : 'embedded', instance: service.coordinator.instanceId, stores: service.registry.list() },
+    {
+      url: `http://${config.host}:${config.port}`,
+      kv: config.etcd ? 'etcd' : 'embedded',
+      instance: service.coordinator.instanceId,
+      stores: service.registry.list(),
+    },
     'commitd listening',
   );
   let stopping = false;

@@ -33,7 +33,12 @@ describe('commitd arguments', () => {
 
   it('takes --url and --token, then COMMITD_URL and COMMITD_TOKEN, then the default', () => {
     const env = { COMMITD_URL: 'http://env:1', COMMITD_TOKEN: 'from-env' };
-    assert.deepEqual(parse('stores list --url http://flag:2 --token t --json', env), { command: { name: 'stores list' }, url: 'http://flag:2', token: 't', json: true });
+    assert.deepEqual(parse('stores list --url http://flag:2 --token t --json', env), {
+      command: { name: 'stores list' },
+      url: 'http://flag:2',
+      token: 't',
+      json: true,
+    });
     assert.deepEqual(parse('stores list', env), { command: { name: 'stores list' }, url: 'http://env:1', token: 'from-env', json: false });
     assert.deepEqual(parse('stores list'), { command: { name: 'stores list' }, url: DEFAULT_URL, token: undefined, json: false });
   });
@@ -52,29 +57,63 @@ describe('commitd arguments', () => {
       ['stores list --bogus', /Unknown option '--bogus'$/],
       ['stores list --url ftp://x', /--url must be an http\(s\) URL/],
     ];
-    for (const [argv, message] of cases) assert.throws(() => parse(argv), (error) => error instanceof UsageError && message.test(error.message), argv);
+    for (const [argv, message] of cases)
+      assert.throws(
+        () => parse(argv),
+        (error) => error instanceof UsageError && message.test(error.message),
+        argv,
+      );
   });
 });
 
 describe('commitd output', () => {
   it('aligns table columns without trailing spaces', () => {
-    assert.equal(table(['NAME', 'TYPE'], [['main', 'sqlite'], ['audit-log', 'postgres']]), ['NAME       TYPE', 'main       sqlite', 'audit-log  postgres'].join('\n'));
+    assert.equal(
+      table(
+        ['NAME', 'TYPE'],
+        [
+          ['main', 'sqlite'],
+          ['audit-log', 'postgres'],
+        ],
+      ),
+      ['NAME       TYPE', 'main       sqlite', 'audit-log  postgres'].join('\n'),
+    );
     assert.equal(table(['A', 'B'], [['x', '']]), 'A  B\nx');
   });
 
   it('lists fields, leaving out empty ones and keeping multi-line values in their column', () => {
-    assert.equal(fields([['key', 'k'], ['owner', undefined], ['stores', 'a 1\nb 2']]), ['key     k', 'stores  a 1', '        b 2'].join('\n'));
+    assert.equal(
+      fields([
+        ['key', 'k'],
+        ['owner', undefined],
+        ['stores', 'a 1\nb 2'],
+      ]),
+      ['key     k', 'stores  a 1', '        b 2'].join('\n'),
+    );
   });
 
   it('shows a committed session with one store ID per line', () => {
     const text = formatSession({ key: 'k', state: 'committed', sessionId: 'ff', stores: { audit: '01', main: '02' }, committedAt: '2025-01-01T00:00:00.000Z' });
-    assert.equal(text, ['key         k', 'state       committed', 'session id  ff', 'stores      audit  01', '            main   02', 'committed   2025-01-01T00:00:00.000Z'].join('\n'));
+    assert.equal(
+      text,
+      [
+        'key         k',
+        'state       committed',
+        'session id  ff',
+        'stores      audit  01',
+        '            main   02',
+        'committed   2025-01-01T00:00:00.000Z',
+      ].join('\n'),
+    );
   });
 
   it('says so when a list is empty', () => {
     assert.equal(formatSessions([]), 'no sessions');
     assert.equal(formatStores([]), 'no stores');
-    assert.match(formatSessions([{ key: 'k', state: 'failed', stores: ['main'], error: 'UNIQUE constraint failed' }]), /^KEY\s+STATE\s+STORES\s+OWNER\s+STARTED\s+ERROR\nk\s+failed\s+main\s+UNIQUE constraint failed$/);
+    assert.match(
+      formatSessions([{ key: 'k', state: 'failed', stores: ['main'], error: 'UNIQUE constraint failed' }]),
+      /^KEY\s+STATE\s+STORES\s+OWNER\s+STARTED\s+ERROR\nk\s+failed\s+main\s+UNIQUE constraint failed$/,
+    );
   });
 });
 

@@ -51,8 +51,14 @@ describe('backoff', () => {
   it('stays within [0, min(cap, base * 2^(n-1))) — full jitter', () => {
     for (let retryNumber = 1; retryNumber <= 12; retryNumber++) {
       const ceiling = Math.min(POLICY.maxDelayMs, POLICY.baseDelayMs * 2 ** (retryNumber - 1));
-      assert.equal(backoffDelay(retryNumber, POLICY, () => 0), 0);
-      assert.equal(backoffDelay(retryNumber, POLICY, () => 0.999999), ceiling - 1);
+      assert.equal(
+        backoffDelay(retryNumber, POLICY, () => 0),
+        0,
+      );
+      assert.equal(
+        backoffDelay(retryNumber, POLICY, () => 0.999999),
+        ceiling - 1,
+      );
       for (let i = 0; i < 50; i++) {
         const delay = backoffDelay(retryNumber, POLICY);
         assert.ok(delay >= 0 && delay < ceiling, `retry ${retryNumber}: ${delay} outside [0, ${ceiling})`);
@@ -170,7 +176,13 @@ describe('keys', () => {
 
 describe('problems', () => {
   it('reads a contract problem', () => {
-    const body = JSON.stringify({ type: 'https://commitd.dev/problems/not_found', title: 'Not found', status: 404, detail: 'no session under key "k"', code: 'not_found' });
+    const body = JSON.stringify({
+      type: 'https://commitd.dev/problems/not_found',
+      title: 'Not found',
+      status: 404,
+      detail: 'no session under key "k"',
+      code: 'not_found',
+    });
     const error = problemFromResponse(404, body);
     assert.ok(error instanceof CommitdApiError);
     assert.equal(error.code, 'not_found');
@@ -251,7 +263,10 @@ async function scriptedServer(answer: (request: Received, index: number) => Answ
 const FAST: CommitdClientOptions['retry'] = { baseDelayMs: 1, maxDelayMs: 5, maxAttempts: 5 };
 const committed = (key: string) => ({ key, state: 'committed', sessionId: 'ab'.repeat(16), stores: { audit: '01'.repeat(16), main: '02'.repeat(16) } });
 const active = (key: string) => ({ key, state: 'active', recovery: false, stores: ['audit', 'main'] });
-const problem = (status: number, code: string, detail = code) => ({ status, body: { type: `https://commitd.dev/problems/${code}`, title: code, status, detail, code } });
+const problem = (status: number, code: string, detail = code) => ({
+  status,
+  body: { type: `https://commitd.dev/problems/${code}`, title: code, status, detail, code },
+});
 const route = (request: Received) => `${request.method} ${request.url}`;
 
 describe('client retries (scripted server)', () => {
@@ -275,11 +290,16 @@ describe('client retries (scripted server)', () => {
   });
 
   it('generates a key when none is given and keeps it across retries', async () => {
-    const server = await serve((request, index) => (index === 0 ? problem(503, 'unavailable') : { status: 200, body: committed((request.body as { key: string }).key) }));
+    const server = await serve((request, index) =>
+      index === 0 ? problem(503, 'unavailable') : { status: 200, body: committed((request.body as { key: string }).key) },
+    );
     const client = new CommitdClient({ url: server.url, retry: FAST });
     const result = await client.commit({ main: [] });
     assert.match(result.key, new RegExp(KEY_PATTERN));
-    assert.deepEqual(server.received.map((request) => (request.body as { key: string }).key), [result.key, result.key]);
+    assert.deepEqual(
+      server.received.map((request) => (request.body as { key: string }).key),
+      [result.key, result.key],
+    );
   });
 
   it('waits out session_busy on commit, but never retries another refusal', async () => {
@@ -288,7 +308,10 @@ describe('client retries (scripted server)', () => {
     assert.equal(busy.received.length, 3);
 
     const reused = await serve(() => problem(422, 'key_reused', 'key "k" was already used with other changes'));
-    await assert.rejects(new CommitdClient({ url: reused.url, retry: FAST }).commit('k', { main: [] }), (error) => isApiError(error, 'key_reused') && error.status === 422);
+    await assert.rejects(
+      new CommitdClient({ url: reused.url, retry: FAST }).commit('k', { main: [] }),
+      (error) => isApiError(error, 'key_reused') && error.status === 422,
+    );
     assert.equal(reused.received.length, 1);
   });
 
@@ -300,7 +323,10 @@ describe('client retries (scripted server)', () => {
 
   it('reports a reply of the wrong shape as a protocol error', async () => {
     const server = await serve(() => ({ status: 200, body: { key: 'k', state: 'committed' } }));
-    await assert.rejects(new CommitdClient({ url: server.url, retry: FAST }).commit('k', { main: [] }), (error) => error instanceof CommitdProtocolError && /sessionId/.test(error.message));
+    await assert.rejects(
+      new CommitdClient({ url: server.url, retry: FAST }).commit('k', { main: [] }),
+      (error) => error instanceof CommitdProtocolError && /sessionId/.test(error.message),
+    );
   });
 
   it('does not resend an apply whose answer was lost: the handle turns uncertain and refuses to commit', async () => {
@@ -427,7 +453,10 @@ function prepareDataDir(label: string): string {
   const dir = makeTempDir(label);
   const stores = ['main', 'audit'].map((name) => ({ name, type: 'sqlite', options: { path: join(dir, `${name}.db`) } }));
   writeFileSync(join(dir, 'commitd.json'), JSON.stringify({ stores }));
-  for (const [name, table] of [['main', 'orders'], ['audit', 'audit_log']] as const) {
+  for (const [name, table] of [
+    ['main', 'orders'],
+    ['audit', 'audit_log'],
+  ] as const) {
     const db = new Database(join(dir, `${name}.db`));
     db.exec(`CREATE TABLE ${table} (id TEXT PRIMARY KEY, note TEXT NOT NULL)`);
     db.close();
@@ -552,7 +581,10 @@ describe('client against a real commitd', () => {
 
     it('cancels an open session; a cancelled session is not found', async () => {
       const session = await client.session('session-3', { stores: ['main'] });
-      assert.deepEqual((await client.listSessions({ state: 'active' })).map((view) => view.key), ['session-3']);
+      assert.deepEqual(
+        (await client.listSessions({ state: 'active' })).map((view) => view.key),
+        ['session-3'],
+      );
       await session.cancel();
       assert.equal(session.state, 'cancelled');
       assert.equal(await client.get('session-3'), undefined);

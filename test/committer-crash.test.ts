@@ -38,7 +38,10 @@ for (const backend of KV_BACKENDS) {
         await assert.rejects(committer.begin('another-key'), { code: 'IDEMPOTENCY_KEY_MISMATCH' });
         const { recovery } = await committer.begin('crash-key');
         assert.equal(recovery, true);
-        assert.deepEqual(journal.filter((call) => !call.endsWith('cancel')), ['alpha.beginRecovery', 'beta.beginRecovery']);
+        assert.deepEqual(
+          journal.filter((call) => !call.endsWith('cancel')),
+          ['alpha.beginRecovery', 'beta.beginRecovery'],
+        );
         await alpha.inner.apply({ set: 'x', value: 1 });
         await committer.commit('crash-key');
         assert.equal(await kv.get('slot'), undefined);

@@ -40,7 +40,10 @@ describe('MultiCommitter', () => {
   function setup() {
     const b = new Recording('beta', beta.session('beta'), journal);
     const a = new Recording('alpha', alpha.session('alpha'), journal);
-    const committer = new MultiCommitter(kv, [['beta', b], ['alpha', a]]);
+    const committer = new MultiCommitter(kv, [
+      ['beta', b],
+      ['alpha', a],
+    ]);
     return { committer, a, b };
   }
 

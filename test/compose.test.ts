@@ -137,7 +137,10 @@ function flagValues(words: readonly string[], flag: string): string[] {
     if (word.startsWith(`${flag}=`)) values.push(word.slice(flag.length + 1));
     else if (word === flag && words[i + 1] !== undefined) values.push(words[i + 1]!);
   });
-  return values.flatMap((value) => value.split(',')).map((value) => value.trim()).filter(Boolean);
+  return values
+    .flatMap((value) => value.split(','))
+    .map((value) => value.trim())
+    .filter(Boolean);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -180,7 +183,9 @@ function finalStage(): Instruction[] {
 }
 
 function lastOf(keyword: string): Instruction | undefined {
-  return finalStage().filter((instruction) => instruction.keyword === keyword).at(-1);
+  return finalStage()
+    .filter((instruction) => instruction.keyword === keyword)
+    .at(-1);
 }
 
 /** An exec-form (`["a","b"]`) or shell-form command as words. */
@@ -323,7 +328,9 @@ describe('full stack: docker-compose.yml, examples/full-stack.json and the Docke
 
   it('configures one store of every built-in type', () => {
     const types = stores.map((store) => store.type).sort();
-    const builtin = builtinStoreTypes().map((type) => type.type).sort();
+    const builtin = builtinStoreTypes()
+      .map((type) => type.type)
+      .sort();
     assert.deepEqual(types, builtin, `examples/full-stack.json: store types ${types.join(', ')} should be exactly ${builtin.join(', ')}`);
   });
 
@@ -335,7 +342,10 @@ describe('full stack: docker-compose.yml, examples/full-stack.json and the Docke
           `store ${store.name}: host ${JSON.stringify(host)} is not a service in docker-compose.yml (services: ${Object.keys(compose.services).join(', ')})`,
         );
         const ports = listeningPorts(host);
-        assert.ok(ports.includes(port), `store ${store.name}: connects to ${host}:${port}, but service ${host} listens on ${ports.join(', ') || 'no known port'}`);
+        assert.ok(
+          ports.includes(port),
+          `store ${store.name}: connects to ${host}:${port}, but service ${host} listens on ${ports.join(', ') || 'no known port'}`,
+        );
       }
     });
   }
@@ -421,7 +431,7 @@ describe('full stack: docker-compose.yml, examples/full-stack.json and the Docke
     );
   });
 
-  it("exposes the port commitd listens on, and compose publishes that port on 127.0.0.1 only", () => {
+  it('exposes the port commitd listens on, and compose publishes that port on 127.0.0.1 only', () => {
     const exposed = finalStage()
       .filter((instruction) => instruction.keyword === 'EXPOSE')
       .flatMap((instruction) => instruction.args.split(/\s+/))
@@ -431,8 +441,15 @@ describe('full stack: docker-compose.yml, examples/full-stack.json and the Docke
     const published = portsOf(service(COMMITD_SERVICE));
     assert.ok(published.length > 0, 'docker-compose.yml: commitd publishes no port');
     for (const port of published) {
-      assert.ok(exposed.includes(port.target), `docker-compose.yml: commitd publishes container port ${port.target}, the Dockerfile exposes ${exposed.join(', ')}`);
-      assert.equal(port.hostIp, '127.0.0.1', `docker-compose.yml: commitd's port ${port.target} should be published on 127.0.0.1 only, got ${port.hostIp ?? 'every interface'}`);
+      assert.ok(
+        exposed.includes(port.target),
+        `docker-compose.yml: commitd publishes container port ${port.target}, the Dockerfile exposes ${exposed.join(', ')}`,
+      );
+      assert.equal(
+        port.hostIp,
+        '127.0.0.1',
+        `docker-compose.yml: commitd's port ${port.target} should be published on 127.0.0.1 only, got ${port.hostIp ?? 'every interface'}`,
+      );
     }
   });
 
@@ -475,7 +492,11 @@ describe('full stack: docker-compose.yml, examples/full-stack.json and the Docke
 
   it('requires COMMITD_TOKEN and bakes none into the image', () => {
     const token = environmentOf(service(COMMITD_SERVICE)).COMMITD_TOKEN;
-    assert.match(token ?? '', /^\$\{COMMITD_TOKEN:\?[^}]+\}$/, 'docker-compose.yml: COMMITD_TOKEN should be ${COMMITD_TOKEN:?…}, so compose refuses to start without one');
+    assert.match(
+      token ?? '',
+      /^\$\{COMMITD_TOKEN:\?[^}]+\}$/,
+      'docker-compose.yml: COMMITD_TOKEN should be ${COMMITD_TOKEN:?…}, so compose refuses to start without one',
+    );
     assert.equal(dockerEnv().COMMITD_TOKEN, undefined, 'Dockerfile: must not set COMMITD_TOKEN');
     assert.equal(dockerEnv().COMMITD_HOST, '0.0.0.0', 'Dockerfile: should set COMMITD_HOST=0.0.0.0');
   });

@@ -22,14 +22,17 @@ describe('loadConfig', () => {
   }
 
   function rejects(env: NodeJS.ProcessEnv, message: string | RegExp): void {
-    assert.throws(() => loadConfig(env), (err: unknown) => {
-      assert.ok(err instanceof ConfigError, String(err));
-      assert.equal(err.code, 'INVALID_CONFIG');
-      assert.doesNotMatch(err.message, /\n/);
-      if (typeof message === 'string') assert.equal(err.message, message);
-      else assert.match(err.message, message);
-      return true;
-    });
+    assert.throws(
+      () => loadConfig(env),
+      (err: unknown) => {
+        assert.ok(err instanceof ConfigError, String(err));
+        assert.equal(err.code, 'INVALID_CONFIG');
+        assert.doesNotMatch(err.message, /\n/);
+        if (typeof message === 'string') assert.equal(err.message, message);
+        else assert.match(err.message, message);
+        return true;
+      },
+    );
   }
 
   it('has the documented defaults with nothing set', () => {
@@ -169,14 +172,33 @@ describe('loadConfig', () => {
       [{ http: { port: 'x' } }, `config file ${name}: http.port: must be integer`],
       [{ http: { port: 0 } }, `config file ${name}: http.port: must be >= 1`],
       [{ http: { tls: true } }, `config file ${name}: http.tls: is not allowed`],
-      [{ stores: [{ name: 'a', type: 'sqlite' }, { name: 'b', type: 3 }] }, `config file ${name}: stores[1].type: must be string`],
+      [
+        {
+          stores: [
+            { name: 'a', type: 'sqlite' },
+            { name: 'b', type: 3 },
+          ],
+        },
+        `config file ${name}: stores[1].type: must be string`,
+      ],
       [{ stores: [{ type: 'sqlite' }] }, `config file ${name}: stores[0].name: is required`],
       [{ stores: [{ name: 'has space', type: 'sqlite' }] }, new RegExp(`^config file ${name}: stores\\[0\\]\\.name: must match pattern`)],
-      [{ stores: [{ name: 'a', type: 'sqlite' }, { name: 'a', type: 'sqlite' }] }, `config file ${name}: stores[1].name: duplicate store name "a"`],
+      [
+        {
+          stores: [
+            { name: 'a', type: 'sqlite' },
+            { name: 'a', type: 'sqlite' },
+          ],
+        },
+        `config file ${name}: stores[1].name: duplicate store name "a"`,
+      ],
       [{ plugins: ['./ok.ts', 7] }, `config file ${name}: plugins[1]: must be string`],
       [{ etcd: { endpoints: 'a:1' } }, `config file ${name}: etcd.endpoints: must be array`],
       [{ retention: true }, `config file ${name}: retention: must be number or string`],
-      [{ retention: '1 week' }, `config file ${name}: retention: must be a positive duration such as "24h", "60s", "500ms" or a number of seconds, got "1 week"`],
+      [
+        { retention: '1 week' },
+        `config file ${name}: retention: must be a positive duration such as "24h", "60s", "500ms" or a number of seconds, got "1 week"`,
+      ],
       [{ sessionIdleTimeout: -1 }, new RegExp(`^config file ${name}: sessionIdleTimeout: must be a positive duration`)],
       [{ maxOpenSessions: 1.5 }, `config file ${name}: maxOpenSessions: must be integer`],
     ];

@@ -26,8 +26,12 @@ function pointsFor(storeCount: number): string[] {
 /** Before the commit point only an interactive session's first record exists: it is cancelled. */
 const endsAbsent = (point: string, mode: Mode) => point === 'begin.afterRecord' && mode === 'interactive';
 
-
-async function runSession(request: (m: string, p: string, b?: unknown) => Promise<{ status: number; body: Record<string, unknown> }>, mode: Mode, key: string, changes: Record<string, unknown[]>) {
+async function runSession(
+  request: (m: string, p: string, b?: unknown) => Promise<{ status: number; body: Record<string, unknown> }>,
+  mode: Mode,
+  key: string,
+  changes: Record<string, unknown[]>,
+) {
   if (mode === 'one-shot') return request('POST', '/v1/commits', { key, changes });
   await request('POST', '/v1/sessions', { key, stores: Object.keys(changes) });
   for (const [store, list] of Object.entries(changes)) await request('POST', `/v1/sessions/${key}/changes`, { store, changes: list });

@@ -40,10 +40,14 @@ describe('ordering guard (unit)', () => {
     const floor = new RevisionFloor();
     floor.observe(response(10));
     let linearizableCalls = 0;
-    const answer = await orderedRead(floor, async () => response(10, 'serializable'), async () => {
-      linearizableCalls++;
-      return response(11, 'linearizable');
-    });
+    const answer = await orderedRead(
+      floor,
+      async () => response(10, 'serializable'),
+      async () => {
+        linearizableCalls++;
+        return response(11, 'linearizable');
+      },
+    );
     assert.equal(answer.tag, 'serializable');
     assert.equal(linearizableCalls, 0);
   });
@@ -52,7 +56,12 @@ describe('ordering guard (unit)', () => {
     const floor = new RevisionFloor();
     floor.observe(response(10));
     const stale: [number, number][] = [];
-    const answer = await orderedRead(floor, async () => response(7, 'serializable'), async () => response(12, 'linearizable'), (revision, seen) => stale.push([revision, seen]));
+    const answer = await orderedRead(
+      floor,
+      async () => response(7, 'serializable'),
+      async () => response(12, 'linearizable'),
+      (revision, seen) => stale.push([revision, seen]),
+    );
     assert.equal(answer.tag, 'linearizable');
     assert.deepEqual(stale, [[7, 10]]);
     assert.equal(floor.highest, 12, 'the linearizable answer raises the floor');
@@ -61,10 +70,14 @@ describe('ordering guard (unit)', () => {
   it('judges an answer against the floor when its read was sent, not against answers that raced it', async () => {
     const floor = new RevisionFloor();
     floor.observe(response(10));
-    const answer = await orderedRead(floor, async () => {
-      floor.observe(response(15)); // a write answered while this read was in flight
-      return response(12, 'serializable');
-    }, async () => response(16, 'linearizable'));
+    const answer = await orderedRead(
+      floor,
+      async () => {
+        floor.observe(response(15)); // a write answered while this read was in flight
+        return response(12, 'serializable');
+      },
+      async () => response(16, 'linearizable'),
+    );
     assert.equal(answer.tag, 'serializable', 'revision 12 is not older than the 10 seen when the read was sent');
     assert.equal(floor.highest, 15);
   });
@@ -72,7 +85,14 @@ describe('ordering guard (unit)', () => {
   it('leaves errors of either read to the caller', async () => {
     const floor = new RevisionFloor();
     floor.observe(response(10));
-    await assert.rejects(orderedRead(floor, async () => response(1), async () => Promise.reject(new Error('etcd down'))), /etcd down/);
+    await assert.rejects(
+      orderedRead(
+        floor,
+        async () => response(1),
+        async () => Promise.reject(new Error('etcd down')),
+      ),
+      /etcd down/,
+    );
   });
 });
 
@@ -146,7 +166,6 @@ function startLoad(service: ProcessService, workers: number, label: string) {
   };
 }
 
-
 /** Every acknowledged key is committed with its session ID and its rows exist once; nothing is doubled. */
 async function verify(service: ProcessService, paths: readonly string[], load: ReturnType<typeof startLoad>): Promise<void> {
   assert.deepEqual(load.dropped, [], 'commitd never dropped a connection');
@@ -178,14 +197,19 @@ describe('etcd faults under load', { skip: skipUnlessFound(kvNeeds('etcd')) }, (
         await waitFor('commits before the fault', () => (load.acknowledged.length >= 20 ? true : undefined), { timeoutMs: 30_000 });
         await etcd.kill('SIGKILL');
         const killedAt = Date.now();
-        await waitFor('a 503 during the outage', () => (load.answers.some((a) => a.status === 503 && a.at > killedAt) ? true : undefined), { timeoutMs: 15_000, intervalMs: 50 });
+        await waitFor('a 503 during the outage', () => (load.answers.some((a) => a.status === 503 && a.at > killedAt) ? true : undefined), {
+          timeoutMs: 15_000,
+          intervalMs: 50,
+        });
         await sleep(Math.max(0, killedAt + 2000 - Date.now()));
         await etcd.restart();
         const upAt = Date.now();
         // etcd3's circuit breaker fails calls fast for 5 s after the failures; allow for it.
         await waitFor('commits again after the restart', () => (load.acksSince(upAt) >= 20 ? true : undefined), { timeoutMs: 45_000 });
         const firstAck = load.acknowledged.find((ack) => ack.at > upAt);
-        t.diagnostic(`outage answers: ${load.answers.filter((a) => a.at > killedAt && a.at < upAt).length}; first commit ${(firstAck?.at ?? upAt) - upAt} ms after etcd was back`);
+        t.diagnostic(
+          `outage answers: ${load.answers.filter((a) => a.at > killedAt && a.at < upAt).length}; first commit ${(firstAck?.at ?? upAt) - upAt} ms after etcd was back`,
+        );
       } finally {
         await load.stop();
       }
@@ -215,7 +239,11 @@ describe('etcd faults under load', { skip: skipUnlessFound(kvNeeds('etcd')) }, (
       const lagging = cluster.members[follower] as EtcdServer;
       const namespace = `/ordering-${randomUUID()}/`;
       const stale: number[] = [];
-      const guarded = new EtcdKv({ endpoints: [cluster.endpoints[leader] as string, lagging.clientUrl], namespace, onStaleRead: (_op, revision) => stale.push(revision) });
+      const guarded = new EtcdKv({
+        endpoints: [cluster.endpoints[leader] as string, lagging.clientUrl],
+        namespace,
+        onStaleRead: (_op, revision) => stale.push(revision),
+      });
       const writer = new EtcdKv({ endpoints: [cluster.endpoints[leader] as string], namespace });
       try {
         let revision = await writer.create('x', '0');
@@ -265,7 +293,9 @@ describe('etcd faults under load', { skip: skipUnlessFound(kvNeeds('etcd')) }, (
           const killedAt = Date.now();
           await waitFor('commits after the leader died', () => (load.acksSince(killedAt) >= 30 ? true : undefined), { timeoutMs: 45_000 });
           const firstAck = load.acknowledged.find((ack) => ack.at > killedAt);
-          t.diagnostic(`first commit ${(firstAck?.at ?? killedAt) - killedAt} ms after the leader died; 503s after: ${load.answers.filter((a) => a.status === 503 && a.at > killedAt).length}`);
+          t.diagnostic(
+            `first commit ${(firstAck?.at ?? killedAt) - killedAt} ms after the leader died; 503s after: ${load.answers.filter((a) => a.status === 503 && a.at > killedAt).length}`,
+          );
           await (cluster.members[leader] as EtcdServer).restart();
         } finally {
           await load.stop();

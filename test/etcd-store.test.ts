@@ -48,7 +48,10 @@ describe('etcd store', () => {
   }
 
   const etcd = (): Etcd3 => client as Etcd3;
-  const get = (key: string): Promise<string | null> => etcd().get(PREFIX + key).string();
+  const get = (key: string): Promise<string | null> =>
+    etcd()
+      .get(PREFIX + key)
+      .string();
   const marker = (key: string): Promise<string | null> => get(`commitd/sessions/${key}`);
 
   it('commits puts, deletes and the marker in one transaction, once', async (t) => {
@@ -121,7 +124,11 @@ describe('etcd store', () => {
     });
     await session.cancel();
 
-    const full = await begun(store, 'et-ops-full', Array.from({ length: ETCD_MAX_CHANGED_KEYS }, (_, i) => put(`et-ops-full/${i}`, String(i))));
+    const full = await begun(
+      store,
+      'et-ops-full',
+      Array.from({ length: ETCD_MAX_CHANGED_KEYS }, (_, i) => put(`et-ops-full/${i}`, String(i))),
+    );
     await full.commit(keyBytes('et-ops-full'));
     const { kvs } = await etcd().getAll().prefix(`${PREFIX}et-ops-full/`).exec();
     assert.equal(kvs.length, ETCD_MAX_CHANGED_KEYS);
@@ -132,7 +139,11 @@ describe('etcd store', () => {
     const small = await startEtcd({ extraArgs: ['--max-txn-ops', '4'] });
     try {
       const store = await open({ endpoints: small.endpoints });
-      const session = await begun(store, 'et-small', Array.from({ length: 4 }, (_, i) => put(`et-small/${i}`, 'x')));
+      const session = await begun(
+        store,
+        'et-small',
+        Array.from({ length: 4 }, (_, i) => put(`et-small/${i}`, 'x')),
+      );
       await assert.rejects(session.commit(keyBytes('et-small')), { code: 'PAYLOAD_TOO_LARGE', message: /--max-txn-ops is below 128/ });
       await session.cancel();
     } finally {

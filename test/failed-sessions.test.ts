@@ -62,7 +62,10 @@ for (const kv of KV_BACKENDS) {
       await crashAtCommitPoint('f-retry', 8); // this start-up's recovery already fails f-abandon
       service = await startProcess(options);
 
-      for (const [key, id] of [['f-abandon', 7], ['f-retry', 8]] as const) {
+      for (const [key, id] of [
+        ['f-abandon', 7],
+        ['f-retry', 8],
+      ] as const) {
         const shown = await service.request('GET', `/v1/sessions/${key}`);
         assert.equal(shown.status, 200, JSON.stringify(shown.body));
         assert.equal(shown.body.state, 'failed');
@@ -91,7 +94,9 @@ for (const kv of KV_BACKENDS) {
     it('abandon drops a failed session with its log', async () => {
       assert.ok(service);
       // Operators at once: one abandons it, the others are told it is gone or changed (never 500).
-      const answers = await Promise.all(Array.from({ length: 8 }, () => (service as ProcessService).request('POST', '/v1/sessions/f-abandon/resolve', { action: 'abandon' })));
+      const answers = await Promise.all(
+        Array.from({ length: 8 }, () => (service as ProcessService).request('POST', '/v1/sessions/f-abandon/resolve', { action: 'abandon' })),
+      );
       const abandoned = answers.find((answer) => answer.status === 200);
       assert.ok(abandoned, JSON.stringify(answers.map((a) => a.body)));
       assert.deepEqual(abandoned.body, { key: 'f-abandon', state: 'abandoned' });
@@ -100,7 +105,10 @@ for (const kv of KV_BACKENDS) {
       }
       assert.equal((await service.request('GET', '/v1/sessions/f-abandon')).status, 404);
       const listed = await service.request('GET', '/v1/sessions?state=failed');
-      assert.deepEqual((listed.body.sessions as { key: string }[]).map((s) => s.key), ['f-retry']);
+      assert.deepEqual(
+        (listed.body.sessions as { key: string }[]).map((s) => s.key),
+        ['f-retry'],
+      );
       const metrics = await (await fetch(`${service.url}/metrics`)).text();
       assert.equal(metricValue(metrics, 'commitd_sessions_failed'), 1);
       assert.equal((await service.request('POST', '/v1/sessions/f-abandon/resolve', { action: 'abandon' })).status, 404, 'gone');
@@ -116,7 +124,9 @@ for (const kv of KV_BACKENDS) {
 
       sqliteRun(s2Path, "DELETE FROM p WHERE id = 8 AND note = 'intruder'");
       // Operators at once: one rolls it forward; the others get the result or a 409 (never 500).
-      const answers = await Promise.all(Array.from({ length: 8 }, () => (service as ProcessService).request('POST', '/v1/sessions/f-retry/resolve', { action: 'retry' })));
+      const answers = await Promise.all(
+        Array.from({ length: 8 }, () => (service as ProcessService).request('POST', '/v1/sessions/f-retry/resolve', { action: 'retry' })),
+      );
       for (const answer of answers) assert.ok([200, 409].includes(answer.status), JSON.stringify(answer.body));
       const resolved = answers.find((answer) => answer.status === 200);
       assert.ok(resolved, JSON.stringify(answers.map((a) => a.body)));
@@ -137,7 +147,11 @@ for (const kv of KV_BACKENDS) {
       assert.deepEqual(listed.body.sessions, []);
       const metrics = await (await fetch(`${service.url}/metrics`)).text();
       assert.equal(metricValue(metrics, 'commitd_sessions_failed'), 0);
-      assert.equal((await service.request('POST', '/v1/sessions/f-retry/resolve', { action: 'abandon' })).body.state, 'committed', 'a committed key answers its result');
+      assert.equal(
+        (await service.request('POST', '/v1/sessions/f-retry/resolve', { action: 'abandon' })).body.state,
+        'committed',
+        'a committed key answers its result',
+      );
     });
   });
 }

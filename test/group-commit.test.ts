@@ -25,7 +25,9 @@ describe('sqlite group commit and a crash', () => {
     // decided in y's open group, which nobody asks to commit yet.
     const doomed = await startProcess({ dir, stores }, 'commit.afterStore.1=delay(60000)');
     const commit = (key: string, y: string) =>
-      void doomed.request('POST', '/v1/commits', { key, changes: { x: [{ sql: `INSERT INTO t (id) VALUES (${key === 'z-first' ? 1 : 2})` }], y: [{ sql: y }] } }).catch(() => undefined);
+      void doomed
+        .request('POST', '/v1/commits', { key, changes: { x: [{ sql: `INSERT INTO t (id) VALUES (${key === 'z-first' ? 1 : 2})` }], y: [{ sql: y }] } })
+        .catch(() => undefined);
 
     // Keys sort the other way round from the order the sessions commit in.
     commit('z-first', "INSERT INTO t (id, v) VALUES (1, 'a')");

@@ -77,7 +77,8 @@ function assertOk(response: LightMyRequestResponse, status = 200): Record<string
 
 /** An `items` table with a unique name, in each sqlite store of the service. */
 function createTables(service: TestService, stores: readonly string[] = ['main', 'audit']): void {
-  for (const store of stores) sqliteRun(join(service.dir, `${store}.db`), 'CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)');
+  for (const store of stores)
+    sqliteRun(join(service.dir, `${store}.db`), 'CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)');
 }
 
 /** Names in `items` of a store, in insertion order. */
@@ -113,7 +114,9 @@ for (const kv of KV_BACKENDS) {
         assert.equal(begun.state, 'active');
         assert.equal(begun.recovery, false);
 
-        const applied = assertOk(await call(app, 'POST', `/v1/sessions/${key}/changes`, { body: { store: 'main', changes: [insert(`${key}-a`), insert(`${key}-b`)] } }));
+        const applied = assertOk(
+          await call(app, 'POST', `/v1/sessions/${key}/changes`, { body: { store: 'main', changes: [insert(`${key}-a`), insert(`${key}-b`)] } }),
+        );
         assert.deepEqual(applied, { key, store: 'main', applied: 2 });
         assertOk(await call(app, 'POST', `/v1/sessions/${key}/changes`, { body: { store: 'audit', changes: [insert(`${key}-c`)] } }));
 
@@ -126,8 +129,14 @@ for (const kv of KV_BACKENDS) {
         assert.equal(committed.state, 'committed');
         assert.match(String(committed.sessionId), HEX_ID);
         assert.deepEqual(Object.keys(committed.stores as object).sort(), ['audit', 'main']);
-        assert.deepEqual(itemNames(service, 'main').filter((name) => name.startsWith(key)), [`${key}-a`, `${key}-b`]);
-        assert.deepEqual(itemNames(service, 'audit').filter((name) => name.startsWith(key)), [`${key}-c`]);
+        assert.deepEqual(
+          itemNames(service, 'main').filter((name) => name.startsWith(key)),
+          [`${key}-a`, `${key}-b`],
+        );
+        assert.deepEqual(
+          itemNames(service, 'audit').filter((name) => name.startsWith(key)),
+          [`${key}-c`],
+        );
 
         const retried = assertOk(await call(app, 'POST', `/v1/sessions/${key}/commit`, { body: {} }));
         assert.equal(retried.sessionId, committed.sessionId);
@@ -141,7 +150,11 @@ for (const kv of KV_BACKENDS) {
         const replay = assertOk(await call(app, 'POST', '/v1/sessions', { body: { key } }));
         assert.equal(replay.state, 'committed');
         assert.equal(replay.sessionId, committed.sessionId);
-        assert.deepEqual(itemNames(service, 'main').filter((name) => name.startsWith(key)), [`${key}-a`, `${key}-b`], 'applied once');
+        assert.deepEqual(
+          itemNames(service, 'main').filter((name) => name.startsWith(key)),
+          [`${key}-a`, `${key}-b`],
+          'applied once',
+        );
       });
 
       it('takes the key from the Idempotency-Key header (bare or quoted) and begins on chosen stores', async () => {
@@ -149,7 +162,12 @@ for (const kv of KV_BACKENDS) {
         const begun = assertOk(await call(app, 'POST', '/v1/sessions', { headers: { 'idempotency-key': key }, body: { stores: ['main'] } }), 201);
         assert.equal(begun.key, key);
         assert.deepEqual(begun.stores, ['main']);
-        assertOk(await call(app, 'POST', `/v1/sessions/${key}/changes`, { headers: { 'idempotency-key': `"${key}"` }, body: { store: 'main', changes: [insert(key)] } }));
+        assertOk(
+          await call(app, 'POST', `/v1/sessions/${key}/changes`, {
+            headers: { 'idempotency-key': `"${key}"` },
+            body: { store: 'main', changes: [insert(key)] },
+          }),
+        );
         const committed = assertOk(await call(app, 'POST', `/v1/sessions/${key}/commit`, { headers: { 'idempotency-key': key } }));
         assert.deepEqual(Object.keys(committed.stores as object), ['main']);
 
@@ -201,7 +219,10 @@ for (const kv of KV_BACKENDS) {
         assert.deepEqual(Object.keys(committed.stores as object).sort(), ['audit', 'main']);
         const again = assertOk(await call(app, 'POST', '/v1/commits', request));
         assert.equal(again.sessionId, committed.sessionId);
-        assert.deepEqual(itemNames(service, 'main').filter((name) => name.startsWith(key)), [`${key}-m`]);
+        assert.deepEqual(
+          itemNames(service, 'main').filter((name) => name.startsWith(key)),
+          [`${key}-m`],
+        );
 
         assertProblem(await call(app, 'POST', '/v1/commits', { body: { key, changes: { main: [insert(`${key}-other`)] } } }), 422, 'key_reused');
         assert.ok(!itemNames(service, 'main').includes(`${key}-other`));
@@ -218,12 +239,15 @@ for (const kv of KV_BACKENDS) {
     describe('stores', () => {
       it('lists, registers (201), uses and removes (204) a store', async () => {
         const listed = assertOk(await call(app, 'GET', '/v1/stores'));
-        assert.deepEqual(
-          (listed.stores as { name: string; type: string }[]).map((store) => `${store.name}:${store.type}`).sort(),
-          ['audit:sqlite', 'main:sqlite'],
-        );
+        assert.deepEqual((listed.stores as { name: string; type: string }[]).map((store) => `${store.name}:${store.type}`).sort(), [
+          'audit:sqlite',
+          'main:sqlite',
+        ]);
 
-        const added = assertOk(await call(app, 'POST', '/v1/stores', { body: { name: 'extra', type: 'sqlite', options: { path: join(service.dir, 'extra.db') } } }), 201);
+        const added = assertOk(
+          await call(app, 'POST', '/v1/stores', { body: { name: 'extra', type: 'sqlite', options: { path: join(service.dir, 'extra.db') } } }),
+          201,
+        );
         assert.deepEqual(added, { name: 'extra', type: 'sqlite' });
         assert.ok((body(await call(app, 'GET', '/v1/stores')).stores as { name: string }[]).some((store) => store.name === 'extra'));
         createTables(service, ['extra']);
@@ -295,10 +319,22 @@ for (const kv of KV_BACKENDS) {
         assertProblem(await call(app, 'POST', '/v1/sessions', { body: { key: freshKey('unknown-store'), stores: ['nosuchstore'] } }), 400, 'invalid_request');
         const key = freshKey('bad-change');
         assertOk(await call(app, 'POST', '/v1/sessions', { body: { key } }), 201);
-        assertProblem(await call(app, 'POST', `/v1/sessions/${key}/changes`, { body: { store: 'nosuchstore', changes: [insert(key)] } }), 400, 'invalid_request');
+        assertProblem(
+          await call(app, 'POST', `/v1/sessions/${key}/changes`, { body: { store: 'nosuchstore', changes: [insert(key)] } }),
+          400,
+          'invalid_request',
+        );
         assertProblem(await call(app, 'POST', `/v1/sessions/${key}/changes`, { body: { store: 'main', changes: [{ sql: 42 }] } }), 400, 'invalid_request');
-        assertProblem(await call(app, 'POST', `/v1/sessions/${key}/changes`, { body: { store: 'main', changes: [{ command: ['SET', 'a', 'b'] }] } }), 400, 'invalid_request');
-        assertProblem(await call(app, 'POST', '/v1/commits', { body: { key: freshKey('once-unknown'), changes: { nosuchstore: [insert('x')] } } }), 400, 'invalid_request');
+        assertProblem(
+          await call(app, 'POST', `/v1/sessions/${key}/changes`, { body: { store: 'main', changes: [{ command: ['SET', 'a', 'b'] }] } }),
+          400,
+          'invalid_request',
+        );
+        assertProblem(
+          await call(app, 'POST', '/v1/commits', { body: { key: freshKey('once-unknown'), changes: { nosuchstore: [insert('x')] } } }),
+          400,
+          'invalid_request',
+        );
         assertOk(await call(app, 'POST', `/v1/sessions/${key}/cancel`));
       });
 
@@ -323,7 +359,9 @@ for (const kv of KV_BACKENDS) {
         const key = freshKey('missing-table');
         assertOk(await call(app, 'POST', '/v1/sessions', { body: { key } }), 201);
         // SQLite may refuse at apply (the statement does not compile) or at commit (prepare).
-        const applied = await call(app, 'POST', `/v1/sessions/${key}/changes`, { body: { store: 'main', changes: [{ sql: 'INSERT INTO no_such_table (x) VALUES (1)' }] } });
+        const applied = await call(app, 'POST', `/v1/sessions/${key}/changes`, {
+          body: { store: 'main', changes: [{ sql: 'INSERT INTO no_such_table (x) VALUES (1)' }] },
+        });
         const answer = applied.statusCode === 200 ? await call(app, 'POST', `/v1/sessions/${key}/commit`) : applied;
         const problem = assertProblem(answer, 409, 'store_conflict');
         assert.equal(problem.store, 'main');
@@ -347,7 +385,11 @@ for (const kv of KV_BACKENDS) {
         assert.notEqual(body(await call(app, 'GET', `/v1/sessions/${key}`)).state, 'committed');
 
         const once = freshKey('unique-once');
-        assertProblem(await call(app, 'POST', '/v1/commits', { body: { key: once, changes: { main: [insert(taken)], audit: [insert(once)] } } }), 409, 'store_conflict');
+        assertProblem(
+          await call(app, 'POST', '/v1/commits', { body: { key: once, changes: { main: [insert(taken)], audit: [insert(once)] } } }),
+          409,
+          'store_conflict',
+        );
         assert.ok(!itemNames(service, 'audit').includes(once));
       });
 
@@ -379,38 +421,206 @@ for (const kv of KV_BACKENDS) {
       const good = { main: [insert(`${key}-row`)] };
       const cases: Case[] = [
         { name: 'bad JSON (begin)', method: 'POST', url: '/v1/sessions', request: { raw: '{"key":' }, status: 400, code: 'invalid_request' },
-        { name: 'bad JSON (changes)', method: 'POST', url: `/v1/sessions/${open}/changes`, request: { raw: '{"store":"main","changes":[' }, status: 400, code: 'invalid_request' },
-        { name: 'bad JSON (one-shot)', method: 'POST', url: '/v1/commits', request: { raw: `{"key":"${key}","changes":{"main":[}}` }, status: 400, code: 'invalid_request' },
+        {
+          name: 'bad JSON (changes)',
+          method: 'POST',
+          url: `/v1/sessions/${open}/changes`,
+          request: { raw: '{"store":"main","changes":[' },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'bad JSON (one-shot)',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { raw: `{"key":"${key}","changes":{"main":[}}` },
+          status: 400,
+          code: 'invalid_request',
+        },
         { name: 'a JSON array body', method: 'POST', url: '/v1/commits', request: { raw: '[]' }, status: 400, code: 'invalid_request' },
-        { name: 'wrong content type', method: 'POST', url: '/v1/commits', request: { raw: `key=${key}`, contentType: 'application/x-www-form-urlencoded' }, status: 400, code: 'invalid_request' },
-        { name: 'text body', method: 'POST', url: '/v1/commits', request: { raw: JSON.stringify({ key, changes: good }), contentType: 'text/plain' }, status: 400, code: 'invalid_request' },
-        { name: 'key of the wrong type', method: 'POST', url: '/v1/commits', request: { body: { key: 42, changes: good } }, status: 400, code: 'invalid_request' },
-        { name: 'changes not an object', method: 'POST', url: '/v1/commits', request: { body: { key, changes: [insert(key)] } }, status: 400, code: 'invalid_request' },
-        { name: 'changes of a store not an array', method: 'POST', url: '/v1/commits', request: { body: { key, changes: { main: insert(key) } } }, status: 400, code: 'invalid_request' },
-        { name: 'a change not an object', method: 'POST', url: '/v1/commits', request: { body: { key, changes: { main: ['INSERT INTO items (name) VALUES (1)'] } } }, status: 400, code: 'invalid_request' },
+        {
+          name: 'wrong content type',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { raw: `key=${key}`, contentType: 'application/x-www-form-urlencoded' },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'text body',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { raw: JSON.stringify({ key, changes: good }), contentType: 'text/plain' },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'key of the wrong type',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { body: { key: 42, changes: good } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'changes not an object',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { body: { key, changes: [insert(key)] } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'changes of a store not an array',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { body: { key, changes: { main: insert(key) } } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'a change not an object',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { body: { key, changes: { main: ['INSERT INTO items (name) VALUES (1)'] } } },
+          status: 400,
+          code: 'invalid_request',
+        },
         { name: 'no changes at all', method: 'POST', url: '/v1/commits', request: { body: { key, changes: {} } }, status: 400, code: 'invalid_request' },
         { name: 'stores not an array', method: 'POST', url: '/v1/sessions', request: { body: { key, stores: 'main' } }, status: 400, code: 'invalid_request' },
-        { name: 'an unknown body field', method: 'POST', url: '/v1/commits', request: { body: { key, changes: good, extra: true } }, status: 400, code: 'invalid_request' },
-        { name: 'an unknown store (one-shot)', method: 'POST', url: '/v1/commits', request: { body: { key, changes: { nosuchstore: [insert(key)] } } }, status: 400, code: 'invalid_request' },
-        { name: 'an unknown store (begin)', method: 'POST', url: '/v1/sessions', request: { body: { key, stores: ['main', 'nosuchstore'] } }, status: 400, code: 'invalid_request' },
-        { name: 'an invalid store name', method: 'POST', url: '/v1/commits', request: { body: { key, changes: { 'no such store': [insert(key)] } } }, status: 400, code: 'invalid_request' },
-        { name: 'an unknown store (changes)', method: 'POST', url: `/v1/sessions/${open}/changes`, request: { body: { store: 'nosuchstore', changes: [insert(key)] } }, status: 400, code: 'invalid_request' },
+        {
+          name: 'an unknown body field',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { body: { key, changes: good, extra: true } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'an unknown store (one-shot)',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { body: { key, changes: { nosuchstore: [insert(key)] } } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'an unknown store (begin)',
+          method: 'POST',
+          url: '/v1/sessions',
+          request: { body: { key, stores: ['main', 'nosuchstore'] } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'an invalid store name',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { body: { key, changes: { 'no such store': [insert(key)] } } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'an unknown store (changes)',
+          method: 'POST',
+          url: `/v1/sessions/${open}/changes`,
+          request: { body: { store: 'nosuchstore', changes: [insert(key)] } },
+          status: 400,
+          code: 'invalid_request',
+        },
         { name: 'no key anywhere', method: 'POST', url: '/v1/commits', request: { body: { changes: good } }, status: 400, code: 'invalid_request' },
-        { name: 'key "a b" in the body', method: 'POST', url: '/v1/commits', request: { body: { key: 'a b', changes: good } }, status: 400, code: 'invalid_request' },
-        { name: 'key "ü" in the body', method: 'POST', url: '/v1/commits', request: { body: { key: 'ü', changes: good } }, status: 400, code: 'invalid_request' },
-        { name: 'a 201-character key in the body', method: 'POST', url: '/v1/commits', request: { body: { key: 'k'.repeat(201), changes: good } }, status: 400, code: 'invalid_request' },
+        {
+          name: 'key "a b" in the body',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { body: { key: 'a b', changes: good } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'key "ü" in the body',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { body: { key: 'ü', changes: good } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'a 201-character key in the body',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { body: { key: 'k'.repeat(201), changes: good } },
+          status: 400,
+          code: 'invalid_request',
+        },
         { name: 'an empty key in the body', method: 'POST', url: '/v1/sessions', request: { body: { key: '' } }, status: 400, code: 'invalid_request' },
-        { name: 'key "a b" in the header', method: 'POST', url: '/v1/commits', request: { headers: { 'idempotency-key': 'a b' }, body: { changes: good } }, status: 400, code: 'invalid_request' },
-        { name: 'a 201-character key in the header', method: 'POST', url: '/v1/sessions', request: { headers: { 'idempotency-key': 'k'.repeat(201) } }, status: 400, code: 'invalid_request' },
+        {
+          name: 'key "a b" in the header',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { headers: { 'idempotency-key': 'a b' }, body: { changes: good } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'a 201-character key in the header',
+          method: 'POST',
+          url: '/v1/sessions',
+          request: { headers: { 'idempotency-key': 'k'.repeat(201) } },
+          status: 400,
+          code: 'invalid_request',
+        },
         { name: 'key "a b" in the path', method: 'POST', url: '/v1/sessions/a%20b/commit', status: 400, code: 'invalid_request' },
         { name: 'key "ü" in the path', method: 'GET', url: '/v1/sessions/%C3%BC', status: 400, code: 'invalid_request' },
-        { name: 'a 201-character key in the path', method: 'POST', url: `/v1/sessions/${'k'.repeat(201)}/changes`, request: { body: { store: 'main', changes: [insert(key)] } }, status: 400, code: 'invalid_request' },
-        { name: 'header and body keys disagree (begin)', method: 'POST', url: '/v1/sessions', request: { headers: { 'idempotency-key': `${key}-other` }, body: { key } }, status: 400, code: 'invalid_request' },
-        { name: 'header and body keys disagree (one-shot)', method: 'POST', url: '/v1/commits', request: { headers: { 'idempotency-key': `${key}-other` }, body: { key, changes: good } }, status: 400, code: 'invalid_request' },
-        { name: 'header and path keys disagree', method: 'POST', url: `/v1/sessions/${open}/commit`, request: { headers: { 'idempotency-key': key } }, status: 400, code: 'invalid_request' },
+        {
+          name: 'a 201-character key in the path',
+          method: 'POST',
+          url: `/v1/sessions/${'k'.repeat(201)}/changes`,
+          request: { body: { store: 'main', changes: [insert(key)] } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'header and body keys disagree (begin)',
+          method: 'POST',
+          url: '/v1/sessions',
+          request: { headers: { 'idempotency-key': `${key}-other` }, body: { key } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'header and body keys disagree (one-shot)',
+          method: 'POST',
+          url: '/v1/commits',
+          request: { headers: { 'idempotency-key': `${key}-other` }, body: { key, changes: good } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'header and path keys disagree',
+          method: 'POST',
+          url: `/v1/sessions/${open}/commit`,
+          request: { headers: { 'idempotency-key': key } },
+          status: 400,
+          code: 'invalid_request',
+        },
         { name: 'an unknown session state filter', method: 'GET', url: '/v1/sessions?state=exploded', status: 400, code: 'invalid_request' },
-        { name: 'an unknown resolve action', method: 'POST', url: `/v1/sessions/${open}/resolve`, request: { body: { action: 'shrug' } }, status: 400, code: 'invalid_request' },
-        { name: 'a body on commit', method: 'POST', url: `/v1/sessions/${open}/commit`, request: { body: { force: true } }, status: 400, code: 'invalid_request' },
+        {
+          name: 'an unknown resolve action',
+          method: 'POST',
+          url: `/v1/sessions/${open}/resolve`,
+          request: { body: { action: 'shrug' } },
+          status: 400,
+          code: 'invalid_request',
+        },
+        {
+          name: 'a body on commit',
+          method: 'POST',
+          url: `/v1/sessions/${open}/commit`,
+          request: { body: { force: true } },
+          status: 400,
+          code: 'invalid_request',
+        },
         {
           name: 'a body over the limit',
           method: 'POST',

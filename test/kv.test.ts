@@ -14,12 +14,7 @@ import Database from 'better-sqlite3';
 import type { Kv } from '../src/kv/kv.ts';
 import { EtcdKv } from '../src/kv/etcd.ts';
 import { SqliteKv } from '../src/kv/sqlite.ts';
-import {
-  AlreadyExistsError,
-  ConstraintViolatedError,
-  UnavailableError,
-  VersionMismatchError,
-} from '../src/kv/errors.ts';
+import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from '../src/kv/errors.ts';
 import { etcdBinary, etcdRequest, startEtcd, type EtcdServer } from './harness/etcd.ts';
 import { skipOrFail } from './harness/require.ts';
 
@@ -168,8 +163,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
   describe(`KV contract: ${backend.name}`, () => {
     const fixture = useBackend(backend);
     const open = (t: TestContext, log?: OperationLog): Kv | undefined => fixture(t)?.open(log);
-    const revokeElsewhere = (t: TestContext, kv: Kv, leaseId: string): Promise<void> =>
-      fixture(t)?.revokeElsewhere(kv, leaseId) ?? assert.fail('no fixture');
+    const revokeElsewhere = (t: TestContext, kv: Kv, leaseId: string): Promise<void> => fixture(t)?.revokeElsewhere(kv, leaseId) ?? assert.fail('no fixture');
 
     it('get of a missing key is undefined', async (t) => {
       const kv = open(t);
@@ -227,9 +221,18 @@ for (const backend of [etcdBackend, sqliteBackend]) {
       if (!kv) return;
       for (const key of ['a/2', 'b/1', 'a/10', 'a', 'ab', 'a/1']) await kv.create(key, `value of ${key}`);
       const listed = await kv.list('a/');
-      assert.deepEqual(listed.map((entry) => entry.key), ['a/1', 'a/10', 'a/2']);
-      assert.deepEqual(listed.map((entry) => entry.value), ['value of a/1', 'value of a/10', 'value of a/2']);
-      assert.deepEqual((await kv.list('')).map((entry) => entry.key), ['a', 'a/1', 'a/10', 'a/2', 'ab', 'b/1']);
+      assert.deepEqual(
+        listed.map((entry) => entry.key),
+        ['a/1', 'a/10', 'a/2'],
+      );
+      assert.deepEqual(
+        listed.map((entry) => entry.value),
+        ['value of a/1', 'value of a/10', 'value of a/2'],
+      );
+      assert.deepEqual(
+        (await kv.list('')).map((entry) => entry.key),
+        ['a', 'a/1', 'a/10', 'a/2', 'ab', 'b/1'],
+      );
       assert.deepEqual(await kv.list('c/', { consistency: 'serializable' }), []);
     });
 
@@ -265,7 +268,10 @@ for (const backend of [etcdBackend, sqliteBackend]) {
         { type: 'delete', key: 'y', revision },
         { type: 'delete', key: 'z', revision },
       ]);
-      assert.deepEqual((await kv.list('')).map((entry) => entry.key), ['x']);
+      assert.deepEqual(
+        (await kv.list('')).map((entry) => entry.key),
+        ['x'],
+      );
     });
 
     it('txn check ops condition the writes without writing', async (t) => {
@@ -342,7 +348,10 @@ for (const backend of [etcdBackend, sqliteBackend]) {
       assert.equal((await kv.get('results/a'))?.value, 'r');
       const waited = await eventually('TTL expiry', 6000, async () => (await kv.get('results/a')) === undefined);
       assert.ok(waited >= 500, `expired after ${waited} ms, not before its TTL`);
-      assert.deepEqual((await kv.list('')).map((entry) => entry.key), ['kept']);
+      assert.deepEqual(
+        (await kv.list('')).map((entry) => entry.key),
+        ['kept'],
+      );
       await kv.create('results/a', 'again');
       assert.equal((await kv.get('results/a'))?.value, 'again');
     });
@@ -366,7 +375,10 @@ for (const backend of [etcdBackend, sqliteBackend]) {
       await kv.txn([{ type: 'create', key: 'instances/b', value: 'me', options: { lease } }]);
       await kv.create('other', 'x');
       await lease.revoke();
-      assert.deepEqual((await kv.list('')).map((entry) => entry.key), ['other']);
+      assert.deepEqual(
+        (await kv.list('')).map((entry) => entry.key),
+        ['other'],
+      );
       await assert.rejects(kv.create('instances/c', 'me', { lease }), ConstraintViolatedError);
     });
 

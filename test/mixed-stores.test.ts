@@ -18,7 +18,9 @@ import { startProcess } from './support/process.ts';
 import { postgresRows, sqliteRows } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, sharedEtcdServer } from './support/service.ts';
 
-describe('a mixed four-store session crashed after the second store', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir(), 'redis-server': redisBinary() }) }, () => {
+describe('a mixed four-store session crashed after the second store', {
+  skip: skipUnlessFound({ PostgreSQL: postgresBinDir(), 'redis-server': redisBinary() }),
+}, () => {
   let postgres: PostgresServer;
   let redis: RedisServer;
   const root = makeTempDir('mixed');
@@ -46,7 +48,11 @@ describe('a mixed four-store session crashed after the second store', { skip: sk
       ];
       const options = { dir, stores, etcd: kv === 'etcd' ? { endpoints: etcd.endpoints, namespace: `/mixed-${randomUUID()}/` } : undefined };
       const setup = await startProcess(options);
-      assert.equal((await setup.request('POST', '/v1/commits', { key: `schema-${kv}`, changes: { ledger: [{ sql: 'CREATE TABLE entries(k TEXT, amount INTEGER)' }] } })).status, 200);
+      assert.equal(
+        (await setup.request('POST', '/v1/commits', { key: `schema-${kv}`, changes: { ledger: [{ sql: 'CREATE TABLE entries(k TEXT, amount INTEGER)' }] } }))
+          .status,
+        200,
+      );
       await setup.process.stop();
 
       const key = `mixed-${kv}`;

@@ -28,13 +28,16 @@ type Answer = { status: number; body: Record<string, unknown> };
 
 const insert = (key: string, n: number) => ({ sql: 'INSERT INTO t(k, n) VALUES (?, ?)', params: [key, n] });
 
-
 /** Waits (asking B) until A's session under `key` is past its commit point, then SIGSTOPs A. */
 async function freezeAfterCommitPoint(a: ProcessService, b: ProcessService, key: string): Promise<void> {
-  await waitFor(`${key} past its commit point on A`, async () => {
-    const shown = await b.request('GET', `/v1/sessions/${key}`);
-    return shown.body.state === 'committing' ? true : undefined;
-  }, { intervalMs: 20 });
+  await waitFor(
+    `${key} past its commit point on A`,
+    async () => {
+      const shown = await b.request('GET', `/v1/sessions/${key}`);
+      return shown.body.state === 'committing' ? true : undefined;
+    },
+    { intervalMs: 20 },
+  );
   a.process.pause();
 }
 
@@ -98,7 +101,12 @@ describe('two instances on one etcd', { skip: skipUnlessFound(kvNeeds('etcd')) }
       ...[1, 2, 3].map((i) => ({ key: `kill-${i}`, mode: 'one-shot' as const, changes: { s1: [insert(`kill-${i}`, i)] } })),
       { key: 'kill-4', mode: 'interactive', changes: { s1: [insert('kill-4', 1)], s2: [insert('kill-4', 2)] } },
     ];
-    const onA = sessions.map(({ key, mode, changes }) => runSession(a, mode, key, changes).then((answer) => ({ answer }), (error: unknown) => ({ error })));
+    const onA = sessions.map(({ key, mode, changes }) =>
+      runSession(a, mode, key, changes).then(
+        (answer) => ({ answer }),
+        (error: unknown) => ({ error }),
+      ),
+    );
 
     for (const { key } of sessions) {
       await waitFor(`${key} past its commit point on A, s1 committed`, async () => {
@@ -112,11 +120,15 @@ describe('two instances on one etcd', { skip: skipUnlessFound(kvNeeds('etcd')) }
     const killedAt = Date.now();
     const answers: Answer[] = [];
     for (const { key, changes } of sessions) {
-      const shown = await waitFor(`${key} committed by B`, async () => {
-        const answer = await b.request('GET', `/v1/sessions/${key}`);
-        answers.push(answer);
-        return answer.body.state === 'committed' ? answer : undefined;
-      }, { timeoutMs: 30_000, intervalMs: 50 });
+      const shown = await waitFor(
+        `${key} committed by B`,
+        async () => {
+          const answer = await b.request('GET', `/v1/sessions/${key}`);
+          answers.push(answer);
+          return answer.body.state === 'committed' ? answer : undefined;
+        },
+        { timeoutMs: 30_000, intervalMs: 50 },
+      );
       assert.equal(shown.body.sessionId, sessionIdOfChanges(changes), `${key}: the session ID its changes define`);
     }
     const elapsed = Date.now() - killedAt;
@@ -173,14 +185,18 @@ describe('two instances on one etcd', { skip: skipUnlessFound(kvNeeds('etcd')) }
     await freezeAfterCommitPoint(a, b, key);
     const frozenAt = Date.now();
     try {
-      const adopted = await waitFor(`B to adopt ${key} (or see it committed)`, async () => {
-        const shown = await b.request('GET', `/v1/sessions/${key}`);
-        answers.push(shown);
-        return shown.body.owner === 'inst-b' || shown.body.state === 'committed' ? shown : undefined;
-      }, { timeoutMs: 30_000 });
+      const adopted = await waitFor(
+        `B to adopt ${key} (or see it committed)`,
+        async () => {
+          const shown = await b.request('GET', `/v1/sessions/${key}`);
+          answers.push(shown);
+          return shown.body.owner === 'inst-b' || shown.body.state === 'committed' ? shown : undefined;
+        },
+        { timeoutMs: 30_000 },
+      );
       if (adopted.body.state !== 'committed') {
         // A renews every TTL/3, so its lease outlives the freeze by at least 2/3 of the TTL.
-        assert.ok(Date.now() - frozenAt >= LEASE_TTL_MS / 2, 'no adoption while A\'s lease is valid');
+        assert.ok(Date.now() - frozenAt >= LEASE_TTL_MS / 2, "no adoption while A's lease is valid");
         // A worker retrying on B meanwhile is told to come back (busy or unavailable), never 500.
         const retried = await b.request('POST', '/v1/commits', { key, changes });
         answers.push(retried);
@@ -200,11 +216,15 @@ describe('two instances on one etcd', { skip: skipUnlessFound(kvNeeds('etcd')) }
     t.diagnostic(`A answered ${fromA.status}: ${String(fromA.body.detail ?? fromA.body.state)}`);
 
     for (const instance of [b, a]) {
-      const shown = await waitFor(`${key} committed, seen from ${instance.url}`, async () => {
-        const answer = await instance.request('GET', `/v1/sessions/${key}`);
-        answers.push(answer);
-        return answer.body.state === 'committed' ? answer : undefined;
-      }, { timeoutMs: 30_000 });
+      const shown = await waitFor(
+        `${key} committed, seen from ${instance.url}`,
+        async () => {
+          const answer = await instance.request('GET', `/v1/sessions/${key}`);
+          answers.push(answer);
+          return answer.body.state === 'committed' ? answer : undefined;
+        },
+        { timeoutMs: 30_000 },
+      );
       assert.equal(shown.body.sessionId, sessionIdOfChanges(changes));
     }
     assert.equal(countRows(path('s1'), key), 1, 's1 holds the row once');
@@ -254,7 +274,9 @@ describe('two instances on one etcd', { skip: skipUnlessFound(kvNeeds('etcd')) }
    * and commits while A is still frozen. On SIGCONT A's transaction is gone: it answers 503
    * (or 200 if B's identical result is already there), never a second apply.
    */
-  it('PostgreSQL: a frozen A does not stall B (idle transactions are bounded)', { skip: skipUnlessFound({ PostgreSQL: postgresBinDir() }) }, async (t: TestContext) => {
+  it('PostgreSQL: a frozen A does not stall B (idle transactions are bounded)', {
+    skip: skipUnlessFound({ PostgreSQL: postgresBinDir() }),
+  }, async (t: TestContext) => {
     const server: PostgresServer = await startPostgres();
     try {
       await postgresRows(server.connectionString, 'CREATE TABLE t(k TEXT, n INTEGER)');
@@ -267,11 +289,15 @@ describe('two instances on one etcd', { skip: skipUnlessFound(kvNeeds('etcd')) }
       const onA = a.request('POST', '/v1/commits', { key, changes });
       await freezeAfterCommitPoint(a, b, key);
       try {
-        const shown = await waitFor(`B to commit ${key} while A is frozen`, async () => {
-          const answer = await b.request('GET', `/v1/sessions/${key}`);
-          answers.push(answer);
-          return answer.body.state === 'committed' ? answer : undefined;
-        }, { timeoutMs: 30_000 });
+        const shown = await waitFor(
+          `B to commit ${key} while A is frozen`,
+          async () => {
+            const answer = await b.request('GET', `/v1/sessions/${key}`);
+            answers.push(answer);
+            return answer.body.state === 'committed' ? answer : undefined;
+          },
+          { timeoutMs: 30_000 },
+        );
         assert.equal(shown.body.sessionId, sessionIdOfChanges(changes));
       } finally {
         a.process.resume();

@@ -46,7 +46,10 @@ describe('plugins', () => {
     const id = await commit(store.session());
     const files = readdirSync(join(dir, 'audit'));
     assert.equal(files.length, 1, `one file, no temp left: ${files.join(', ')}`);
-    const lines = readFileSync(join(dir, 'audit', files[0]!), 'utf8').trim().split('\n').map((line) => JSON.parse(line));
+    const lines = readFileSync(join(dir, 'audit', files[0]!), 'utf8')
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line));
     assert.deepEqual(lines, [{ commitd: { key: 'order-1', sessionId: toHex(id) } }, ...changes.map((c) => c.record)]);
 
     // Recovery skips; a fresh begin on the key is refused; a racer with the same changes skips.
@@ -59,12 +62,15 @@ describe('plugins', () => {
     assert.equal(toHex(ids[0]!), toHex(ids[1]!));
     assert.equal(readdirSync(join(dir, 'audit')).length, 2);
 
-    assert.throws(() => registry.validateChange('audit', { record: {}, append: {} }), (err: unknown) => {
-      assert.ok(err instanceof InvalidChangeError);
-      assert.equal(err.code, 'INVALID_REQUEST');
-      assert.match(err.message, /^change for store "audit" \(jsonl\): change\.append: is not allowed$/);
-      return true;
-    });
+    assert.throws(
+      () => registry.validateChange('audit', { record: {}, append: {} }),
+      (err: unknown) => {
+        assert.ok(err instanceof InvalidChangeError);
+        assert.equal(err.code, 'INVALID_REQUEST');
+        assert.match(err.message, /^change for store "audit" \(jsonl\): change\.append: is not allowed$/);
+        return true;
+      },
+    );
   });
 
   const broken: [string, RegExp][] = [
@@ -156,11 +162,14 @@ describe('StoreRegistry', () => {
       ['nope', { sql: 'SELECT 1' }, /^unknown store "nope"$/],
     ];
     for (const [store, change, message] of cases) {
-      assert.throws(() => registry.validateChange(store, change), (err: unknown) => {
-        assert.ok(err instanceof InvalidChangeError, String(err));
-        assert.match(err.message, message);
-        return true;
-      });
+      assert.throws(
+        () => registry.validateChange(store, change),
+        (err: unknown) => {
+          assert.ok(err instanceof InvalidChangeError, String(err));
+          assert.match(err.message, message);
+          return true;
+        },
+      );
     }
   });
 });

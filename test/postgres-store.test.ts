@@ -5,12 +5,7 @@ import { after, afterEach, before, describe, it, type TestContext } from 'node:t
 import pg from 'pg';
 import { pino } from 'pino';
 import { ChangeRejectedError, StoreUnavailableError } from '../src/stores/helper.ts';
-import {
-  postgresStoreType,
-  TWO_PHASE_MAX_KEY_BYTES,
-  type PostgresChange,
-  type PostgresOptions,
-} from '../src/stores/postgres/store.ts';
+import { postgresStoreType, TWO_PHASE_MAX_KEY_BYTES, type PostgresChange, type PostgresOptions } from '../src/stores/postgres/store.ts';
 import type { Store } from '../src/stores/api.ts';
 import { describeKey, keyBytes, toHex } from '../src/core/keys.ts';
 import { ChangeHasher } from '../src/core/session-id.ts';
@@ -148,7 +143,7 @@ describe('postgres store', () => {
     if (!requireServer(t)) return;
     const store = await open();
     await createTable('t_verbs');
-    for (const sql of ['COMMIT', ' /* sneaky */ rollback', 'BEGIN', 'PREPARE TRANSACTION \'x\'', 'SET search_path TO public', 'SAVEPOINT s']) {
+    for (const sql of ['COMMIT', ' /* sneaky */ rollback', 'BEGIN', "PREPARE TRANSACTION 'x'", 'SET search_path TO public', 'SAVEPOINT s']) {
       const session = await begun(store, `pg-verbs-${sql.length}`, []);
       await assert.rejects(session.apply({ sql }), { code: 'CHANGE_REJECTED' }, sql);
       await session.cancel();
@@ -273,10 +268,10 @@ describe('postgres store', () => {
       if (!requireServer(t)) return;
       const plain = await startPostgres();
       try {
-        await assert.rejects(
-          async () => postgresStoreType.create({ connectionString: plain.connectionString, twoPhase: true }, ctx),
-          { code: 'INVALID_REQUEST', message: /max_prepared_transactions = 0/ },
-        );
+        await assert.rejects(async () => postgresStoreType.create({ connectionString: plain.connectionString, twoPhase: true }, ctx), {
+          code: 'INVALID_REQUEST',
+          message: /max_prepared_transactions = 0/,
+        });
       } finally {
         await plain.cleanup();
       }

@@ -84,12 +84,26 @@ describe('redis store', () => {
     if (!requireServer(t)) return;
     const store = await open();
     const session = await begun(store, 'rd-allow', []);
-    for (const command of [['GET', 'k'], ['keys', '*'], ['FLUSHALL'], ['flushall'], ['EVAL', 'return 1', 0], ['MULTI'], ['WATCH', 'k'], ['CONFIG', 'SET', 'x', 'y'], [1, 2]]) {
-      await assert.rejects(session.apply({ command }), (e: unknown) => {
-        assert.ok(e instanceof InvalidRedisCommandError);
-        assert.equal(e.code, 'INVALID_REQUEST');
-        return true;
-      }, JSON.stringify(command));
+    for (const command of [
+      ['GET', 'k'],
+      ['keys', '*'],
+      ['FLUSHALL'],
+      ['flushall'],
+      ['EVAL', 'return 1', 0],
+      ['MULTI'],
+      ['WATCH', 'k'],
+      ['CONFIG', 'SET', 'x', 'y'],
+      [1, 2],
+    ]) {
+      await assert.rejects(
+        session.apply({ command }),
+        (e: unknown) => {
+          assert.ok(e instanceof InvalidRedisCommandError);
+          assert.equal(e.code, 'INVALID_REQUEST');
+          return true;
+        },
+        JSON.stringify(command),
+      );
     }
     await session.cancel();
     await commitOnce(store, 'rd-allow-2', [cmd('set', 'rd-allow:k', 'v'), cmd('Expire', 'rd-allow:k', 100)]);

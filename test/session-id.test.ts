@@ -15,8 +15,7 @@ function vectorsFromDocs(): Vectors {
   return JSON.parse(block[1]) as Vectors;
 }
 
-const idOfSession = (stores: Record<string, unknown[]>) =>
-  toHex(sessionId(Object.entries(stores).map(([name, changes]) => [name, storeId(changes)] as const)));
+const idOfSession = (stores: Record<string, unknown[]>) => toHex(sessionId(Object.entries(stores).map(([name, changes]) => [name, storeId(changes)] as const)));
 
 describe('session IDs', () => {
   const vectors = vectorsFromDocs();

@@ -49,7 +49,10 @@ for (const kv of KV_BACKENDS) {
       assert.equal(body.state, 'committed');
       assert.match(body.sessionId, /^[0-9a-f]{32}$/);
       assert.deepEqual(Object.keys(body.stores).sort(), ['audit', 'main']);
-      assert.deepEqual(rows(service, 'main', 't').filter((id) => id <= 2), [1, 2]);
+      assert.deepEqual(
+        rows(service, 'main', 't').filter((id) => id <= 2),
+        [1, 2],
+      );
 
       const again = await post('/v1/sessions/order-1/commit');
       assert.equal(again.statusCode, 200);
@@ -60,7 +63,11 @@ for (const kv of KV_BACKENDS) {
       assert.equal(rebegun.json().sessionId, body.sessionId);
       const shown = await service.app.inject({ method: 'GET', url: '/v1/sessions/order-1' });
       assert.equal(shown.json().sessionId, body.sessionId);
-      assert.deepEqual(rows(service, 'main', 't').filter((id) => id <= 2), [1, 2], 'replays must not apply twice');
+      assert.deepEqual(
+        rows(service, 'main', 't').filter((id) => id <= 2),
+        [1, 2],
+        'replays must not apply twice',
+      );
     });
 
     it('a one-shot commit replays with the same answer; other changes under the key get 422', async () => {
@@ -122,9 +129,15 @@ for (const kv of KV_BACKENDS) {
 
     it('500 concurrent one-shot commits with distinct keys all commit, each row once', async () => {
       const results = await Promise.all(
-        Array.from({ length: 500 }, (_, i) => post('/v1/commits', { key: `load-${i}`, changes: { main: [insert('t', 1000 + i)], audit: [insert('t', 1000 + i)] } })),
+        Array.from({ length: 500 }, (_, i) =>
+          post('/v1/commits', { key: `load-${i}`, changes: { main: [insert('t', 1000 + i)], audit: [insert('t', 1000 + i)] } }),
+        ),
       );
-      assert.deepEqual(results.filter((r) => r.statusCode !== 200).map((r) => r.body), [], 'every commit answers 200');
+      assert.deepEqual(
+        results.filter((r) => r.statusCode !== 200).map((r) => r.body),
+        [],
+        'every commit answers 200',
+      );
       const ids = rows(service, 'main', 't').filter((id) => id >= 1000);
       assert.equal(ids.length, 500);
       assert.equal(rows(service, 'audit', 't').filter((id) => id >= 1000).length, 500);
@@ -178,7 +191,18 @@ describe('idle timeout and readiness', () => {
     const etcd = await startEtcd();
     const dir = makeTempDir('ready');
     const service = await createService(
-      { dataDir: dir, host: '127.0.0.1', stores: [], plugins: [], retentionSeconds: 60, idleTimeoutMs: 60_000, maxOpenSessions: 10, leaseTtlSeconds: 5, kvTimeoutMs: 1000, etcd: { endpoints: etcd.endpoints, namespace: '/ready/' } },
+      {
+        dataDir: dir,
+        host: '127.0.0.1',
+        stores: [],
+        plugins: [],
+        retentionSeconds: 60,
+        idleTimeoutMs: 60_000,
+        maxOpenSessions: 10,
+        leaseTtlSeconds: 5,
+        kvTimeoutMs: 1000,
+        etcd: { endpoints: etcd.endpoints, namespace: '/ready/' },
+      },
       pino({ level: 'silent' }),
     );
     try {

@@ -33,10 +33,7 @@ describe('sqlite store', () => {
   });
 
   async function open(options: Partial<SqliteOptions> = {}): Promise<Store<SqliteChange>> {
-    const store = await sqliteStoreType.create(
-      { path, ...options },
-      { name: 'main', logger: pino({ level: 'silent' }), dataDir: dir, retentionSeconds: 60 },
-    );
+    const store = await sqliteStoreType.create({ path, ...options }, { name: 'main', logger: pino({ level: 'silent' }), dataDir: dir, retentionSeconds: 60 });
     stores.push(store);
     return store;
   }
@@ -86,7 +83,16 @@ describe('sqlite store', () => {
     await assert.rejects(session.apply({ sql: 'INSRT INTO items VALUES (1)' }), rejected({ code: 'SQLITE_ERROR' }));
     await assert.rejects(session.apply({ sql: 'INSERT INTO nowhere VALUES (1)' }), rejected({ code: 'SQLITE_ERROR' }));
     await assert.rejects(session.apply({ sql: "INSERT INTO items (name) VALUES ('x'); SELECT 1" }), rejected({ reason: 'statement' }));
-    for (const sql of ['BEGIN', 'COMMIT', ' -- sneaky\n rollback', 'SAVEPOINT s', 'RELEASE s', 'PRAGMA journal_mode = DELETE', 'VACUUM', "ATTACH 'x.db' AS x"]) {
+    for (const sql of [
+      'BEGIN',
+      'COMMIT',
+      ' -- sneaky\n rollback',
+      'SAVEPOINT s',
+      'RELEASE s',
+      'PRAGMA journal_mode = DELETE',
+      'VACUUM',
+      "ATTACH 'x.db' AS x",
+    ]) {
       await assert.rejects(session.apply({ sql }), rejected({ reason: 'statement' }), sql);
     }
     await assert.rejects(session.apply({ sql: 'INSERT INTO items (name) VALUES (?)', params: [] }), rejected({ reason: 'params' }));
@@ -107,11 +113,14 @@ describe('sqlite store', () => {
     await commitOnce(store, 'k1', [insert('a')]);
     await commitOnce(store, 'k2', [{ sql: 'ALTER TABLE items ADD COLUMN extra TEXT' }, insert('b')]);
     await commitOnce(store, 'k3', [insert('c'), { sql: "UPDATE items SET extra = 'x' WHERE name = ?", params: ['c'] }]);
-    assert.deepEqual(query((db) => db.prepare('SELECT name, extra FROM items ORDER BY id').all()), [
-      { name: 'a', extra: null },
-      { name: 'b', extra: null },
-      { name: 'c', extra: 'x' },
-    ]);
+    assert.deepEqual(
+      query((db) => db.prepare('SELECT name, extra FROM items ORDER BY id').all()),
+      [
+        { name: 'a', extra: null },
+        { name: 'b', extra: null },
+        { name: 'c', extra: 'x' },
+      ],
+    );
     await commitOnce(store, 'k4', [{ sql: 'DROP TABLE items' }]);
     const session = store.session();
     await session.begin(keyBytes('k5'));
@@ -173,7 +182,10 @@ describe('sqlite store', () => {
     for (const racer of racers) for (const change of changes) await racer.apply(change);
     const ids = await Promise.all(racers.map((racer) => racer.commit(keyBytes('k1'))));
     assert.equal(new Set(ids.map(toHex)).size, 1);
-    assert.deepEqual(query((db) => db.prepare('SELECT name, flag FROM items').all()), [{ name: 'once', flag: 1 }]);
+    assert.deepEqual(
+      query((db) => db.prepare('SELECT name, flag FROM items').all()),
+      [{ name: 'once', flag: 1 }],
+    );
     assert.equal(markerCount(), 1);
     // Every racer finished cleanly: the store takes new sessions.
     await commitOnce(successor, 'k2', [insert('next')]);
@@ -196,7 +208,14 @@ describe('sqlite store', () => {
       const session = await begun(store, key, changes);
       return { session, preparing: session.prepare(keyBytes(key)) };
     }
-    const settled = async (promise: Promise<unknown>) => Promise.race([promise.then(() => true, () => true), new Promise((r) => setTimeout(() => r(false), 50))]);
+    const settled = async (promise: Promise<unknown>) =>
+      Promise.race([
+        promise.then(
+          () => true,
+          () => true,
+        ),
+        new Promise((r) => setTimeout(() => r(false), 50)),
+      ]);
 
     it('a decided session waits for the next one to decide, then both are durable with one COMMIT', async () => {
       const store = await openWithItems();
@@ -226,7 +245,10 @@ describe('sqlite store', () => {
       const aCommitted = a.session.commit(keyBytes('a'));
       await b.session.cancel();
       await aCommitted;
-      assert.deepEqual(query((db) => db.prepare('SELECT name, flag FROM items').all()), [{ name: 'a', flag: null }]);
+      assert.deepEqual(
+        query((db) => db.prepare('SELECT name, flag FROM items').all()),
+        [{ name: 'a', flag: null }],
+      );
       assert.equal(markerCount(), 1);
     });
 
@@ -241,7 +263,10 @@ describe('sqlite store', () => {
       await c.preparing;
       await c.session.decide?.(keyBytes('c'));
       await Promise.all([a.session.commit(keyBytes('a')), c.session.commit(keyBytes('c'))]);
-      assert.deepEqual(query((db) => db.prepare('SELECT name, flag FROM items').all()), [{ name: 'dup', flag: 2 }]);
+      assert.deepEqual(
+        query((db) => db.prepare('SELECT name, flag FROM items').all()),
+        [{ name: 'dup', flag: 2 }],
+      );
       assert.equal(markerCount(), 2);
     });
 

@@ -56,7 +56,10 @@ export function formatSession(session: SessionReply): string {
 /** `stores list`. */
 export function formatStores(stores: readonly StoreInfoReply[]): string {
   if (stores.length === 0) return 'no stores';
-  return table(['NAME', 'TYPE'], stores.map((store) => [store.name, store.type]));
+  return table(
+    ['NAME', 'TYPE'],
+    stores.map((store) => [store.name, store.type]),
+  );
 }
 
 /** One session's outcome in `recover --once`. */
@@ -70,5 +73,8 @@ export interface RecoveryOutcome {
 /** `recover --once`. */
 export function formatRecovery(outcomes: readonly RecoveryOutcome[]): string {
   if (outcomes.length === 0) return 'no failed sessions';
-  return table(['KEY', 'RESULT', 'DETAIL'], outcomes.map((outcome) => [outcome.key, outcome.result, outcome.detail]));
+  return table(
+    ['KEY', 'RESULT', 'DETAIL'],
+    outcomes.map((outcome) => [outcome.key, outcome.result, outcome.detail]),
+  );
 }

@@ -211,7 +211,9 @@ const problemDescriptions: Readonly<Record<number, string>> = {
 };
 
 /** Response entries documenting the problems a route can answer, as `application/problem+json`. */
-export function problemResponses<const S extends number>(...statuses: S[]): Record<S, { description: string; content: { 'application/problem+json': { schema: typeof Problem } } }> {
+export function problemResponses<const S extends number>(
+  ...statuses: S[]
+): Record<S, { description: string; content: { 'application/problem+json': { schema: typeof Problem } } }> {
   const responses = {} as Record<S, { description: string; content: { 'application/problem+json': { schema: typeof Problem } } }>;
   for (const status of statuses) {
     responses[status] = { description: problemDescriptions[status] ?? 'problem', content: { [PROBLEM_CONTENT_TYPE]: { schema: Problem } } };

@@ -115,7 +115,12 @@ export class KeyAnswers {
   async notOpen(key: string): Promise<Error> {
     const { record, result } = await readKey(this.#deps.kv, key);
     if (result) return new KeyReusedError(key, 'and committed: no changes can be added');
-    if (record) return new SessionBusyError(key, record.owner, `the session is ${record.state} ${record.owner === this.#deps.instance.id ? 'and not open here' : 'on another instance'}`);
+    if (record)
+      return new SessionBusyError(
+        key,
+        record.owner,
+        `the session is ${record.state} ${record.owner === this.#deps.instance.id ? 'and not open here' : 'on another instance'}`,
+      );
     return new SessionNotFoundError(key);
   }
 

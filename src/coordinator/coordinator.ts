@@ -91,14 +91,29 @@ export class Coordinator implements SessionCoordinator {
     const failpoints = options.failpoints ?? new Failpoints(undefined);
     this.#instance = new Instance(options.kv, options.instanceId, settings.leaseTtlSeconds, this.#logger, () => this.#table.relinquishAll());
     this.#table = new SessionTable({
-      session: { kv: options.kv, failpoints, instanceId: options.instanceId, retentionSeconds: settings.retentionSeconds, logger: this.#logger, maxLogBytes: this.#maxLogBytes },
+      session: {
+        kv: options.kv,
+        failpoints,
+        instanceId: options.instanceId,
+        retentionSeconds: settings.retentionSeconds,
+        logger: this.#logger,
+        maxLogBytes: this.#maxLogBytes,
+      },
       stores: options.stores,
       instance: this.#instance,
       maxOpen: settings.maxOpenSessions,
       metrics: this.#metrics,
       scheduleRecovery: (key) => this.#recovery.schedule(key),
     });
-    this.#recovery = new Recovery({ kv: options.kv, table: this.#table, stores: options.stores, instance: this.#instance, failpoints, logger: this.#logger, metrics: this.#metrics });
+    this.#recovery = new Recovery({
+      kv: options.kv,
+      table: this.#table,
+      stores: options.stores,
+      instance: this.#instance,
+      failpoints,
+      logger: this.#logger,
+      metrics: this.#metrics,
+    });
     this.#answers = new KeyAnswers({ kv: options.kv, table: this.#table, recovery: this.#recovery, instance: this.#instance, metrics: this.#metrics });
   }
 

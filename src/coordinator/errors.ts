@@ -66,7 +66,14 @@ export class ServiceUnavailableError extends CommitdError {
 }
 
 /** Codes a store step may raise that already mean what the caller should see. */
-const PASSED_THROUGH: ReadonlySet<ErrorCode> = new Set(['INVALID_REQUEST', 'PAYLOAD_TOO_LARGE', 'UNAVAILABLE', 'SESSION_BUSY', 'ALREADY_COMMITTED', 'FAILPOINT']);
+const PASSED_THROUGH: ReadonlySet<ErrorCode> = new Set([
+  'INVALID_REQUEST',
+  'PAYLOAD_TOO_LARGE',
+  'UNAVAILABLE',
+  'SESSION_BUSY',
+  'ALREADY_COMMITTED',
+  'FAILPOINT',
+]);
 
 /**
  * Turns an error from a store step into what the caller should see: a rejected change is a

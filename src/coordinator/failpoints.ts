@@ -40,7 +40,10 @@ export class Failpoints {
 
   /** Parses `point=action;…`; empty or undefined gives inert failpoints. */
   constructor(spec: string | undefined) {
-    for (const part of (spec ?? '').split(';').map((p) => p.trim()).filter(Boolean)) {
+    for (const part of (spec ?? '')
+      .split(';')
+      .map((p) => p.trim())
+      .filter(Boolean)) {
       const eq = part.indexOf('=');
       if (eq < 0) throw new FailpointSpecError(`${JSON.stringify(part)} is not point=action`);
       const point = part.slice(0, eq).trim();

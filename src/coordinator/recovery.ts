@@ -125,7 +125,10 @@ export class Recovery {
 
   /** Schedules recovery of a key whose commit was interrupted past its commit point. */
   schedule(key: string): void {
-    setTimeout(() => void this.recoverKey(key).catch((err: unknown) => this.#deps.logger.warn({ err, key }, 'recovery after an interrupted commit failed')), 100).unref();
+    setTimeout(
+      () => void this.recoverKey(key).catch((err: unknown) => this.#deps.logger.warn({ err, key }, 'recovery after an interrupted commit failed')),
+      100,
+    ).unref();
   }
 
   /** Takes ownership with a compare-revision write, so only one adopter wins. */

@@ -83,7 +83,8 @@ export class SessionTable {
 
   /** Throws `session_busy` if a session under `key` is open here. */
   assertFree(key: string): void {
-    if (this.#sessions.has(key)) throw new SessionBusyError(key, this.#deps.session.instanceId, 'a session under this key is open; cancel it or wait for its idle timeout');
+    if (this.#sessions.has(key))
+      throw new SessionBusyError(key, this.#deps.session.instanceId, 'a session under this key is open; cancel it or wait for its idle timeout');
   }
 
   /** Opens a session (not begun yet) and enters it in the table. */

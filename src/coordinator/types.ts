@@ -4,7 +4,6 @@
  */
 import type { StoreDefinition } from '../stores/registry.ts';
 
-
 /** Session states as seen from outside. */
 export type SessionState = 'active' | 'committing' | 'committed' | 'failed';
 

@@ -10,5 +10,16 @@ export * from '../kv/errors.ts';
 export type { Kv, KvEntry, KvLease, KvOp, ReadConsistency, ReadOptions, WriteOptions } from '../kv/kv.ts';
 export { describeKey, fromHex, keyBytes, sameKey, toHex, type IdempotencyKey } from './keys.ts';
 export { MultiCommitter, compareNames, type MultiCommitterOptions } from './multi-committer.ts';
-export { ChangeHasher, NotCanonicalizableError, SessionHasher, canonicalJson, canonicalLine, ID_BYTES, sessionId, sessionIdOfChanges, storeId, storeIdOfLines } from './session-id.ts';
+export {
+  ChangeHasher,
+  NotCanonicalizableError,
+  SessionHasher,
+  canonicalJson,
+  canonicalLine,
+  ID_BYTES,
+  sessionId,
+  sessionIdOfChanges,
+  storeId,
+  storeIdOfLines,
+} from './session-id.ts';
 export { KvSlot, isSlot, type CommitResult, type SessionSlot } from './slot.ts';

@@ -91,9 +91,7 @@ export class EtcdLease implements KvLease {
   private armExpiry(lose: (reason: Error) => void, ttlSeconds = this.ttlSeconds): void {
     clearTimeout(this.expiryTimer);
     this.heldUntil = this.validFrom + Math.min(ttlSeconds, this.ttlSeconds) * 1000;
-    const reason = new UnavailableError(
-      `lease ${this.id} could not be renewed within its TTL of ${this.ttlSeconds} s`,
-    );
+    const reason = new UnavailableError(`lease ${this.id} could not be renewed within its TTL of ${this.ttlSeconds} s`);
     this.expiryTimer = unrefTimer(() => lose(reason), this.heldUntil - performance.now());
   }
 

@@ -6,15 +6,7 @@
  * `UnavailableError`, never as a hang.
  * @module
  */
-import {
-  Etcd3,
-  type ComparatorBuilder,
-  type IKeyValue,
-  type IRangeResponse,
-  type Namespace,
-  type PutBuilder,
-  type DeleteBuilder,
-} from 'etcd3';
+import { Etcd3, type ComparatorBuilder, type IKeyValue, type IRangeResponse, type Namespace, type PutBuilder, type DeleteBuilder } from 'etcd3';
 import type { Kv, KvEntry, KvLease, KvOp, ReadOptions, WriteOptions } from './kv.ts';
 import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
 import { deadlineIn, withDeadline, type Deadline } from './deadline.ts';
@@ -124,17 +116,17 @@ export class EtcdKv implements Kv {
 
   /** {@inheritDoc Kv.get} A serializable read passes the ordering guard (class comment). */
   async get(key: string, options?: ReadOptions): Promise<KvEntry | undefined> {
-    const response = await this.read('get', options, (serializable) => (call) =>
-      this.ns.get(key).serializable(serializable).options(call).exec(),
-    );
+    const response = await this.read('get', options, (serializable) => (call) => this.ns.get(key).serializable(serializable).options(call).exec());
     const [found] = response.kvs;
     return found === undefined ? undefined : toEntry(key, found);
   }
 
   /** {@inheritDoc Kv.list} A serializable read passes the ordering guard (class comment). */
   async list(prefix: string, options?: ReadOptions): Promise<KvEntry[]> {
-    const response = await this.read('list', options, (serializable) => (call) =>
-      this.ns.getAll().prefix(prefix).sort('Key', 'Ascend').serializable(serializable).options(call).exec(),
+    const response = await this.read(
+      'list',
+      options,
+      (serializable) => (call) => this.ns.getAll().prefix(prefix).sort('Key', 'Ascend').serializable(serializable).options(call).exec(),
     );
     return response.kvs.map((kv) => toEntry(kv.key.toString(), kv));
   }
@@ -215,8 +207,11 @@ export class EtcdKv implements Kv {
     const deadline = this.deadline();
     const linearizable = () => this.rpc(op, deadline, request(false));
     if (!isSerializable(options)) return this.floor.observed(linearizable());
-    return orderedRead(this.floor, () => this.rpc(op, deadline, request(true)), linearizable, (stale, seen) =>
-      this.onStaleRead?.(op, stale, seen),
+    return orderedRead(
+      this.floor,
+      () => this.rpc(op, deadline, request(true)),
+      linearizable,
+      (stale, seen) => this.onStaleRead?.(op, stale, seen),
     );
   }
 
@@ -231,9 +226,7 @@ export class EtcdKv implements Kv {
   /** Maps `ops` to compares and writes; waits for the TTL leases the writes need. */
   private async plan(ops: readonly KvOp[], deadline: Deadline): Promise<TxnPlan> {
     const compares = ops.flatMap(comparesOf);
-    const leaseIds = await Promise.all(
-      ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.leaseIdFor(op.options, deadline) : '0')),
-    );
+    const leaseIds = await Promise.all(ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.leaseIdFor(op.options, deadline) : '0')));
     const writes = ops.flatMap((op, index) => this.writesOf(op, leaseIds[index] ?? '0'));
     return { compares, writes };
   }
@@ -328,4 +321,3 @@ function isSerializable(options: ReadOptions | undefined): boolean {
 function toEntry(key: string, kv: IKeyValue): KvEntry {
   return { key, value: kv.value.toString(), revision: Number(kv.mod_revision) };
 }
-

@@ -12,12 +12,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Kv, KvEntry, KvLease, KvOp, WriteOptions } from './kv.ts';
 import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
-import {
-  AlreadyExistsError,
-  ConstraintViolatedError,
-  UnavailableError,
-  VersionMismatchError,
-} from './errors.ts';
+import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from './errors.ts';
 import { CommitdError } from '../errors/core.ts';
 
 /** Names passed to `onOperation`, one per call (the same names as the etcd backend). */
@@ -233,8 +228,7 @@ export class SqliteKv implements Kv {
   /** What leases need from this KV: renewal, revocation and the set of kept-alive leases. */
   private readonly leaseOwner: LeaseOwner = {
     keptAlive: this.keptAlive,
-    renew: (lease) =>
-      this.statements.renewLease.run({ id: lease.id, now: Date.now(), expires_at: Date.now() + ttlMs(lease.ttlSeconds) }).changes === 1,
+    renew: (lease) => this.statements.renewLease.run({ id: lease.id, now: Date.now(), expires_at: Date.now() + ttlMs(lease.ttlSeconds) }).changes === 1,
     revoke: (lease) =>
       this.run('lease', () =>
         this.write(() => {
@@ -438,9 +432,6 @@ function holdsCheck(op: Extract<KvOp, { type: 'check' }>, current: KvEntry | und
   }
   return current !== undefined && (op.revision === undefined || current.revision === op.revision);
 }
-
-
-
 
 function ttlMs(ttlSeconds: number): number {
   return Math.ceil(ttlSeconds * 1000);

@@ -71,7 +71,10 @@ function asStoreType(modulePath: string, module: unknown): StoreType {
   const { type, optionsSchema, changeSchema, create } = candidate;
   if (type === undefined) throw fail('field type is missing');
   if (typeof type !== 'string' || type === '') throw fail(`field type must be a non-empty string, got ${describeValue(type)}`);
-  for (const [field, schema] of [['optionsSchema', optionsSchema], ['changeSchema', changeSchema]] as const) {
+  for (const [field, schema] of [
+    ['optionsSchema', optionsSchema],
+    ['changeSchema', changeSchema],
+  ] as const) {
     if (schema === undefined) throw fail(`field ${field} is missing`);
     if (!isObject(schema)) throw fail(`field ${field} must be a JSON Schema object, got ${describeValue(schema)}`);
   }

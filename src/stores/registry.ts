@@ -119,9 +119,7 @@ export class StoreRegistry {
       try {
         return this.#ajv.compile(storeType[which]);
       } catch (err) {
-        throw new InvalidStoreError(
-          `store type ${JSON.stringify(storeType.type)}: ${which} is not a valid JSON Schema: ${errorMessage(err)}`,
-        );
+        throw new InvalidStoreError(`store type ${JSON.stringify(storeType.type)}: ${which} is not a valid JSON Schema: ${errorMessage(err)}`);
       }
     };
     this.#types.set(storeType.type, {

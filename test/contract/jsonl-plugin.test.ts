@@ -22,7 +22,10 @@ async function filesWith(dir: string, tag: string): Promise<number> {
   let count = 0;
   for (const name of await readdir(dir)) {
     if (name.startsWith('.')) continue;
-    const lines = (await readFile(join(dir, name), 'utf8')).trim().split('\n').map((line) => JSON.parse(line) as unknown);
+    const lines = (await readFile(join(dir, name), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as unknown);
     if (lines.some((line) => JSON.stringify(line) === JSON.stringify({ tag, step: 1 }))) count += 1;
   }
   return count;

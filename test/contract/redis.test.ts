@@ -12,8 +12,7 @@ storeContract<RedisChange>({
     const server = await startRedis();
     const reader = new Redis(server.url, { maxRetriesPerRequest: 1 });
     return {
-      open: async () =>
-        redisStoreType.create({ url: server.url }, { name: 'contract', logger: pino({ level: 'silent' }), dataDir: '.', retentionSeconds: 60 }),
+      open: async () => redisStoreType.create({ url: server.url }, { name: 'contract', logger: pino({ level: 'silent' }), dataDir: '.', retentionSeconds: 60 }),
       // INCR counts how many times the sample landed.
       changes: (tag) => [{ command: ['INCR', `${tag}:n`] }, { command: ['SET', `${tag}:v`, 'set'] }],
       applied: async (tag) => Number((await reader.get(`${tag}:n`)) ?? 0),

@@ -206,13 +206,18 @@ export function storeContract<Change>(type: StoreTypeUnderTest<Change>): void {
       const changes = keys.map((key) => ds.changes(key));
       // Interleaved, as two workers sending changes at the same time.
       for (let step = 0; step < Math.max(...changes.map((list) => list.length)); step++) {
-        await Promise.all(sessions.map(async (session, i) => {
-          const change = changes[i]?.[step];
-          if (change !== undefined) await session.apply(change);
-        }));
+        await Promise.all(
+          sessions.map(async (session, i) => {
+            const change = changes[i]?.[step];
+            if (change !== undefined) await session.apply(change);
+          }),
+        );
       }
       const ids = await Promise.all(sessions.map((session, i) => session.commit(keyBytes(keys[i]))));
-      assert.deepEqual(ids.map(toHex), changes.map((list) => toHex(storeId(list))));
+      assert.deepEqual(
+        ids.map(toHex),
+        changes.map((list) => toHex(storeId(list))),
+      );
       for (const key of keys) assert.equal(await ds.applied(key), 1);
     });
   });

@@ -127,7 +127,10 @@ export class TrackedProcess {
 
   /** The remembered output (stdout and stderr interleaved), last `lines` lines. */
   output(lines = this.tailLimit): string {
-    return this.tail.slice(-lines).map((entry) => entry.line).join('\n');
+    return this.tail
+      .slice(-lines)
+      .map((entry) => entry.line)
+      .join('\n');
   }
 
   /**
@@ -190,8 +193,7 @@ export class TrackedProcess {
   /** Resolves with the first line (already printed or future) matching `pattern`. */
   waitForLine(pattern: RegExp, opts: WaitForLineOptions = {}): Promise<RegExpMatchArray> {
     const { timeoutMs = 10_000, stream = 'stdout' } = opts;
-    const matches = (entry: OutputLine): RegExpMatchArray | null =>
-      stream === 'both' || entry.stream === stream ? entry.line.match(pattern) : null;
+    const matches = (entry: OutputLine): RegExpMatchArray | null => (stream === 'both' || entry.stream === stream ? entry.line.match(pattern) : null);
     for (const entry of this.tail) {
       const match = matches(entry);
       if (match) return Promise.resolve(match);

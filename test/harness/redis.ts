@@ -56,16 +56,19 @@ class RedisInstance extends ServerProcess implements RedisServer {
 
   async start(): Promise<void> {
     if (this.running) throw new Error('redis is already running');
-    const persistence = this.opts.appendonly
-      ? ['--appendonly', 'yes', '--appendfsync', 'always']
-      : ['--appendonly', 'no'];
+    const persistence = this.opts.appendonly ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'];
     const args = [
-      '--port', String(this.port),
-      '--bind', '127.0.0.1',
-      '--save', '',
+      '--port',
+      String(this.port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
       ...persistence,
-      '--dir', this.dataDir,
-      '--loglevel', 'warning',
+      '--dir',
+      this.dataDir,
+      '--loglevel',
+      'warning',
       ...(this.opts.extraArgs ?? []),
     ];
     this.proc = await spawnTracked(this.binary, args, { name: `redis :${this.port}`, cwd: this.dataDir });

@@ -95,7 +95,9 @@ export class CommitdUncertainError extends CommitdClientError {
   readonly store: string;
 
   constructor(key: string, store: string, cause: unknown) {
-    super(`changes to store ${JSON.stringify(store)} in session ${JSON.stringify(key)} may or may not have been applied: cancel and redo the session`, { cause });
+    super(`changes to store ${JSON.stringify(store)} in session ${JSON.stringify(key)} may or may not have been applied: cancel and redo the session`, {
+      cause,
+    });
     this.key = key;
     this.store = store;
   }

@@ -148,12 +148,16 @@ export class CommitdClient {
   commit(changes: Changes): Promise<CommittedReply>;
   commit(key: string | undefined, changes: Changes): Promise<CommittedReply>;
   commit(keyOrChanges: string | undefined | Changes, maybeChanges?: Changes): Promise<CommittedReply> {
-    const [key, changes] =
-      typeof keyOrChanges === 'object' ? [generateKey(), keyOrChanges] : [keyOrChanges ?? generateKey(), maybeChanges ?? {}];
-    return this.#call('commit', key, { method: 'POST', path: 'v1/commits', body: { key, changes }, parse: parseCommitted }, {
-      idempotent: true,
-      retryCodes: ['session_busy'],
-    });
+    const [key, changes] = typeof keyOrChanges === 'object' ? [generateKey(), keyOrChanges] : [keyOrChanges ?? generateKey(), maybeChanges ?? {}];
+    return this.#call(
+      'commit',
+      key,
+      { method: 'POST', path: 'v1/commits', body: { key, changes }, parse: parseCommitted },
+      {
+        idempotent: true,
+        retryCodes: ['session_busy'],
+      },
+    );
   }
 
   /**
@@ -220,7 +224,12 @@ export class CommitdClient {
 
   /** Open and failed sessions (`GET /v1/sessions`), optionally of one state. */
   listSessions(filter: { state?: ListableState } = {}): Promise<SessionReply[]> {
-    return this.#call('listSessions', undefined, { method: 'GET', path: 'v1/sessions', query: { state: filter.state }, parse: parseSessionList }, { idempotent: true });
+    return this.#call(
+      'listSessions',
+      undefined,
+      { method: 'GET', path: 'v1/sessions', query: { state: filter.state }, parse: parseSessionList },
+      { idempotent: true },
+    );
   }
 
   /**
@@ -228,15 +237,25 @@ export class CommitdClient {
    * `not_found` when there is no open session under `key`.
    */
   cancel(key: string): Promise<CancelReply> {
-    return this.#call('cancel', key, { method: 'POST', path: path('v1', 'sessions', key, 'cancel'), parse: parseCancelled }, {
-      idempotent: true,
-      afterLostAnswer: async (error) => (error.code === 'not_found' ? { value: { key, state: 'cancelled' } } : undefined),
-    });
+    return this.#call(
+      'cancel',
+      key,
+      { method: 'POST', path: path('v1', 'sessions', key, 'cancel'), parse: parseCancelled },
+      {
+        idempotent: true,
+        afterLostAnswer: async (error) => (error.code === 'not_found' ? { value: { key, state: 'cancelled' } } : undefined),
+      },
+    );
   }
 
   /** An operator's decision on a `failed` session: roll forward again, or give it up. */
   resolve(key: string, action: 'retry' | 'abandon'): Promise<SessionReply | AbandonedReply> {
-    return this.#call('resolve', key, { method: 'POST', path: path('v1', 'sessions', key, 'resolve'), body: { action }, parse: parseResolved }, { idempotent: false });
+    return this.#call(
+      'resolve',
+      key,
+      { method: 'POST', path: path('v1', 'sessions', key, 'resolve'), body: { action }, parse: parseResolved },
+      { idempotent: false },
+    );
   }
 
   /** The configured stores. */
@@ -251,20 +270,30 @@ export class CommitdClient {
 
   /** Removes a store; `not_found` when there is none of that name. */
   async removeStore(name: string): Promise<void> {
-    await this.#call('removeStore', undefined, { method: 'DELETE', path: path('v1', 'stores', name), parse: () => undefined }, {
-      idempotent: true,
-      afterLostAnswer: async (error) => (error.code === 'not_found' ? { value: undefined } : undefined),
-    });
+    await this.#call(
+      'removeStore',
+      undefined,
+      { method: 'DELETE', path: path('v1', 'stores', name), parse: () => undefined },
+      {
+        idempotent: true,
+        afterLostAnswer: async (error) => (error.code === 'not_found' ? { value: undefined } : undefined),
+      },
+    );
   }
 
   #sessionRequests(): SessionRequests {
     return {
       apply: (key, store, changes) => this.#apply(key, store, changes),
       commit: (key) =>
-        this.#call('commit', key, { method: 'POST', path: path('v1', 'sessions', key, 'commit'), parse: parseCommitted }, {
-          idempotent: true,
-          retryCodes: ['session_busy'],
-        }),
+        this.#call(
+          'commit',
+          key,
+          { method: 'POST', path: path('v1', 'sessions', key, 'commit'), parse: parseCommitted },
+          {
+            idempotent: true,
+            retryCodes: ['session_busy'],
+          },
+        ),
       cancel: (key) => this.#cancelRequest(key),
     };
   }

@@ -59,7 +59,7 @@ export function parseRetryAfter(value: string | null | undefined, now: number = 
 /** What to do with a failed attempt. */
 export type RetryDecision =
   | { readonly retry: false }
-  | { readonly retry: true; /** The server's minimum wait (`Retry-After`). */ readonly notBeforeMs?: number };
+  | { readonly retry: true /** The server's minimum wait (`Retry-After`). */; readonly notBeforeMs?: number };
 
 /** The clock and the dice, replaceable in tests. */
 export interface RetryEnvironment {

@@ -48,7 +48,11 @@ function headerKey(header: string | undefined): string | undefined {
 function requestKey(bodyKey: string | undefined, header: string | undefined): string {
   const fromHeader = headerKey(header);
   if (bodyKey !== undefined && fromHeader !== undefined && bodyKey !== fromHeader) {
-    throw new HttpProblem(400, 'invalid_request', `the body key ${JSON.stringify(bodyKey)} differs from the Idempotency-Key header ${JSON.stringify(fromHeader)}`);
+    throw new HttpProblem(
+      400,
+      'invalid_request',
+      `the body key ${JSON.stringify(bodyKey)} differs from the Idempotency-Key header ${JSON.stringify(fromHeader)}`,
+    );
   }
   const key = bodyKey ?? fromHeader;
   if (key === undefined) throw new HttpProblem(400, 'invalid_request', 'an idempotency key is required: body "key" or the Idempotency-Key header');

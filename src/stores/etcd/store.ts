@@ -40,9 +40,7 @@ export interface EtcdOptions {
 }
 
 /** One change: put or delete one key (relative to the store's prefix). */
-export type EtcdChange =
-  | { readonly op: 'put'; readonly key: string; readonly value: string }
-  | { readonly op: 'delete'; readonly key: string };
+export type EtcdChange = { readonly op: 'put'; readonly key: string; readonly value: string } | { readonly op: 'delete'; readonly key: string };
 
 /** Distinct keys one session may change: etcd's default `--max-txn-ops` (128) minus the marker. */
 export const ETCD_MAX_CHANGED_KEYS = 127;
@@ -219,7 +217,9 @@ class EtcdDriver implements StoreDriver<EtcdChange> {
   #rejection(err: unknown): unknown {
     const message = errorMessage(err);
     if (message.includes('too many operations in txn request')) {
-      return new TooManyOperationsError(`etcd store ${this.#backend.name}: etcd refused the transaction (${message}); its --max-txn-ops is below ${ETCD_MAX_CHANGED_KEYS + 1}`);
+      return new TooManyOperationsError(
+        `etcd store ${this.#backend.name}: etcd refused the transaction (${message}); its --max-txn-ops is below ${ETCD_MAX_CHANGED_KEYS + 1}`,
+      );
     }
     if (message.includes('request is too large')) {
       return new ChangeRejectedError(`etcd refused the session's transaction as too large (${message})`, { reason: 'request-too-large' });

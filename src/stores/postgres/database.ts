@@ -62,7 +62,9 @@ export class PostgresDatabase {
     const db = new PostgresDatabase(ctx.name, pool, options.connectionString);
     // An idle pooled connection that dies emits 'error' on the pool; unhandled, it would kill the process.
     // The error is logged as a StoreUnavailableError whose message has the connection string redacted.
-    pool.on('error', (err) => ctx.logger.warn({ err: new StoreUnavailableError(db.redact(err.message)) }, 'idle postgres connection failed; the pool replaces it'));
+    pool.on('error', (err) =>
+      ctx.logger.warn({ err: new StoreUnavailableError(db.redact(err.message)) }, 'idle postgres connection failed; the pool replaces it'),
+    );
     if (!options.twoPhase) return db;
     try {
       db.#twoPhase = await TwoPhase.open(db);

@@ -11,15 +11,7 @@ import { sameKey, toHex } from '../../core/keys.ts';
 import { ChangeRejectedError, MarkerExistsError, StoreUnavailableError } from '../errors.ts';
 import { HelperCommittable, type StoreDriver } from '../helper.ts';
 import type { PostgresDatabase } from './database.ts';
-import {
-  extendedQuery,
-  isConnectionFailure,
-  isTransientSqlstate,
-  markerKeyText,
-  refusedVerb,
-  sqlstateOf,
-  type PostgresChange,
-} from './statements.ts';
+import { extendedQuery, isConnectionFailure, isTransientSqlstate, markerKeyText, refusedVerb, sqlstateOf, type PostgresChange } from './statements.ts';
 import { PreparedTransactionPendingError, TWO_PHASE_MAX_KEY_BYTES, type TwoPhase } from './two-phase.ts';
 
 /** The earlier statement failure that aborted a session's transaction. */
@@ -206,7 +198,10 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
     const sqlstate = dbError.code ?? '';
     this.#rejected = { sqlstate, message: dbError.message };
     if (isTransientSqlstate(sqlstate)) {
-      return new StoreUnavailableError(`postgres store ${this.#db.name}: ${step} failed for a passing reason (${sqlstate}: ${dbError.message}); retry the session`, { sqlstate });
+      return new StoreUnavailableError(
+        `postgres store ${this.#db.name}: ${step} failed for a passing reason (${sqlstate}: ${dbError.message}); retry the session`,
+        { sqlstate },
+      );
     }
     return new ChangeRejectedError(`postgres rejected the change: ${dbError.message}`, { sqlstate, message: dbError.message }, { cause: err });
   }

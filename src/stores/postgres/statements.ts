@@ -20,8 +20,26 @@ export interface PostgresChange {
  * would end or escape the transaction commitd runs, or leak into the pooled connection.
  */
 const ALLOWED_VERBS = new Set([
-  'SELECT', 'VALUES', 'WITH', 'TABLE', 'INSERT', 'UPDATE', 'DELETE', 'MERGE',
-  'CREATE', 'DROP', 'ALTER', 'TRUNCATE', 'COMMENT', 'GRANT', 'REVOKE', 'LOCK', 'CALL', 'DO', 'NOTIFY', 'REFRESH',
+  'SELECT',
+  'VALUES',
+  'WITH',
+  'TABLE',
+  'INSERT',
+  'UPDATE',
+  'DELETE',
+  'MERGE',
+  'CREATE',
+  'DROP',
+  'ALTER',
+  'TRUNCATE',
+  'COMMENT',
+  'GRANT',
+  'REVOKE',
+  'LOCK',
+  'CALL',
+  'DO',
+  'NOTIFY',
+  'REFRESH',
 ]);
 
 /** SQLSTATEs worth a retry: the same statement may well succeed on another attempt. */

@@ -129,7 +129,8 @@ export class TwoPhase {
       }
     }
     if (failures.length === 1) throw failures[0];
-    if (failures.length > 1) throw new AggregateError(failures, `postgres store ${this.#db.name}: ${failures.length} prepared transactions could not be resolved`);
+    if (failures.length > 1)
+      throw new AggregateError(failures, `postgres store ${this.#db.name}: ${failures.length} prepared transactions could not be resolved`);
   }
 
   async #finishPrepared(verb: 'COMMIT' | 'ROLLBACK', gid: string): Promise<boolean> {

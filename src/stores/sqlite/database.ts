@@ -111,9 +111,7 @@ export class SqliteDatabase {
       // better-sqlite3 defaults to a 16 MiB page cache per connection; commitd opens several.
       db.writer.pragma(`cache_size = ${PAGE_CACHE_KIB}`);
       await db.whenNotBusy(() =>
-        db.writer.exec(
-          'CREATE TABLE IF NOT EXISTS commitd_sessions (key TEXT PRIMARY KEY, session_id TEXT NOT NULL, committed_at TEXT NOT NULL)',
-        ),
+        db.writer.exec('CREATE TABLE IF NOT EXISTS commitd_sessions (key TEXT PRIMARY KEY, session_id TEXT NOT NULL, committed_at TEXT NOT NULL)'),
       );
       db.reader.pragma('query_only = ON');
       db.reader.pragma(`cache_size = ${PAGE_CACHE_KIB}`);
@@ -147,7 +145,12 @@ export class SqliteDatabase {
       } catch (err) {
         if (!sqliteCode(err)?.startsWith('SQLITE_BUSY')) throw err;
         const waited = Date.now() - started;
-        if (waited >= this.#busyTimeoutMs) throw new StoreUnavailableError(`sqlite database ${this.path} stayed locked by another process for ${waited} ms`, { waitedMs: waited }, { cause: err });
+        if (waited >= this.#busyTimeoutMs)
+          throw new StoreUnavailableError(
+            `sqlite database ${this.path} stayed locked by another process for ${waited} ms`,
+            { waitedMs: waited },
+            { cause: err },
+          );
         await sleep(Math.min(backoff, this.#busyTimeoutMs - waited));
       }
     }
@@ -246,10 +249,7 @@ export class SqliteDatabase {
     try {
       failed = this.#failLostGroup();
       const since = this.#requestedSince;
-      const due =
-        flush ||
-        (since !== undefined &&
-          (this.#queued === 0 || this.#group.length >= MAX_GROUP || performance.now() - since >= MAX_GROUP_DELAY_MS));
+      const due = flush || (since !== undefined && (this.#queued === 0 || this.#group.length >= MAX_GROUP || performance.now() - since >= MAX_GROUP_DELAY_MS));
       if (this.#group.length > 0 && due) failed = await this.#commitGroup();
     } finally {
       // Hands the lock straight to the next waiter, still held, so no newcomer can jump the queue.

@@ -94,10 +94,10 @@ export class StatementCache {
       });
     }
     if (!ALLOWED_VERBS.has(verb)) {
-      throw new ChangeRejectedError(
-        `${verb || 'this'} statements are not allowed: a change must read or write data (commitd runs the transaction)`,
-        { reason: 'statement', verb },
-      );
+      throw new ChangeRejectedError(`${verb || 'this'} statements are not allowed: a change must read or write data (commitd runs the transaction)`, {
+        reason: 'statement',
+        verb,
+      });
     }
     const params = bindableParams(change.params);
     const mismatch = this.#paramsMismatch(change.sql, params);
@@ -128,7 +128,13 @@ export class StatementCache {
    */
   #paramsMismatch(sql: string, params: readonly unknown[]): string | undefined {
     const named = params[0] !== null && typeof params[0] === 'object';
-    const shape = `${sql}\0${named ? Object.keys(params[0] as object).sort().join('\0') + '\0named' : params.length}`;
+    const shape = `${sql}\0${
+      named
+        ? Object.keys(params[0] as object)
+            .sort()
+            .join('\0') + '\0named'
+        : params.length
+    }`;
     let verdict = this.#shapes.get(shape);
     if (verdict === undefined) {
       try {
@@ -151,10 +157,14 @@ export function runChange({ statement, params }: CheckedChange, index: number): 
   try {
     statement.run(...params);
   } catch (err) {
-    throw new ChangeRejectedError(`change ${index + 1} failed: ${errorMessage(err)}`, {
-      ...(sqliteCode(err) ? { code: sqliteCode(err) } : {}),
-      message: errorMessage(err),
-      change: index,
-    }, { cause: err });
+    throw new ChangeRejectedError(
+      `change ${index + 1} failed: ${errorMessage(err)}`,
+      {
+        ...(sqliteCode(err) ? { code: sqliteCode(err) } : {}),
+        message: errorMessage(err),
+        change: index,
+      },
+      { cause: err },
+    );
   }
 }
