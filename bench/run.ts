@@ -371,7 +371,7 @@ async function benchProfile(pass: Pass, etcd: EtcdServer | undefined, concurrenc
   const client = new KeepAliveClient(server.url, concurrency);
   let load: LoadResult;
   const warmupMs = 1000;
-  let window;
+  let window: { fromUs: number; toUs: number };
   try {
     const startedUs = profileClockUs();
     load = await runClosedLoop({ concurrency, warmupMs, durationMs: seconds * 1000, session: commitdSession(client, `profile${keyPart(pass.name)}`) });

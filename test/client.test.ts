@@ -303,7 +303,7 @@ describe('client retries (scripted server)', () => {
   });
 
   it('waits out session_busy on commit, but never retries another refusal', async () => {
-    const busy = await serve((request, index) => (index < 2 ? problem(409, 'session_busy') : { status: 200, body: committed('k') }));
+    const busy = await serve((_request, index) => (index < 2 ? problem(409, 'session_busy') : { status: 200, body: committed('k') }));
     assert.equal((await new CommitdClient({ url: busy.url, retry: FAST }).commit('k', { main: [] })).state, 'committed');
     assert.equal(busy.received.length, 3);
 
@@ -387,7 +387,7 @@ describe('client retries (scripted server)', () => {
   });
 
   it('a resent cancel that finds nothing succeeded the first time', async () => {
-    const server = await serve((request, index) => (index === 0 ? 'reset' : problem(404, 'not_found')));
+    const server = await serve((_request, index) => (index === 0 ? 'reset' : problem(404, 'not_found')));
     assert.deepEqual(await new CommitdClient({ url: server.url, retry: FAST }).cancel('k'), { key: 'k', state: 'cancelled' });
     const strict = await serve(() => problem(404, 'not_found'));
     await assert.rejects(new CommitdClient({ url: strict.url, retry: FAST }).cancel('k'), (error) => isApiError(error, 'not_found'));

@@ -495,6 +495,7 @@ describe('full stack: docker-compose.yml, examples/full-stack.json and the Docke
     assert.match(
       token ?? '',
       /^\$\{COMMITD_TOKEN:\?[^}]+\}$/,
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: the message quotes compose's own ${…} syntax
       'docker-compose.yml: COMMITD_TOKEN should be ${COMMITD_TOKEN:?…}, so compose refuses to start without one',
     );
     assert.equal(dockerEnv().COMMITD_TOKEN, undefined, 'Dockerfile: must not set COMMITD_TOKEN');

@@ -128,7 +128,7 @@ function startLoad(service: ProcessService, workers: number, label: string) {
     for (let n = 0; running; n++) {
       const key = `${label}-${w}-${n}`;
       attempted.add(key);
-      for (let attempt = 0; running; attempt++) {
+      while (running) {
         let answer: Answer;
         try {
           const res = await fetch(`${service.url}/v1/commits`, {

@@ -51,6 +51,7 @@ test('child: waits for a line of a tsx child, then SIGKILLs it', async () => {
   const dir = makeTempDir('child');
   try {
     const script = path.join(dir, 'ready.ts');
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the TypeScript source written to a file holds a template literal
     writeFileSync(script, 'const n: number = 42;\nconsole.log(`ready ${n}`);\nsetInterval(() => {}, 1000);\n');
     const child = await spawnTsx(script);
     const match = await child.waitForLine(/^ready (\d+)$/, { timeoutMs: 15_000 });

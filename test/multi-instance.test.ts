@@ -88,7 +88,7 @@ describe('two instances on one etcd', { skip: skipUnlessFound(kvNeeds('etcd')) }
     started.push(a);
     const b = await startProcess(optionsB);
     started.push(b);
-    const path = (store: string) => (stores.find((s) => s.name === store)?.options as { path: string }).path;
+    const path = (store: string) => (stores.find((s) => s.name === store)?.options as { path: string } | undefined)?.path ?? '';
     return { a, b, path };
   }
 

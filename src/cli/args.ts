@@ -114,17 +114,20 @@ function parseCommand(positionals: readonly string[], state: string | undefined,
   }
 }
 
-/** Parses `argv` (without node and the script); `env` supplies `COMMITD_URL` and `COMMITD_TOKEN`. */
-export function parseInvocation(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Invocation {
-  let parsed;
+/** `argv` as node's parseArgs reads it; its errors become one-line usage errors. */
+function parseArguments(argv: readonly string[]) {
   try {
-    parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
+    return parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
   } catch (error) {
     // Keep parseArgs's first sentence ("Unknown option '--x'"); its advice on `--` would only confuse here.
     const message = error instanceof Error ? error.message : String(error);
-    throw new UsageError(message.split(/\.\s/)[0]!.replace(/\.$/, ''));
+    throw new UsageError((message.split(/\.\s/)[0] ?? message).replace(/\.$/, ''));
   }
-  const { values, positionals } = parsed;
+}
+
+/** Parses `argv` (without node and the script); `env` supplies `COMMITD_URL` and `COMMITD_TOKEN`. */
+export function parseInvocation(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Invocation {
+  const { values, positionals } = parseArguments(argv);
   const url = values.url ?? (env.COMMITD_URL || DEFAULT_URL);
   if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol)) throw new UsageError(`--url must be an http(s) URL, not ${JSON.stringify(url)}`);
   const token = values.token ?? (env.COMMITD_TOKEN || undefined);

@@ -11,7 +11,7 @@ export function table(header: readonly string[], rows: readonly (readonly string
   const widths = Array.from({ length: columns }, (_, column) => Math.max((header[column] ?? '').length, ...rows.map((row) => (row[column] ?? '').length)));
   const line = (cells: readonly string[]): string =>
     cells
-      .map((cell, column) => (column === cells.length - 1 ? cell : cell.padEnd(widths[column]!)))
+      .map((cell, column) => (column === cells.length - 1 ? cell : cell.padEnd(widths[column] ?? 0)))
       .join('  ')
       .trimEnd();
   return [...(header.length > 0 ? [line(header)] : []), ...rows.map(line)].join('\n');
@@ -21,7 +21,7 @@ export function table(header: readonly string[], rows: readonly (readonly string
 export function fields(pairs: readonly (readonly [string, string | undefined])[]): string {
   const present = pairs.filter((pair): pair is readonly [string, string] => pair[1] !== undefined && pair[1] !== '');
   const width = Math.max(...present.map(([name]) => name.length));
-  const indent = '\n' + ' '.repeat(width + 2);
+  const indent = `\n${' '.repeat(width + 2)}`;
   return present.map(([name, value]) => `${name.padEnd(width)}  ${value.split('\n').join(indent)}`).join('\n');
 }
 

@@ -194,7 +194,7 @@ export class SqliteKv implements Kv {
         const expiries = ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.expiryOf(op.options, now) : undefined));
         if (!ops.some((op) => op.type !== 'check')) return this.statements.currentRevision.get()?.revision ?? 0;
         const revision = this.nextRevision();
-        ops.forEach((op, index) => this.apply(op, revision, expiries[index]));
+        for (const [index, op] of ops.entries()) this.apply(op, revision, expiries[index]);
         return revision;
       }),
     );
@@ -382,11 +382,13 @@ class SqliteLease implements KvLease {
       renewed = this.owner.renew(this);
     } catch (error) {
       this.release();
-      return onLost(error instanceof Error ? error : new Error(String(error)));
+      onLost(error instanceof Error ? error : new Error(String(error)));
+      return;
     }
     if (!renewed) {
       this.release();
-      return onLost(new Error(`lease ${this.id} expired or was revoked`));
+      onLost(new Error(`lease ${this.id} expired or was revoked`));
+      return;
     }
     this.heldUntil = sentAt + ttlMs(this.ttlSeconds);
     this.timer = setTimeout(() => this.renew(), ttlMs(this.ttlSeconds) / 3);

@@ -82,7 +82,7 @@ export class SessionHandle {
   async commit(): Promise<CommittedReply> {
     if (this.#state === 'replaying' || this.#state === 'committed') {
       this.#state = 'committed';
-      return this.#result!;
+      return this.#result as CommittedReply;
     }
     this.#expect('open', 'commit');
     this.#result = await this.#requests.commit(this.key);

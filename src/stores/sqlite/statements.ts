@@ -128,13 +128,12 @@ export class StatementCache {
    */
   #paramsMismatch(sql: string, params: readonly unknown[]): string | undefined {
     const named = params[0] !== null && typeof params[0] === 'object';
-    const shape = `${sql}\0${
-      named
-        ? Object.keys(params[0] as object)
-            .sort()
-            .join('\0') + '\0named'
-        : params.length
-    }`;
+    const names = named
+      ? `${Object.keys(params[0] as object)
+          .sort()
+          .join('\0')}\0named`
+      : String(params.length);
+    const shape = `${sql}\0${names}`;
     let verdict = this.#shapes.get(shape);
     if (verdict === undefined) {
       try {
