@@ -3,7 +3,6 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import Database from 'better-sqlite3';
 import { CommitdClient } from '@commitd/client';
 import { DEFAULT_URL, UsageError, parseInvocation } from '../src/cli/args.ts';
 import { fields, formatSession, formatSessions, formatStores, table } from '../src/cli/format.ts';
@@ -11,6 +10,7 @@ import { EXIT, run, type CliIo } from '../src/cli/run.ts';
 import { makeTempDir, removeTempDir, type TrackedProcess } from './harness/child.ts';
 import { freePort } from './harness/ports.ts';
 import { runCommitd, spawnCommitd, type CommitdEnv } from './support/process.ts';
+import { sqliteRun } from './support/rows.ts';
 
 // ---------------------------------------------------------------------------------------
 // Pure parts
@@ -282,14 +282,7 @@ describe('commitd recover --once', () => {
     const dir = configuredDir('cli-recover');
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
-    const sql = (store: string, statement: string, ...params: unknown[]) => {
-      const db = new Database(join(dir, `${store}.db`));
-      try {
-        return db.prepare(statement).run(...params);
-      } finally {
-        db.close();
-      }
-    };
+    const sql = (store: string, statement: string, ...params: unknown[]) => sqliteRun(join(dir, `${store}.db`), statement, ...params);
     sql('main', 'CREATE TABLE orders (id TEXT PRIMARY KEY, note TEXT NOT NULL)');
     sql('audit', 'CREATE TABLE audit_log (id TEXT PRIMARY KEY, note TEXT NOT NULL)');
     let server: TrackedProcess | undefined;

@@ -4,7 +4,6 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import {
   CommitdApiError,
   CommitdClient,
@@ -25,6 +24,7 @@ import { KEY_PATTERN } from '../src/contract/schemas.ts';
 import { makeTempDir, removeTempDir, type TrackedProcess } from './harness/child.ts';
 import { freePort } from './harness/ports.ts';
 import { spawnCommitd, type CommitdEnv } from './support/process.ts';
+import { sqliteRows, sqliteRun } from './support/rows.ts';
 
 // ---------------------------------------------------------------------------------------
 // Pure parts
@@ -457,9 +457,7 @@ function prepareDataDir(label: string): string {
     ['main', 'orders'],
     ['audit', 'audit_log'],
   ] as const) {
-    const db = new Database(join(dir, `${name}.db`));
-    db.exec(`CREATE TABLE ${table} (id TEXT PRIMARY KEY, note TEXT NOT NULL)`);
-    db.close();
+    sqliteRun(join(dir, `${name}.db`), `CREATE TABLE ${table} (id TEXT PRIMARY KEY, note TEXT NOT NULL)`);
   }
   return dir;
 }
@@ -475,12 +473,7 @@ async function startCommitd(dir: string, port: number, extraEnv: CommitdEnv = {}
 
 /** How many rows of `table` in store `store` have `id`, read-only and from outside commitd. */
 function rowsWithId(dir: string, store: string, table: string, id: string): number {
-  const db = new Database(join(dir, `${store}.db`), { readonly: true, fileMustExist: true });
-  try {
-    return (db.prepare(`SELECT COUNT(*) AS n FROM ${table} WHERE id = ?`).get(id) as { n: number }).n;
-  } finally {
-    db.close();
-  }
+  return sqliteRows<{ n: number }>(join(dir, `${store}.db`), `SELECT COUNT(*) AS n FROM ${table} WHERE id = ?`, id)[0].n;
 }
 
 const orderChanges = (id: string) => ({
