@@ -121,13 +121,16 @@ type ConfigFile = Static<typeof ConfigFileSchema>;
 
 const validateFile = createValidatorCompiler().compile<ConfigFile>(ConfigFileSchema);
 
+/** A duration string: a number and one unit of ms, s, m, h or d. */
+const DURATION = /^\d+(?:\.\d+)?(?:ms|s|m|h|d)$/;
+
 /**
- * Milliseconds of a duration: a number of seconds, or a string with a unit as the `ms`
- * package reads it ("500ms", "60s", "2m", "24h", "1d"); `field` names it in the error.
+ * Milliseconds of a duration: a number of seconds, or a number with a unit ("500ms",
+ * "60s", "2m", "24h", "1d"), computed by the `ms` package; `field` names it in the error.
  */
 export function parseDuration(value: number | string, field: string): number {
-  // A bare number in a string would be milliseconds to `ms` but seconds as a number: refused.
-  const millis = typeof value === 'number' ? value * 1000 : /[a-z]\s*$/i.test(value) ? ms(value as ms.StringValue) : Number.NaN;
+  // The grammar stays the documented one (`ms` alone would also take "5", as milliseconds, or "1 week").
+  const millis = typeof value === 'number' ? value * 1000 : DURATION.test(value.trim()) ? ms(value.trim() as ms.StringValue) : Number.NaN;
   if (typeof millis !== 'number' || !Number.isFinite(millis) || millis <= 0) {
     throw new ConfigError(`${field}: must be a positive duration such as "24h", "60s", "500ms" or a number of seconds, got ${JSON.stringify(value)}`);
   }
