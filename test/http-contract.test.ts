@@ -443,16 +443,16 @@ for (const kv of KV_BACKENDS) {
           method: 'POST',
           url: '/v1/commits',
           request: { raw: `key=${key}`, contentType: 'application/x-www-form-urlencoded' },
-          status: 400,
-          code: 'invalid_request',
+          status: 415,
+          code: 'unsupported_media_type',
         },
         {
           name: 'text body',
           method: 'POST',
           url: '/v1/commits',
           request: { raw: JSON.stringify({ key, changes: good }), contentType: 'text/plain' },
-          status: 400,
-          code: 'invalid_request',
+          status: 415,
+          code: 'unsupported_media_type',
         },
         {
           name: 'key of the wrong type',
@@ -631,8 +631,8 @@ for (const kv of KV_BACKENDS) {
         },
         { name: 'an unknown route', method: 'GET', url: '/v2/sessions', status: 404, code: 'not_found' },
         { name: 'an unknown route under /v1', method: 'POST', url: `/v1/sessions/${open}/explode`, status: 404, code: 'not_found' },
-        { name: 'a wrong method', method: 'PUT', url: '/v1/commits', request: { body: { key, changes: good } }, status: 404, code: 'not_found' },
-        { name: 'a wrong method on a session', method: 'DELETE', url: `/v1/sessions/${open}`, status: 404, code: 'not_found' },
+        { name: 'a wrong method', method: 'PUT', url: '/v1/commits', request: { body: { key, changes: good } }, status: 405, code: 'method_not_allowed' },
+        { name: 'a wrong method on a session', method: 'DELETE', url: `/v1/sessions/${open}`, status: 405, code: 'method_not_allowed' },
       ];
 
       let rowsBefore: Record<string, number>;

@@ -204,8 +204,10 @@ const problemDescriptions: Readonly<Record<number, string>> = {
   400: 'invalid_request: malformed JSON, a body, key or header outside its schema, an unknown store',
   401: 'unauthorized: missing or wrong bearer token',
   404: 'not_found: no such session or store',
+  405: 'method_not_allowed: the path exists, not with this method (see the Allow header)',
   409: 'session_busy (the key is held by a live session) or store_conflict (a store rejected a change)',
-  413: 'payload_too_large',
+  413: 'payload_too_large: the body is over the limit (the detail states it in bytes)',
+  415: 'unsupported_media_type: send the body as application/json',
   422: 'key_reused: the key was used with other stores or changes',
   503: 'unavailable: retry after Retry-After seconds',
 };

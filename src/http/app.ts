@@ -11,16 +11,14 @@ import type { Logger } from 'pino';
 import type { SessionCoordinator } from '../coordinator/types.ts';
 import type { Metrics } from '../metrics.ts';
 import { assertServable, bearerAuth } from './auth.ts';
-import { handleError, handleNotFound } from './problems.ts';
+import { AllowedMethods } from './allowed-methods.ts';
+import { HttpProblem, MAX_PARAM_LENGTH, handleClientError, handleError, notFoundHandler } from './problems.ts';
 import { opsRoutes } from './routes/ops.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { storeRoutes } from './routes/stores.ts';
 
 /** Request bodies above this many bytes are answered 413 unless `bodyLimit` says otherwise. */
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
-
-/** Long enough that an over-long key reaches validation (400) instead of missing the route (404). */
-const MAX_PARAM_LENGTH = 1024;
 
 export interface AppOptions {
   readonly coordinator: SessionCoordinator;
@@ -62,7 +60,12 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     loggerInstance: logger,
     logController: new QuietLogController(),
     bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    // Long enough that an over-long key reaches validation; past it, a problem (frameworkErrors).
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // What fastify or Node refuse before any route (bad URL encoding, a path segment over
+    // the limit, headers over the limit, a garbage request line) is a problem too.
+    frameworkErrors: handleError,
+    clientErrorHandler: handleClientError,
     ajv: {
       // Reject what the schema does not allow instead of quietly dropping or converting it.
       customOptions: { removeAdditional: false, coerceTypes: false },
@@ -71,15 +74,23 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
 
   // An empty JSON body counts as no body, so clients that always send the header work.
   const parseJson = app.getDefaultJsonParser('error', 'error');
-  app.removeContentTypeParser('application/json');
+  // JSON only: a body of any other type (text/plain included, which fastify parses by
+  // default) is answered 415 unsupported_media_type.
+  app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
     const text = typeof body === 'string' ? body : body.toString('utf8');
     if (text === '') done(null, undefined);
-    else parseJson(request, text, done);
+    else
+      parseJson(request, text, (err, parsed) => {
+        if (err) done(jsonProblem(text, err));
+        else done(null, parsed);
+      });
   });
 
   app.setErrorHandler(handleError);
-  app.setNotFoundHandler(handleNotFound);
+  const allowed = new AllowedMethods();
+  app.addHook('onRoute', (route) => allowed.add(route.url, route.method));
+  app.setNotFoundHandler(notFoundHandler((path) => allowed.for(path)));
   if (token !== undefined) app.addHook('onRequest', bearerAuth(token));
 
   await app.register(swagger, {
@@ -105,4 +116,24 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   await app.register(sessionRoutes, { coordinator: options.coordinator });
   await app.register(storeRoutes, { coordinator: options.coordinator });
   return app;
+}
+
+/**
+ * Says what is wrong with a body the JSON parser refused: valid JSON with a member that
+ * could reach an object's prototype (`__proto__`, `constructor.prototype`), or not JSON.
+ */
+function jsonProblem(text: string, parseError: Error): HttpProblem {
+  let forbidden: string | undefined;
+  try {
+    JSON.parse(text, (name, value: unknown) => {
+      if (name === '__proto__') forbidden ??= '__proto__';
+      else if (name === 'constructor' && typeof value === 'object' && value !== null && Object.hasOwn(value, 'prototype'))
+        forbidden ??= 'constructor.prototype';
+      return value;
+    });
+  } catch (err) {
+    return new HttpProblem(400, 'invalid_request', `the body is not valid JSON: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (forbidden !== undefined) return new HttpProblem(400, 'invalid_request', `the body has a member named ${forbidden}, which commitd refuses`);
+  return new HttpProblem(400, 'invalid_request', `the body was refused: ${parseError.message}`);
 }
