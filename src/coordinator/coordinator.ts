@@ -15,7 +15,15 @@ import { errorMessage } from '../errors/catalogue.ts';
 import type { Store } from '../stores/api.ts';
 import type { Metrics } from '../metrics.ts';
 import { KeyAnswers, committedView, recordView } from './answers.ts';
-import { InvalidRequestError, KeyReusedError, PayloadTooLargeError, ServiceUnavailableError, SessionBusyError, SessionNotFoundError } from './errors.ts';
+import {
+  InvalidRequestError,
+  KeyReusedError,
+  PayloadTooLargeError,
+  ServiceUnavailableError,
+  SessionBusyError,
+  SessionNotFoundError,
+  StoreNotFoundError,
+} from './errors.ts';
 import { Failpoints } from './failpoints.ts';
 import { Instance } from './instance.ts';
 import { deleteLogOps, parseSession, recordKeys, type SessionRecord } from './records.ts';
@@ -277,7 +285,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async removeStore(name: string): Promise<void> {
-    if (!this.#stores.get(name)) throw new SessionNotFoundError(`store:${name}`);
+    if (!this.#stores.get(name)) throw new StoreNotFoundError(name);
     for (const session of this.#table.values()) {
       if (session.storeNames.includes(name)) throw new SessionBusyError(session.key, this.instanceId, `store ${name} is in use by an open session`);
     }

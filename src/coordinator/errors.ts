@@ -11,6 +11,13 @@ export class InvalidRequestError extends CommitdError {
   }
 }
 
+/** No store of that name is configured. */
+export class StoreNotFoundError extends CommitdError {
+  constructor(name: string) {
+    super('NOT_FOUND', `there is no store named ${JSON.stringify(name)}`);
+  }
+}
+
 /** No such session: never begun, cancelled, or expired. */
 export class SessionNotFoundError extends CommitdError {
   constructor(key: string) {
