@@ -739,7 +739,8 @@ for (const kv of KV_BACKENDS) {
 
     it('serves every route with the token (the scheme is case-insensitive)', async () => {
       const key = freshKey('authed');
-      assertOk(await call(app, 'POST', '/v1/commits', { token, body: { key, changes: { main: [] } } }));
+      // A session that changes nothing is refused (DESIGN "The boundary" 6): a change to the worker's own table.
+      assertOk(await call(app, 'POST', '/v1/commits', { token, body: { key, changes: { main: [{ sql: 'CREATE TABLE IF NOT EXISTS authed (x INTEGER)' }] } } }));
       assertOk(await call(app, 'GET', `/v1/sessions/${key}`, { headers: { authorization: `bearer ${token}` } }));
       assertOk(await call(app, 'GET', '/readyz', { token }));
       assert.equal((await call(app, 'GET', '/metrics', { token })).statusCode, 200);

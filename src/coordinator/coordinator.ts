@@ -23,6 +23,7 @@ import {
   SessionBusyError,
   SessionNotFoundError,
   StoreNotFoundError,
+  NOTHING_TO_COMMIT,
 } from './errors.ts';
 import { Failpoints } from './failpoints.ts';
 import { Instance } from './instance.ts';
@@ -180,7 +181,15 @@ export class Coordinator implements SessionCoordinator {
   async commit(key: string): Promise<CommittedView> {
     const session = this.#table.owned(key);
     if (!session || session.oneShot) return this.#answers.commit(key);
-    return session.run(() => (session.open ? this.#commitOpen(session) : this.#answers.commit(key)));
+    return session.run(async () => {
+      if (!session.open) return this.#answers.commit(key);
+      // DESIGN "The boundary" 6. The session ID of a session with no change is that of
+      // its stores' empty streams; the session stays open, changes may still come.
+      if (session.state === 'active' && session.sessionId === new SessionHasher(session.storeNames).sessionIdHex()) {
+        throw new InvalidRequestError(`session ${JSON.stringify(key)} has no change to commit: a session that changes nothing is refused; it stays open`);
+      }
+      return this.#commitOpen(session);
+    });
   }
 
   async cancel(key: string): Promise<{ key: string; state: 'cancelled' }> {
@@ -195,6 +204,8 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async commitOnce(key: string, changes: Readonly<Record<string, readonly unknown[]>>): Promise<CommittedView> {
+    // DESIGN "The boundary" 6: refused before anything is opened, so the key stays unused.
+    if (Object.values(changes).every((list) => list.length === 0)) throw new InvalidRequestError(NOTHING_TO_COMMIT);
     const names = this.#resolveStores(Object.keys(changes));
     const hasher = new SessionHasher(names);
     let bytes = 0;

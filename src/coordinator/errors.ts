@@ -11,6 +11,9 @@ export class InvalidRequestError extends CommitdError {
   }
 }
 
+/** What a one-shot whose every change list is empty answers (DESIGN "The boundary" 6). */
+export const NOTHING_TO_COMMIT = 'every change list is empty: a session that changes nothing is refused (the key is not used up)';
+
 /** No store of that name is configured. */
 export class StoreNotFoundError extends CommitdError {
   constructor(name: string) {

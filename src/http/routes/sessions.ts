@@ -5,7 +5,7 @@
  */
 import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsync, FastifyRequest, RawServerDefault } from 'fastify';
-import { SessionNotFoundError } from '../../coordinator/errors.ts';
+import { NOTHING_TO_COMMIT, SessionNotFoundError } from '../../coordinator/errors.ts';
 import type { SessionCoordinator } from '../../coordinator/types.ts';
 import { HttpProblem } from '../problems.ts';
 import {
@@ -66,6 +66,18 @@ function pathKey(key: string, header: string | undefined): string {
     throw new HttpProblem(400, 'invalid_request', `the path key ${JSON.stringify(key)} differs from the Idempotency-Key header ${JSON.stringify(fromHeader)}`);
   }
   return key;
+}
+
+/**
+ * A one-shot that changes nothing (`changes` without members, or only empty lists) is
+ * refused saying so, before the schema's "fewer than 1 properties" and the key check.
+ */
+async function refuseNothingToCommit(request: FastifyRequest): Promise<void> {
+  const body: unknown = request.body;
+  if (typeof body !== 'object' || body === null || !('changes' in body)) return;
+  const changes: unknown = body.changes;
+  if (typeof changes !== 'object' || changes === null || Array.isArray(changes)) return;
+  if (Object.values(changes).every((list) => Array.isArray(list) && list.length === 0)) throw new HttpProblem(400, 'invalid_request', NOTHING_TO_COMMIT);
 }
 
 export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDefault, TypeBoxProvider> = async (app, { coordinator }) => {
@@ -200,6 +212,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.post(
     '/v1/commits',
     {
+      preValidation: refuseNothingToCommit,
       schema: {
         tags,
         operationId: 'commitOnce',
