@@ -183,9 +183,8 @@ export class Coordinator implements SessionCoordinator {
     if (!session || session.oneShot) return this.#answers.commit(key);
     return session.run(async () => {
       if (!session.open) return this.#answers.commit(key);
-      // DESIGN "The boundary" 6. The session ID of a session with no change is that of
-      // its stores' empty streams; the session stays open, changes may still come.
-      if (session.state === 'active' && session.sessionId === new SessionHasher(session.storeNames).sessionIdHex()) {
+      // DESIGN "The boundary" 6: the session stays open, changes may still come.
+      if (session.acceptsChanges && !session.hasChanges) {
         throw new InvalidRequestError(`session ${JSON.stringify(key)} has no change to commit: a session that changes nothing is refused; it stays open`);
       }
       return this.#commitOpen(session);

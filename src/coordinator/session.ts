@@ -181,6 +181,11 @@ export class Session {
     return this.#slot.revision;
   }
 
+  /** True once a change was applied to any store (every change adds at least two bytes of JSON to the log). */
+  get hasChanges(): boolean {
+    return this.#logBytes > 0;
+  }
+
   /** The session ID its changes define so far (every store counted, with or without changes). */
   get sessionId(): string {
     return this.#hasher.sessionIdHex();
