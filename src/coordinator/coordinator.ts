@@ -217,7 +217,8 @@ export class Coordinator implements SessionCoordinator {
     const sessionId = hasher.sessionIdHex();
     const running = this.#table.owned(key);
     if (running?.oneShot && running.sessionId === sessionId) {
-      // A retry while the first attempt still runs here: share its outcome.
+      // A retry while the first attempt, or the recovery rolling it forward, still runs
+      // here: share its outcome.
       await running.ended;
       return this.#answers.oneShot(key, sessionId);
     }

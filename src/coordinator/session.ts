@@ -125,6 +125,7 @@ export class Session {
   readonly #slot: RecordSlot;
   readonly #committer: MultiCommitter<ResultRecord>;
   readonly #hasher: SessionHasher;
+  readonly #recordedSessionId: string | undefined;
   readonly #log: ChangeLog = {};
   readonly #onEnd: (session: Session, end: SessionEnd) => void;
   #markEnded: () => void = () => undefined;
@@ -141,6 +142,7 @@ export class Session {
     this.#stores = start.stores;
     this.storeNames = [...start.stores.keys()].sort(compareNames);
     this.#hasher = start.hasher ?? new SessionHasher(this.storeNames);
+    this.#recordedSessionId = start.adopted?.record.state === 'committing' ? start.adopted.record.sessionId : undefined;
     this.#onEnd = start.onEnd;
     this.logger = deps.logger.child({ key: start.key });
     this.startedAt = start.adopted?.record.startedAt ?? new Date().toISOString();
@@ -186,9 +188,12 @@ export class Session {
     return this.#logBytes > 0;
   }
 
-  /** The session ID its changes define so far (every store counted, with or without changes). */
+  /**
+   * The session ID its changes define: as recorded at the commit point for a roll-forward,
+   * else of the changes so far (every store counted, with or without changes).
+   */
   get sessionId(): string {
-    return this.#hasher.sessionIdHex();
+    return this.#recordedSessionId ?? this.#hasher.sessionIdHex();
   }
 
   /** Runs `step` after every earlier step of this session: one request at a time. */
