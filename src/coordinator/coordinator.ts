@@ -27,7 +27,7 @@ import {
 } from './errors.ts';
 import { Failpoints } from './failpoints.ts';
 import { Instance } from './instance.ts';
-import { deleteLogOps, parseSession, recordKeys, type SessionRecord } from './records.ts';
+import { deleteSessionOps, parseSession, recordKeys, type SessionRecord } from './records.ts';
 import { SlotTakenError } from './record-slot.ts';
 import { Recovery, readKey } from './recovery.ts';
 import { SessionEndedError, type Session } from './session.ts';
@@ -272,7 +272,7 @@ export class Coordinator implements SessionCoordinator {
       throw err;
     };
     if (action === 'abandon') {
-      await this.#kv.txn([{ type: 'delete', key: recordKeys.session(key), revision }, ...(await deleteLogOps(this.#kv, key, record))]).catch(raced);
+      await this.#kv.txn(await deleteSessionOps(this.#kv, key, record, revision)).catch(raced);
       this.#logger.warn({ key }, 'failed session abandoned by an operator');
       return { key, state: 'abandoned' };
     }

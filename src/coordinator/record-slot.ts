@@ -10,7 +10,7 @@ import { keyBytes, toHex } from '../core/keys.ts';
 import type { Kv, KvOp } from '../kv/kv.ts';
 import { ConstraintViolatedError } from '../kv/errors.ts';
 import type { Failpoints } from './failpoints.ts';
-import { deleteLogOps, parseResult, recordKeys, storeLog, type ChangeLog, type ResultRecord, type SessionRecord } from './records.ts';
+import { deleteSessionOps, parseResult, recordKeys, storeLog, type ChangeLog, type ResultRecord, type SessionRecord } from './records.ts';
 
 /** What every session record of one coordinator shares. */
 export interface RecordDeps {
@@ -97,8 +97,7 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
     };
     const ops: KvOp[] = [
       { type: 'create', key: recordKeys.result(key), value: JSON.stringify(value), options: { ttlSeconds: this.#deps.retentionSeconds } },
-      { type: 'delete', key: recordKeys.session(key), revision: this.#revision },
-      ...(await deleteLogOps(this.#deps.kv, key, this.#record as SessionRecord)),
+      ...(await deleteSessionOps(this.#deps.kv, key, this.#record as SessionRecord, this.#revision)),
     ];
     try {
       await this.#deps.kv.txn(ops);
@@ -115,10 +114,7 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
   /** Deletes the record (with its log chunks) after a cancel, if this session wrote one. */
   async abandon(): Promise<void> {
     if (this.#revision === 0 || !this.#record) return;
-    await this.#deps.kv.txn([
-      { type: 'delete', key: recordKeys.session(this.#start.key), revision: this.#revision },
-      ...(await deleteLogOps(this.#deps.kv, this.#start.key, this.#record)),
-    ]);
+    await this.#deps.kv.txn(await deleteSessionOps(this.#deps.kv, this.#start.key, this.#record, this.#revision));
     this.#revision = 0;
   }
 

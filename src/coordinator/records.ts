@@ -119,3 +119,8 @@ export async function deleteLogOps(kv: Kv, key: string, record: SessionRecord): 
   }
   return ops;
 }
+
+/** Operations deleting a session record at `revision`, with its log chunks. */
+export async function deleteSessionOps(kv: Kv, key: string, record: SessionRecord, revision: number): Promise<KvOp[]> {
+  return [{ type: 'delete', key: recordKeys.session(key), revision }, ...(await deleteLogOps(kv, key, record))];
+}

@@ -15,7 +15,7 @@ import type { Store } from '../stores/api.ts';
 import { isRejection } from './errors.ts';
 import type { Failpoints } from './failpoints.ts';
 import type { Instance } from './instance.ts';
-import { deleteLogOps, loadLog, parseResult, parseSession, recordKeys, type ResultRecord, type SessionRecord } from './records.ts';
+import { deleteSessionOps, loadLog, parseResult, parseSession, recordKeys, type ResultRecord, type SessionRecord } from './records.ts';
 import { SessionInterruptedError } from './session.ts';
 import type { SessionTable } from './session-table.ts';
 
@@ -110,7 +110,7 @@ export class Recovery {
       await this.#deps.failpoints.fire('recovery.afterAdopt');
       if (record.state === 'active') {
         // Nothing of an active session reached any store: cancel it; a retry starts afresh.
-        await kv.txn([{ type: 'delete', key: recordKeys.session(key), revision: adopted.revision }, ...(await deleteLogOps(kv, key, record))]);
+        await kv.txn(await deleteSessionOps(kv, key, record, adopted.revision));
         this.#deps.metrics?.sessionsRecovered.inc({ outcome: 'cancelled' });
         return { state: 'cancelled' };
       }
