@@ -18,6 +18,7 @@ import ms from 'ms';
 import { COORDINATOR_DEFAULTS } from './coordinator/coordinator.ts';
 import { CommitdError } from './errors/core.ts';
 import { createValidatorCompiler, describeSchemaError, type StoreDefinition } from './stores/registry.ts';
+import { DURATION } from './stores/limits.ts';
 import { STORE_NAME_PATTERN } from './contract/schemas.ts';
 
 /** The configuration is invalid; the message is one line naming the setting and the problem. */
@@ -121,8 +122,6 @@ type ConfigFile = Static<typeof ConfigFileSchema>;
 
 const validateFile = createValidatorCompiler().compile<ConfigFile>(ConfigFileSchema);
 
-/** A duration string: a number and one unit of ms, s, m, h or d. */
-const DURATION = /^\d+(?:\.\d+)?(?:ms|s|m|h|d)$/;
 
 /**
  * Milliseconds of a duration: a number of seconds, or a number with a unit ("500ms",

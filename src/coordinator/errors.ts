@@ -78,6 +78,7 @@ export class ServiceUnavailableError extends CommitdError {
 /** Codes a store step may raise that already mean what the caller should see. */
 const PASSED_THROUGH: ReadonlySet<ErrorCode> = new Set([
   'INVALID_REQUEST',
+  'BOOKKEEPING_REFUSED',
   'PAYLOAD_TOO_LARGE',
   'UNAVAILABLE',
   'SESSION_BUSY',
@@ -103,7 +104,7 @@ export function storeError(store: string, err: unknown): Error {
   return new ServiceUnavailableError(`store ${JSON.stringify(store)} failed: ${message}`, 1, { cause: err });
 }
 
-const REJECTIONS: ReadonlySet<ErrorCode> = new Set(['STORE_CONFLICT', 'INVALID_REQUEST', 'PAYLOAD_TOO_LARGE']);
+const REJECTIONS: ReadonlySet<ErrorCode> = new Set(['STORE_CONFLICT', 'INVALID_REQUEST', 'BOOKKEEPING_REFUSED', 'PAYLOAD_TOO_LARGE']);
 
 /** True for errors that mean a store will never take these changes (roll-forward must stop). */
 export function isRejection(err: unknown): boolean {

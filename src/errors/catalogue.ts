@@ -44,6 +44,7 @@ export type ErrorCode =
   // stores
   | 'STORE_CONFLICT'
   | 'CHANGE_REJECTED'
+  | 'BOOKKEEPING_REFUSED'
   | 'MARKER_CONFLICT'
   | 'MARKER_EXISTS'
   | 'NOT_WRITABLE'
@@ -79,6 +80,8 @@ export const PROBLEM_OF: Readonly<Record<ErrorCode, ProblemCode>> = {
   ALREADY_COMMITTED: 'key_reused',
   STORE_CONFLICT: 'store_conflict',
   CHANGE_REJECTED: 'store_conflict',
+  // A change that reaches commitd's bookkeeping, or a limit commitd sets: refused as input.
+  BOOKKEEPING_REFUSED: 'invalid_request',
   // Turned into STORE_CONFLICT naming the store before they leave the coordinator.
   MARKER_CONFLICT: 'store_conflict',
   // Handled inside the committable helper.

@@ -9,7 +9,14 @@ import type { Logger } from 'pino';
 import type { Committable } from '../core/committable.ts';
 
 export { HelperCommittable, type StoreDriver } from './helper.ts';
-export { ChangeRejectedError, MarkerConflictError, MarkerExistsError, StoreUnavailableError } from './errors.ts';
+export {
+  BookkeepingError,
+  ChangeRejectedError,
+  MarkerConflictError,
+  MarkerExistsError,
+  StatementTimeoutError,
+  StoreUnavailableError,
+} from './errors.ts';
 export { describeKey, fromHex, toHex } from '../core/keys.ts';
 
 /** A JSON Schema object (TypeBox schemas are JSON Schemas). */

@@ -51,3 +51,27 @@ export class MarkerConflictError extends CommitdError {
     super('MARKER_CONFLICT', `${storeName} already committed key ${JSON.stringify(describeKey(key))} as ${toHex(storedId)}, not ${toHex(ownId)}`);
   }
 }
+
+/**
+ * A change that would read or write the store's bookkeeping (its markers, commitd's own
+ * tables or keys), or lift a limit commitd sets: `400 invalid_request`, naming the rule.
+ * Nothing of the change is applied.
+ */
+export class BookkeepingError extends CommitdError {
+  /** The rule the change broke, e.g. `marker-table`, `marker-key`, `statement-limit`. */
+  readonly rule: string;
+  readonly detail: Readonly<Record<string, unknown>>;
+
+  constructor(rule: string, message: string) {
+    super('BOOKKEEPING_REFUSED', `${message} (rule ${rule})`);
+    this.rule = rule;
+    this.detail = { rule };
+  }
+}
+
+/** A statement ran past its store's time limit and was aborted: `409 store_conflict`, `storeCode: STATEMENT_TIMEOUT`. */
+export class StatementTimeoutError extends ChangeRejectedError {
+  constructor(timeoutMs: number, extra: Readonly<Record<string, unknown>> = {}, options?: { cause?: unknown }) {
+    super(`the statement ran past the store's limit of ${timeoutMs} ms and was aborted`, { ...extra, code: 'STATEMENT_TIMEOUT', timeoutMs }, options);
+  }
+}

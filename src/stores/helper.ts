@@ -11,7 +11,14 @@ import { describeKey, sameKey } from '../core/keys.ts';
 import { ChangeHasher } from '../core/session-id.ts';
 import { MarkerConflictError, MarkerExistsError } from './errors.ts';
 
-export { ChangeRejectedError, MarkerConflictError, MarkerExistsError, StoreUnavailableError } from './errors.ts';
+export {
+  BookkeepingError,
+  ChangeRejectedError,
+  MarkerConflictError,
+  MarkerExistsError,
+  StatementTimeoutError,
+  StoreUnavailableError,
+} from './errors.ts';
 
 /** What one store type implements for one session; the helper drives it. */
 export interface StoreDriver<Change> {
@@ -89,12 +96,13 @@ export class HelperCommittable<Change> implements Committable {
     await this.#open(key);
   }
 
-  /** Applies one change; hashed in order. Ignored in skip mode. */
+  /** Applies one change; hashed in order once the driver took it (a refused change is not counted). Ignored in skip mode. */
   async apply(change: Change): Promise<void> {
     if (this.#mode === 'skip') return;
     if (this.#mode !== 'writable') throw new NotWritableError(`${this.name} is not writable (${this.#mode})`);
-    this.#hashed().add(change);
+    const hasher = this.#hashed();
     await this.#driver.apply(change);
+    hasher.add(change);
   }
 
   /** Makes the session's changes ready to commit; fails now if they cannot. */
