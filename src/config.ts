@@ -122,7 +122,6 @@ type ConfigFile = Static<typeof ConfigFileSchema>;
 
 const validateFile = createValidatorCompiler().compile<ConfigFile>(ConfigFileSchema);
 
-
 /**
  * Milliseconds of a duration: a number of seconds, or a number with a unit ("500ms",
  * "60s", "2m", "24h", "1d"), computed by the `ms` package; `field` names it in the error.
