@@ -12,10 +12,13 @@
 # --- dependencies: better-sqlite3 is a native module, built (or fetched) here ------------
 FROM node:20-slim AS deps
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 make g++ \
+ && apt-get install -y --no-install-recommends python3 make gcc g++ \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json ./
+# npm ci's postinstall builds the sqlite stores' guard extension (native/sqlite-guard.c).
+COPY scripts ./scripts
+COPY native ./native
 # Runtime dependencies only: tsx is one of them; typescript and the @types are not needed.
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
@@ -28,6 +31,7 @@ ENV NODE_ENV=production \
     COMMITD_DATA_DIR=/var/lib/commitd
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
+COPY --from=deps /app/native/build ./native/build
 COPY package.json package-lock.json tsconfig.json ./
 COPY src ./src
 # The data dir (embedded KV, sqlite stores, instance id) belongs to the unprivileged user;

@@ -26,6 +26,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Mutex } from 'async-mutex';
 import Database from 'better-sqlite3';
 import { StoreUnavailableError } from '../errors.ts';
+import { statementTimeoutMs } from '../limits.ts';
+import { ConnectionGuard } from './guard.ts';
 import { sqliteCode, StatementCache } from './statements.ts';
 
 /** Options of a `sqlite` store. */
@@ -34,6 +36,8 @@ export interface SqliteOptions {
   readonly path: string;
   /** How long `prepare` waits for another process's write lock before failing (default 5000). */
   readonly busyTimeoutMs?: number;
+  /** How long one statement of a change may run (seconds, or "5s"; default 5 s). */
+  readonly statementTimeout?: number | string;
 }
 
 /** The savepoint of the session that holds the write lock (one at a time). */
@@ -77,6 +81,8 @@ export class SqliteDatabase {
   readonly reader: Database.Database;
   /** Changes compiled on the writer. */
   readonly statements: StatementCache;
+  /** Refuses worker statements that reach the bookkeeping, and aborts them at the limit. */
+  readonly guard: ConnectionGuard;
   /** async-mutex serves waiters in arrival order, so no session starves. */
   readonly #writeLock = new Mutex();
   /** Sessions queued for `#writeLock`: the group commits at a hand-over when none are. */
@@ -89,13 +95,20 @@ export class SqliteDatabase {
   /** When the first member of the group asked for durability (`performance.now()`), if one did. */
   #requestedSince: number | undefined;
 
-  private constructor(path: string, busyTimeoutMs: number) {
+  private constructor(path: string, busyTimeoutMs: number, limitMs: number) {
     this.path = path;
     this.#busyTimeoutMs = busyTimeoutMs;
     // timeout 0: better-sqlite3's busy handler sleeps synchronously and would block the event loop.
     this.writer = new Database(path, { timeout: 0 });
     this.reader = new Database(path, { timeout: 0 });
-    this.statements = new StatementCache(this.writer);
+    try {
+      this.guard = ConnectionGuard.install(this.writer, limitMs);
+    } catch (err) {
+      this.writer.close();
+      this.reader.close();
+      throw err;
+    }
+    this.statements = new StatementCache(this.writer, this.guard);
   }
 
   static async open(options: SqliteOptions): Promise<SqliteDatabase> {
@@ -104,21 +117,21 @@ export class SqliteDatabase {
     }
     const path = resolve(options.path);
     mkdirSync(dirname(path), { recursive: true });
-    const db = new SqliteDatabase(path, options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS);
+    const db = new SqliteDatabase(path, options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS, statementTimeoutMs(options.statementTimeout));
     try {
       await db.whenNotBusy(() => db.writer.pragma('journal_mode = WAL'));
       db.writer.pragma('synchronous = FULL');
       // better-sqlite3 defaults to a 16 MiB page cache per connection; commitd opens several.
       db.writer.pragma(`cache_size = ${PAGE_CACHE_KIB}`);
       await db.whenNotBusy(() =>
-        db.writer.exec('CREATE TABLE IF NOT EXISTS commitd_sessions (key TEXT PRIMARY KEY, session_id TEXT NOT NULL, committed_at TEXT NOT NULL)'),
+        db.writer.exec('CREATE TABLE IF NOT EXISTS main.commitd_sessions (key TEXT PRIMARY KEY, session_id TEXT NOT NULL, committed_at TEXT NOT NULL)'),
       );
       db.reader.pragma('query_only = ON');
       db.reader.pragma(`cache_size = ${PAGE_CACHE_KIB}`);
       db.#markers = {
-        find: db.reader.prepare('SELECT session_id FROM commitd_sessions WHERE key = ?'),
-        insert: db.writer.prepare('INSERT INTO commitd_sessions (key, session_id, committed_at) VALUES (?, ?, ?)'),
-        findInTransaction: db.writer.prepare('SELECT session_id FROM commitd_sessions WHERE key = ?'),
+        find: db.reader.prepare('SELECT session_id FROM main.commitd_sessions WHERE key = ?'),
+        insert: db.writer.prepare('INSERT INTO main.commitd_sessions (key, session_id, committed_at) VALUES (?, ?, ?)'),
+        findInTransaction: db.writer.prepare('SELECT session_id FROM main.commitd_sessions WHERE key = ?'),
       };
     } catch (err) {
       db.close();

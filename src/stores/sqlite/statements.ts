@@ -6,8 +6,9 @@
  */
 import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
-import { errorMessage } from '../../errors/core.ts';
-import { ChangeRejectedError } from '../errors.ts';
+import { CommitdError, errorMessage } from '../../errors/core.ts';
+import { BookkeepingError, ChangeRejectedError, StatementTimeoutError } from '../errors.ts';
+import type { ConnectionGuard } from './guard.ts';
 
 /** One change: a single SQL statement with positional (array) or named (object) parameters. */
 export interface SqliteChange {
@@ -19,7 +20,12 @@ export interface SqliteChange {
 export interface CheckedChange {
   readonly statement: Database.Statement;
   readonly params: unknown[];
+  /** It creates a view or a trigger: what they read is checked once they exist (see {@link StatementCache.probeSchema}). */
+  readonly createsCode: boolean;
 }
+
+/** A statement that creates a view or trigger, whose body SQLite compiles only where it is used. */
+const CREATES_CODE = /^CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:VIEW|TRIGGER)\b/i;
 
 /**
  * Compiled statements kept per database, by SQL text. A statement compiled per change would
@@ -33,6 +39,13 @@ const STATEMENT_CACHE_SIZE = 256;
  * DETACH, VACUUM, PRAGMA, … — would break the one transaction commitd runs, or escape it.
  */
 const ALLOWED_VERBS = new Set(['SELECT', 'VALUES', 'WITH', 'INSERT', 'REPLACE', 'UPDATE', 'DELETE', 'CREATE', 'DROP', 'ALTER']);
+
+function verbNotAllowed(verb: string): ChangeRejectedError {
+  return new ChangeRejectedError(`${verb || 'this'} statements are not allowed: a change must read or write data (commitd runs the transaction)`, {
+    reason: 'statement',
+    verb,
+  });
+}
 
 /** A SQLite error code (`SQLITE_BUSY`, `SQLITE_CONSTRAINT_PRIMARYKEY`, …), if `err` has one. */
 export function sqliteCode(err: unknown): string | undefined {
@@ -68,19 +81,22 @@ function bindableParams(params: SqliteChange['params']): unknown[] {
 /** Compiles changes on a database's writer connection and remembers what it compiled. */
 export class StatementCache {
   readonly #writer: Database.Database;
+  readonly #guard: ConnectionGuard;
   /** Compiled on the writer, never bound: parameters are passed to each `run`. */
   readonly #statements = new LRUCache<string, Database.Statement>({ max: STATEMENT_CACHE_SIZE });
   /** Whether a parameter shape fits a statement, by SQL text and shape: an error message, or '' if it fits. */
   readonly #shapes = new LRUCache<string, string>({ max: STATEMENT_CACHE_SIZE * 4 });
 
-  constructor(writer: Database.Database) {
+  constructor(writer: Database.Database, guard: ConnectionGuard) {
     this.#writer = writer;
+    this.#guard = guard;
   }
 
   /**
    * Compiles the statement (or finds it compiled) and checks its parameters now, so a bad
    * statement fails at apply, not at commit.
    * @throws ChangeRejectedError — the statement does not compile, is not allowed, or its parameters do not fit.
+   * @throws BookkeepingError — it reaches commitd's bookkeeping (the guard refused it).
    */
   check(change: SqliteChange): CheckedChange {
     const verb = leadingVerb(change.sql);
@@ -88,23 +104,77 @@ export class StatementCache {
     try {
       statement = this.#statement(change.sql);
     } catch (err) {
+      // Transaction statements, PRAGMA, ATTACH: the guard refuses them too, the verb says why.
+      if (err instanceof BookkeepingError) throw ALLOWED_VERBS.has(verb) ? err : verbNotAllowed(verb);
       throw new ChangeRejectedError(`statement does not compile: ${errorMessage(err)}`, {
         ...(sqliteCode(err) ? { code: sqliteCode(err) } : { reason: 'statement' }),
         message: errorMessage(err),
       });
     }
-    if (!ALLOWED_VERBS.has(verb)) {
-      throw new ChangeRejectedError(`${verb || 'this'} statements are not allowed: a change must read or write data (commitd runs the transaction)`, {
-        reason: 'statement',
-        verb,
-      });
-    }
+    if (!ALLOWED_VERBS.has(verb)) throw verbNotAllowed(verb);
     const params = bindableParams(change.params);
     const mismatch = this.#paramsMismatch(change.sql, params);
     if (mismatch !== undefined) {
       throw new ChangeRejectedError(`parameters do not fit the statement: ${mismatch}`, { reason: 'params', message: mismatch });
     }
-    return { statement, params };
+    return { statement, params, createsCode: CREATES_CODE.test(change.sql.replace(/^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?(?:\*\/|$))*/, '')) };
+  }
+
+  /**
+   * Runs the `index`th change of a session (inside its savepoint) under the guard and the
+   * statement limit. A view or trigger it creates is then compiled where it would be used,
+   * so one that reaches the bookkeeping is refused now, not at its first use.
+   * @throws ChangeRejectedError — SQLite refused it (a constraint, a table gone since apply).
+   * @throws StatementTimeoutError — it ran past the store's limit.
+   * @throws BookkeepingError — it, or a view or trigger it created, reaches the bookkeeping.
+   */
+  run(change: CheckedChange, index: number): void {
+    try {
+      this.#guard.run(() => change.statement.run(...change.params));
+      if (change.createsCode) this.probeSchema();
+    } catch (err) {
+      if (err instanceof StatementTimeoutError) throw new StatementTimeoutError(this.#guard.limitMs, { change: index }, { cause: err });
+      if (err instanceof CommitdError) throw err;
+      throw new ChangeRejectedError(
+        `change ${index + 1} failed: ${errorMessage(err)}`,
+        {
+          ...(sqliteCode(err) ? { code: sqliteCode(err) } : {}),
+          message: errorMessage(err),
+          change: index,
+        },
+        { cause: err },
+      );
+    }
+  }
+
+  /**
+   * Compiles, with the guard on, what uses every view and trigger of the schema: a SELECT
+   * from each view, and a DELETE, an INSERT and an UPDATE of every column of each table or
+   * view a trigger is on. Compiling runs nothing. A refusal is a BookkeepingError; other
+   * compile errors (an INSERT into a view without an INSTEAD OF trigger) say nothing here.
+   */
+  probeSchema(): void {
+    const objects = this.#writer.prepare("SELECT type, name, tbl_name AS target FROM main.sqlite_schema WHERE type IN ('view', 'trigger')").all() as {
+      type: string;
+      name: string;
+      target: string;
+    }[];
+    const quote = (name: string) => `"${name.replace(/"/g, '""')}"`;
+    const probes: string[] = [];
+    for (const { type, name, target } of objects) {
+      if (type === 'view') probes.push(`SELECT * FROM main.${quote(name)}`);
+      if (type !== 'trigger') continue;
+      const columns = (this.#writer.prepare('SELECT name FROM pragma_table_xinfo(?)').all(target) as { name: string }[]).map((c) => quote(c.name));
+      probes.push(`DELETE FROM main.${quote(target)}`, `INSERT INTO main.${quote(target)} DEFAULT VALUES`);
+      if (columns.length > 0) probes.push(`UPDATE main.${quote(target)} SET ${columns.map((c) => `${c} = ${c}`).join(', ')}`);
+    }
+    for (const sql of probes) {
+      try {
+        this.#guard.compile(() => this.#writer.prepare(sql));
+      } catch (err) {
+        if (err instanceof BookkeepingError) throw err;
+      }
+    }
   }
 
   /**
@@ -114,7 +184,7 @@ export class StatementCache {
   #statement(sql: string): Database.Statement {
     let statement = this.#statements.get(sql);
     if (!statement) {
-      statement = this.#writer.prepare(sql);
+      statement = this.#guard.compile(() => this.#writer.prepare(sql));
       this.#statements.set(sql, statement);
     }
     return statement;
@@ -137,33 +207,14 @@ export class StatementCache {
     let verdict = this.#shapes.get(shape);
     if (verdict === undefined) {
       try {
-        this.#writer.prepare(sql).bind(...params);
+        this.#guard.compile(() => this.#writer.prepare(sql).bind(...params));
         verdict = '';
       } catch (err) {
+        if (err instanceof BookkeepingError) throw err;
         verdict = errorMessage(err);
       }
       this.#shapes.set(shape, verdict);
     }
     return verdict || undefined;
-  }
-}
-
-/**
- * Runs the `index`th change of a session (inside its savepoint).
- * @throws ChangeRejectedError — SQLite refused it (a constraint, a table gone since apply).
- */
-export function runChange({ statement, params }: CheckedChange, index: number): void {
-  try {
-    statement.run(...params);
-  } catch (err) {
-    throw new ChangeRejectedError(
-      `change ${index + 1} failed: ${errorMessage(err)}`,
-      {
-        ...(sqliteCode(err) ? { code: sqliteCode(err) } : {}),
-        message: errorMessage(err),
-        change: index,
-      },
-      { cause: err },
-    );
   }
 }

@@ -10,7 +10,8 @@ import { describeKey, fromHex, toHex } from '../../core/keys.ts';
 import { HelperCommittable, MarkerExistsError, type StoreDriver } from '../helper.ts';
 import type { Store, StoreContext, StoreType } from '../api.ts';
 import { SqliteDatabase, type GroupMember, type SqliteOptions } from './database.ts';
-import { runChange, sqliteCode, type CheckedChange, type SqliteChange } from './statements.ts';
+import { sqliteCode, type CheckedChange, type SqliteChange } from './statements.ts';
+import { StatementTimeoutOption } from '../limits.ts';
 
 export type { SqliteOptions } from './database.ts';
 export type { SqliteChange } from './statements.ts';
@@ -21,6 +22,7 @@ const optionsSchema = Type.Object(
   {
     path: Type.String({ minLength: 1 }),
     busyTimeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
+    statementTimeout: Type.Optional(StatementTimeoutOption),
   },
   { additionalProperties: false },
 );
@@ -73,7 +75,7 @@ class SqliteDriver implements StoreDriver<SqliteChange> {
     this.#state = 'holding';
     try {
       this.#insertMarker(key, id);
-      this.#statements.forEach(runChange);
+      for (const [index, change] of this.#statements.entries()) this.#db.statements.run(change, index);
     } catch (err) {
       this.#state = 'idle';
       this.#statements = [];
