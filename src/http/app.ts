@@ -12,6 +12,7 @@ import type { SessionCoordinator } from '../coordinator/types.ts';
 import type { Metrics } from '../metrics.ts';
 import { assertServable, bearerAuth } from './auth.ts';
 import { AllowedMethods } from './allowed-methods.ts';
+import { JsonBodyError, parseJsonBody } from './json-body.ts';
 import { HttpProblem, MAX_PARAM_LENGTH, handleClientError, handleError, notFoundHandler } from './problems.ts';
 import { opsRoutes } from './routes/ops.ts';
 import { sessionRoutes } from './routes/sessions.ts';
@@ -72,19 +73,16 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     },
   });
 
-  // An empty JSON body counts as no body, so clients that always send the header work.
-  const parseJson = app.getDefaultJsonParser('error', 'error');
   // JSON only: a body of any other type (text/plain included, which fastify parses by
-  // default) is answered 415 unsupported_media_type.
+  // default) is answered 415 unsupported_media_type. An empty body counts as no body, so
+  // clients that always send the header work; values are kept exactly or refused.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
-    const text = typeof body === 'string' ? body : body.toString('utf8');
-    if (text === '') done(null, undefined);
-    else
-      parseJson(request, text, (err, parsed) => {
-        if (err) done(jsonProblem(text, err));
-        else done(null, parsed);
-      });
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => {
+    try {
+      done(null, parseJsonBody(typeof body === 'string' ? Buffer.from(body, 'utf8') : body));
+    } catch (err) {
+      done(err instanceof JsonBodyError ? new HttpProblem(400, 'invalid_request', err.message) : (err as Error));
+    }
   });
 
   app.setErrorHandler(handleError);
@@ -116,24 +114,4 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   await app.register(sessionRoutes, { coordinator: options.coordinator });
   await app.register(storeRoutes, { coordinator: options.coordinator });
   return app;
-}
-
-/**
- * Says what is wrong with a body the JSON parser refused: valid JSON with a member that
- * could reach an object's prototype (`__proto__`, `constructor.prototype`), or not JSON.
- */
-function jsonProblem(text: string, parseError: Error): HttpProblem {
-  let forbidden: string | undefined;
-  try {
-    JSON.parse(text, (name, value: unknown) => {
-      if (name === '__proto__') forbidden ??= '__proto__';
-      else if (name === 'constructor' && typeof value === 'object' && value !== null && Object.hasOwn(value, 'prototype'))
-        forbidden ??= 'constructor.prototype';
-      return value;
-    });
-  } catch (err) {
-    return new HttpProblem(400, 'invalid_request', `the body is not valid JSON: ${err instanceof Error ? err.message : String(err)}`);
-  }
-  if (forbidden !== undefined) return new HttpProblem(400, 'invalid_request', `the body has a member named ${forbidden}, which commitd refuses`);
-  return new HttpProblem(400, 'invalid_request', `the body was refused: ${parseError.message}`);
 }
