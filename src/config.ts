@@ -55,6 +55,8 @@ export interface Config {
   readonly retentionSeconds: number;
   readonly idleTimeoutMs: number;
   readonly maxOpenSessions: number;
+  /** Largest total of the change logs all open sessions hold, in bytes of JSON (DESIGN "The boundary" 3). */
+  readonly openLogBytes: number;
   readonly leaseTtlSeconds: number;
   /** How often recovery looks for sessions of dead instances, in ms. */
   readonly recoveryIntervalMs: number;
@@ -112,6 +114,8 @@ const ConfigFileSchema = Type.Object(
     leaseTtl: Type.Optional(Duration),
     recoveryInterval: Type.Optional(Duration),
     maxOpenSessions: Type.Optional(Type.Integer({ minimum: 1 })),
+    // File only, like maxOpenSessions: a memory budget belongs with the deployment's file.
+    openLogBytes: Type.Optional(Type.Integer({ minimum: 1 })),
     instanceId: Type.Optional(NonEmpty),
     token: Type.Optional(NonEmpty),
   },
@@ -236,6 +240,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     retentionSeconds: duration('retention') / 1000,
     idleTimeoutMs: duration('sessionIdleTimeout'),
     maxOpenSessions: file.maxOpenSessions ?? COORDINATOR_DEFAULTS.maxOpenSessions,
+    openLogBytes: file.openLogBytes ?? COORDINATOR_DEFAULTS.openLogBytes,
     leaseTtlSeconds: duration('leaseTtl') / 1000,
     recoveryIntervalMs: duration('recoveryInterval'),
     instanceId: file.instanceId,

@@ -14,6 +14,7 @@ export interface Metrics {
   readonly sessionsRecovered: Counter<'outcome'>;
   readonly sessionsOpen: Gauge;
   readonly sessionsFailed: Gauge;
+  readonly openLogBytes: Gauge;
   readonly commitSeconds: Histogram;
   readonly kvSeconds: Histogram<'op' | 'ok'>;
 }
@@ -41,6 +42,11 @@ export function createMetrics(): Metrics {
     }),
     sessionsOpen: new Gauge({ name: 'commitd_sessions_open', help: 'Sessions this instance drives now', registers }),
     sessionsFailed: new Gauge({ name: 'commitd_sessions_failed', help: 'Sessions in state failed, awaiting an operator (last listing)', registers }),
+    openLogBytes: new Gauge({
+      name: 'commitd_open_log_bytes',
+      help: "Bytes of changes held by the open sessions' logs (canonical JSON), against the openLogBytes cap",
+      registers,
+    }),
     commitSeconds: new Histogram({
       name: 'commitd_commit_duration_seconds',
       help: 'Time from commit request to answer',

@@ -34,6 +34,8 @@ export interface ServiceOptions {
   readonly retentionSeconds: number;
   readonly idleTimeoutMs: number;
   readonly maxOpenSessions: number;
+  /** Cap on the bytes all open sessions' change logs hold; default the coordinator's. */
+  readonly openLogBytes?: number;
   readonly leaseTtlSeconds: number;
   readonly recoveryIntervalMs?: number;
   readonly instanceId?: string;
@@ -94,6 +96,7 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
       retentionSeconds: options.retentionSeconds,
       idleTimeoutMs: options.idleTimeoutMs,
       maxOpenSessions: options.maxOpenSessions,
+      openLogBytes: options.openLogBytes,
       leaseTtlSeconds: options.leaseTtlSeconds,
       recoveryIntervalMs: options.recoveryIntervalMs,
     });

@@ -53,6 +53,7 @@ describe('loadConfig', () => {
       retentionSeconds: 86400,
       idleTimeoutMs: 60000,
       maxOpenSessions: 10000,
+      openLogBytes: 268435456,
       leaseTtlSeconds: 10,
       recoveryIntervalMs: 5000,
       instanceId: undefined,

@@ -27,6 +27,7 @@ import {
 } from './errors.ts';
 import { Failpoints } from './failpoints.ts';
 import { Instance } from './instance.ts';
+import { LogBudget } from './log-budget.ts';
 import { deleteSessionOps, parseSession, recordKeys, type SessionRecord } from './records.ts';
 import { SlotTakenError } from './record-slot.ts';
 import { Recovery, readKey } from './recovery.ts';
@@ -59,6 +60,8 @@ export interface CoordinatorOptions {
   readonly recoveryIntervalMs?: number;
   /** Largest change log one session may collect, in bytes of JSON. */
   readonly maxLogBytes?: number;
+  /** Largest total of the change logs all open sessions hold, in bytes of JSON (see `log-budget.ts` for what is counted). */
+  readonly openLogBytes?: number;
 }
 
 /** Defaults of {@link CoordinatorOptions}: the one place they are written. */
@@ -69,6 +72,7 @@ export const COORDINATOR_DEFAULTS = {
   leaseTtlSeconds: 10,
   recoveryIntervalMs: 5_000,
   maxLogBytes: 64 * 1024 * 1024,
+  openLogBytes: 256 * 1024 * 1024,
 } as const;
 
 /** Drives sessions; implements the operations of the HTTP API. */
@@ -81,6 +85,7 @@ export class Coordinator implements SessionCoordinator {
   readonly #idleTimeoutMs: number;
   readonly #recoveryIntervalMs: number;
   readonly #maxLogBytes: number;
+  readonly #logBudget: LogBudget;
   readonly #instance: Instance;
   readonly #table: SessionTable;
   readonly #recovery: Recovery;
@@ -97,6 +102,7 @@ export class Coordinator implements SessionCoordinator {
     this.#idleTimeoutMs = settings.idleTimeoutMs;
     this.#recoveryIntervalMs = settings.recoveryIntervalMs;
     this.#maxLogBytes = settings.maxLogBytes;
+    this.#logBudget = new LogBudget(settings.openLogBytes, this.#metrics);
     const failpoints = options.failpoints ?? new Failpoints(undefined);
     this.#instance = new Instance(options.kv, options.instanceId, settings.leaseTtlSeconds, this.#logger, () => this.#table.relinquishAll());
     this.#table = new SessionTable({
@@ -107,6 +113,7 @@ export class Coordinator implements SessionCoordinator {
         retentionSeconds: settings.retentionSeconds,
         logger: this.#logger,
         maxLogBytes: this.#maxLogBytes,
+        logBudget: this.#logBudget,
       },
       stores: options.stores,
       instance: this.#instance,
@@ -138,6 +145,11 @@ export class Coordinator implements SessionCoordinator {
   /** Sessions this instance drives now. */
   get openSessions(): number {
     return this.#table.size;
+  }
+
+  /** Bytes the open sessions' change logs hold now (counted against `openLogBytes`). */
+  get openLogBytes(): number {
+    return this.#logBudget.held;
   }
 
   /** One recovery pass (see {@link Recovery.recoverOnce}). */
@@ -223,7 +235,8 @@ export class Coordinator implements SessionCoordinator {
       return this.#answers.oneShot(key, sessionId);
     }
     this.#table.assertFree(key);
-    const session = this.#table.open({ key, names, oneShot: true, hasher, recoverOnInterrupt: true });
+    // Over the global log cap this throws before anything is opened: the key stays unused.
+    const session = this.#table.open({ key, names, oneShot: true, hasher, recoverOnInterrupt: true, logBytes: bytes });
     return session.run(async () => {
       try {
         await session.begin();

@@ -30,6 +30,8 @@ export interface OpenRequest {
    * sessions serving requests; a roll-forward reports to its recovery pass instead).
    */
   readonly recoverOnInterrupt: boolean;
+  /** Bytes of changes the session holds from the start (a one-shot's), taken from the log budget. */
+  readonly logBytes?: number;
 }
 
 /** The table's collaborators. */
@@ -93,15 +95,24 @@ export class SessionTable {
     // Without a live lease other instances may take a new record for a dead one's at once.
     if (!this.#deps.instance.holdsLease()) throw new ServiceUnavailableError('this instance lost its lease and is registering again', 1);
     if (this.#sessions.size >= this.#deps.maxOpen) throw new ServiceUnavailableError(`too many open sessions (${this.#deps.maxOpen})`, 1);
-    const stores = new Map<string, StoreSession>(request.names.map((name) => [name, (this.#deps.stores.get(name) as Store).session()]));
-    const session = new Session(this.#deps.session, {
-      key: request.key,
-      stores,
-      oneShot: request.oneShot,
-      hasher: request.hasher,
-      adopted: request.adopted,
-      onEnd: (ended, end) => this.#ended(ended, end, request.recoverOnInterrupt),
-    });
+    const heldBytes = request.logBytes ?? 0;
+    this.#deps.session.logBudget.reserve(heldBytes, `the changes of session ${request.key}`);
+    let session: Session;
+    try {
+      const stores = new Map<string, StoreSession>(request.names.map((name) => [name, (this.#deps.stores.get(name) as Store).session()]));
+      session = new Session(this.#deps.session, {
+        key: request.key,
+        stores,
+        oneShot: request.oneShot,
+        hasher: request.hasher,
+        adopted: request.adopted,
+        heldBytes,
+        onEnd: (ended, end) => this.#ended(ended, end, request.recoverOnInterrupt),
+      });
+    } catch (err) {
+      this.#deps.session.logBudget.release(heldBytes);
+      throw err;
+    }
     this.#sessions.set(request.key, session);
     this.#deps.metrics?.sessionsOpen.set(this.#sessions.size);
     return session;

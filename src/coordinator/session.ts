@@ -17,6 +17,7 @@ import { errorMessage } from '../errors/catalogue.ts';
 import type { StoreSession } from '../stores/api.ts';
 import { PayloadTooLargeError, ServiceUnavailableError, storeError } from './errors.ts';
 import type { Failpoints } from './failpoints.ts';
+import type { LogBudget } from './log-budget.ts';
 import { RecordSlot, SlotTakenError, type RecordDeps } from './record-slot.ts';
 import type { ChangeLog, ResultRecord, SessionRecord } from './records.ts';
 
@@ -25,6 +26,8 @@ export interface SessionDeps extends RecordDeps {
   readonly logger: Logger;
   /** Largest change log one session may collect, in bytes of canonical JSON. */
   readonly maxLogBytes: number;
+  /** What all sessions' change logs may hold together. */
+  readonly logBudget: LogBudget;
 }
 
 /**
@@ -48,6 +51,8 @@ export interface SessionStart {
   readonly hasher?: SessionHasher;
   /** The record of a crashed session this one resumes (adopted by this instance). */
   readonly adopted?: { readonly record: SessionRecord; readonly revision: number };
+  /** Bytes already taken from the log budget for this session (a one-shot's changes); given back when it ends. */
+  readonly heldBytes?: number;
   /** Called once, when the session ends in any way. */
   readonly onEnd: (session: Session, end: SessionEnd) => void;
 }
@@ -131,6 +136,8 @@ export class Session {
   #markEnded: () => void = () => undefined;
   #phase: SessionPhase;
   #logBytes = 0;
+  /** Taken from the log budget, given back once when the session ends. */
+  #heldBytes: number;
   #lastTouched = Date.now();
   #queue: Promise<unknown> = Promise.resolve();
 
@@ -144,6 +151,7 @@ export class Session {
     this.#hasher = start.hasher ?? new SessionHasher(this.storeNames);
     this.#recordedSessionId = start.adopted?.record.state === 'committing' ? start.adopted.record.sessionId : undefined;
     this.#onEnd = start.onEnd;
+    this.#heldBytes = start.heldBytes ?? 0;
     this.logger = deps.logger.child({ key: start.key });
     this.startedAt = start.adopted?.record.startedAt ?? new Date().toISOString();
     this.#phase = start.adopted?.record.state === 'committing' ? 'committing' : 'active';
@@ -227,6 +235,9 @@ export class Session {
     if (this.#logBytes + bytes > this.#deps.maxLogBytes) {
       throw new PayloadTooLargeError(`session ${this.key} would exceed the change log limit of ${this.#deps.maxLogBytes} bytes`);
     }
+    // Taken before the first await: concurrent sessions cannot both pass the check.
+    this.#deps.logBudget.reserve(bytes, `a change to session ${this.key}`);
+    this.#heldBytes += bytes;
     this.#lastTouched = Date.now();
     try {
       await this.#stage(store, changes);
@@ -305,6 +316,7 @@ export class Session {
     await this.#eachStore((store, key) => store.decide?.(key));
     const { receipt } = await this.#committer.commitWithDetails(this.key);
     this.#phase = 'ended';
+    this.#releaseLog();
     this.#markEnded();
     this.#onEnd(this, { outcome: 'committed', reason: 'committed' });
     return receipt;
@@ -333,6 +345,12 @@ export class Session {
         throw storeError(name, err);
       }
     }
+  }
+
+  /** Gives the log's bytes back to the budget: the session holds no changes any more. */
+  #releaseLog(): void {
+    this.#deps.logBudget.release(this.#heldBytes);
+    this.#heldBytes = 0;
   }
 
   /**
@@ -369,6 +387,7 @@ export class Session {
         await this.#committer.abort(how.cause ?? new Error(reason));
       }
     } finally {
+      this.#releaseLog();
       this.#markEnded();
       const outcome = !ownsRecord ? 'released' : from !== 'active' ? 'recover' : begun ? 'cancelled' : 'released';
       this.#onEnd(this, { outcome, reason });
