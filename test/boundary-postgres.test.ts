@@ -79,7 +79,7 @@ const ATTACKS: readonly Attack[] = [
   {
     route: 'a function that runs SQL text',
     sql: "SELECT query_to_xml('DELETE FROM commitd' || '_sessions RETURNING key', true, false, '')",
-    rule: 'sql-text-function',
+    rule: 'denied-function',
     mechanism: 'query_to_xml is on the deny list',
   },
   { route: 'ALTER', sql: 'ALTER TABLE commitd_sessions DROP COLUMN session_id', rule: 'marker-table', mechanism: 'the ALTER names commitd_sessions' },
@@ -94,6 +94,18 @@ const ATTACKS: readonly Attack[] = [
     sql: "SELECT pg_relation_size('commitd_sessions'::regclass)",
     rule: 'marker-table',
     mechanism: 'string constants are strings in the tree too',
+  },
+  {
+    route: 'a Unicode-escaped name',
+    sql: 'SELECT * FROM U&"commitd\\005fsessions"',
+    rule: 'marker-table',
+    mechanism: 'the parser resolves the escape before the name is compared',
+  },
+  {
+    route: 'a session-level advisory lock',
+    sql: 'SELECT pg_advisory_lock(42)',
+    rule: 'denied-function',
+    mechanism: 'it would outlive the session on the pooled connection: on the deny list',
   },
   { route: 'SET LOCAL statement_timeout', sql: 'SET LOCAL statement_timeout = 0', rule: 'statement-limit', mechanism: 'SET is refused' },
   { route: 'SET ROLE', sql: 'SET ROLE postgres', rule: 'statement-limit', mechanism: 'SET is refused' },

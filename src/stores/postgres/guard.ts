@@ -18,7 +18,7 @@
  *   or that outlives the transaction is off that list: `DO`, `CALL`, `CREATE FUNCTION |
  *   PROCEDURE | TRIGGER | RULE | EVENT TRIGGER | OPERATOR | CAST`, `PREPARE`/`EXECUTE`,
  *   `COPY`, `EXPLAIN`, `DROP SCHEMA … CASCADE`, `GRANT … ON ALL TABLES`, ….
- * - `sql-text-function`: it calls none of {@link DENIED_FUNCTIONS}, built-in or common
+ * - `denied-function`: it calls none of {@link DENIED_FUNCTIONS}, built-in or common
  *   extension functions that run a SQL string (`query_to_xml`, `ts_stat`, `dblink`, …) or
  *   reach files, other sessions or the server's configuration. The name is matched without
  *   its schema, so `pg_catalog.query_to_xml` is refused too.
@@ -80,8 +80,9 @@ const TRANSACTION_KINDS = new Set(['TransactionStmt']);
 /**
  * Functions a change may not call: those that run a SQL string the parser never sees
  * (`query_to_xml` and friends, `ts_stat`, `ts_rewrite`, tablefunc's `crosstab`/`connectby`,
- * dblink), change settings (`set_config`, reported as `statement-limit`), or reach files,
- * large objects, other backends or the server's configuration.
+ * dblink), change settings (`set_config`, reported as `statement-limit`), reach files,
+ * large objects, raw pages (pageinspect), other backends or the server's configuration, or
+ * take session-level advisory locks, which would outlive the session on the pooled connection.
  */
 const DENIED_FUNCTIONS = new Set([
   'query_to_xml',
@@ -106,6 +107,8 @@ const DENIED_FUNCTIONS = new Set([
   'crosstab4',
   'connectby',
   'dblink',
+  'dblink_connect',
+  'dblink_connect_u',
   'dblink_exec',
   'dblink_open',
   'dblink_fetch',
@@ -122,6 +125,11 @@ const DENIED_FUNCTIONS = new Set([
   'pg_reload_conf',
   'pg_rotate_logfile',
   'pg_promote',
+  'get_raw_page',
+  'pg_advisory_lock',
+  'pg_advisory_lock_shared',
+  'pg_try_advisory_lock',
+  'pg_try_advisory_lock_shared',
 ]);
 
 type Node = Record<string, unknown>;
@@ -194,6 +202,6 @@ function checkCall(call: Node): void {
     throw new BookkeepingError('statement-limit', 'set_config is not allowed in a change: commitd sets the statement limit and the role');
   }
   if (DENIED_FUNCTIONS.has(name)) {
-    throw new BookkeepingError('sql-text-function', `${name} is not allowed in a change: it runs SQL text or reaches outside the transaction`);
+    throw new BookkeepingError('denied-function', `${name} is not allowed in a change: it runs SQL text, or reaches outside the transaction or the session`);
   }
 }
