@@ -9,6 +9,7 @@ import { CommitdError, errorMessage } from '../../errors/core.ts';
 import { fromHex } from '../../core/keys.ts';
 import type { StoreContext } from '../api.ts';
 import { StoreUnavailableError } from '../errors.ts';
+import { statementTimeoutMs } from '../limits.ts';
 import { isConnectionFailure, markerKeyText, sqlstateOf } from './statements.ts';
 import { TwoPhase } from './two-phase.ts';
 
@@ -18,7 +19,9 @@ export interface PostgresOptions {
   readonly connectionString: string;
   /** Connections in the pool (default 10, at least 2): each open session holds one. */
   readonly poolSize?: number;
-  /** Server-side limit of every statement, in ms (default 30000). */
+  /** Server-side limit of every statement: seconds, or a duration such as "5s" (default 5 s). */
+  readonly statementTimeout?: number | string;
+  /** The same limit in ms, the older spelling; `statementTimeout` wins when both are set. */
   readonly statementTimeoutMs?: number;
   /** How long the server lets a session's transaction sit idle before ending it, in ms (default 60000). */
   readonly idleInTransactionTimeoutMs?: number;
@@ -27,39 +30,44 @@ export interface PostgresOptions {
 }
 
 const DEFAULT_POOL_SIZE = 10;
-const DEFAULT_STATEMENT_TIMEOUT_MS = 30_000;
 const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000;
 const CONNECT_TIMEOUT_MS = 10_000;
-/** Client-side slack over `statementTimeoutMs`: only a server that stopped answering reaches it. */
+/** Client-side slack over the statement timeout: only a server that stopped answering reaches it. */
 const QUERY_TIMEOUT_MARGIN_MS = 5_000;
 
 /** The long-lived part of a store: its pool, the marker table, and (two-phase) its prepared transactions. */
 export class PostgresDatabase {
   readonly name: string;
   readonly pool: pg.Pool;
+  /** The server-side limit of every statement (a worker cannot lift it: `guard.ts` refuses SET and set_config). */
+  readonly statementTimeoutMs: number;
   readonly #connectionString: string;
   #twoPhase: TwoPhase | undefined;
   #markerTable: Promise<void> | undefined;
 
-  private constructor(name: string, pool: pg.Pool, connectionString: string) {
+  private constructor(name: string, pool: pg.Pool, statementTimeoutMs: number, connectionString: string) {
     this.name = name;
     this.pool = pool;
+    this.statementTimeoutMs = statementTimeoutMs;
     this.#connectionString = connectionString;
   }
 
   static async open(options: PostgresOptions, ctx: StoreContext): Promise<PostgresDatabase> {
-    const statementTimeoutMs = options.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS;
+    const timeoutMs =
+      options.statementTimeout === undefined && options.statementTimeoutMs !== undefined
+        ? options.statementTimeoutMs
+        : statementTimeoutMs(options.statementTimeout);
     const pool = new pg.Pool({
       connectionString: options.connectionString,
       max: options.poolSize ?? DEFAULT_POOL_SIZE,
       connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
-      statement_timeout: statementTimeoutMs,
+      statement_timeout: timeoutMs,
       idle_in_transaction_session_timeout: options.idleInTransactionTimeoutMs ?? DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS,
-      query_timeout: statementTimeoutMs + QUERY_TIMEOUT_MARGIN_MS,
+      query_timeout: timeoutMs + QUERY_TIMEOUT_MARGIN_MS,
       keepAlive: true,
       application_name: `commitd/${ctx.name}`,
     });
-    const db = new PostgresDatabase(ctx.name, pool, options.connectionString);
+    const db = new PostgresDatabase(ctx.name, pool, timeoutMs, options.connectionString);
     // An idle pooled connection that dies emits 'error' on the pool; unhandled, it would kill the process.
     // The error is logged as a StoreUnavailableError whose message has the connection string redacted.
     pool.on('error', (err) =>

@@ -8,10 +8,11 @@
 import type pg from 'pg';
 import { CommitdError, errorMessage } from '../../errors/core.ts';
 import { sameKey, toHex } from '../../core/keys.ts';
-import { ChangeRejectedError, MarkerExistsError, StoreUnavailableError } from '../errors.ts';
+import { ChangeRejectedError, MarkerExistsError, StatementTimeoutError, StoreUnavailableError } from '../errors.ts';
 import { HelperCommittable, type StoreDriver } from '../helper.ts';
 import type { PostgresDatabase } from './database.ts';
-import { extendedQuery, isConnectionFailure, isTransientSqlstate, markerKeyText, refusedVerb, sqlstateOf, type PostgresChange } from './statements.ts';
+import { checkChange } from './guard.ts';
+import { extendedQuery, isConnectionFailure, isTransientSqlstate, markerKeyText, QUERY_CANCELED, sqlstateOf, type PostgresChange } from './statements.ts';
 import { PreparedTransactionPendingError, TWO_PHASE_MAX_KEY_BYTES, type TwoPhase } from './two-phase.ts';
 
 /** The earlier statement failure that aborted a session's transaction. */
@@ -74,16 +75,14 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
 
   async apply(change: PostgresChange): Promise<void> {
     const client = this.#usableClient();
-    const verb = refusedVerb(change.sql);
-    if (verb) {
-      throw new ChangeRejectedError(`${verb} statements are not allowed: commitd runs the session's transaction`, { reason: 'statement', verb });
-    }
+    // Before anything is sent: a refused change leaves the transaction as it was.
+    await checkChange(change.sql);
     try {
       await client.query(extendedQuery(change));
     } catch (err) {
       throw this.#failure(err, 'apply');
     }
-    // The verb check should make this unreachable; if a statement ever ended the transaction
+    // The guard should make this unreachable; if a statement ever ended the transaction
     // anyway, later changes must not run outside it.
     if (client.getTransactionStatus() !== 'T') {
       this.#lost ??= new Error('a change ended the transaction');
@@ -197,6 +196,7 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
     const dbError = err as pg.DatabaseError;
     const sqlstate = dbError.code ?? '';
     this.#rejected = { sqlstate, message: dbError.message };
+    if (sqlstate === QUERY_CANCELED) return new StatementTimeoutError(this.#db.statementTimeoutMs, { sqlstate }, { cause: err });
     if (isTransientSqlstate(sqlstate)) {
       return new StoreUnavailableError(
         `postgres store ${this.#db.name}: ${step} failed for a passing reason (${sqlstate}: ${dbError.message}); retry the session`,

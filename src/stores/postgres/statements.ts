@@ -1,7 +1,8 @@
 /**
- * The changes of a `postgres` store as statements: which statements a change may run, how
- * it is sent (one statement only), which server errors mean a lost connection or a passing
- * failure rather than a rejected change, and the marker row's key.
+ * The changes of a `postgres` store as statements: how one is sent (one statement only;
+ * which statements a change may run is `guard.ts`'s), which server errors mean a lost
+ * connection, a passing failure or a timeout rather than a rejected change, and the marker
+ * row's key.
  * @module
  */
 import pg from 'pg';
@@ -13,42 +14,15 @@ export interface PostgresChange {
   readonly params?: readonly unknown[];
 }
 
-/**
- * Statements a change may start with: those that read or write data, DDL (transactional in
- * PostgreSQL), and `SET LOCAL` / `SET CONSTRAINTS` (scoped to the transaction). Everything
- * else — BEGIN, COMMIT, ROLLBACK, SAVEPOINT, PREPARE TRANSACTION, a session-level SET, … —
- * would end or escape the transaction commitd runs, or leak into the pooled connection.
- */
-const ALLOWED_VERBS = new Set([
-  'SELECT',
-  'VALUES',
-  'WITH',
-  'TABLE',
-  'INSERT',
-  'UPDATE',
-  'DELETE',
-  'MERGE',
-  'CREATE',
-  'DROP',
-  'ALTER',
-  'TRUNCATE',
-  'COMMENT',
-  'GRANT',
-  'REVOKE',
-  'LOCK',
-  'CALL',
-  'DO',
-  'NOTIFY',
-  'REFRESH',
-]);
+/** SQLSTATE of a statement the server cancelled: past `statement_timeout`, the only canceller commitd uses. */
+export const QUERY_CANCELED = '57014';
 
 /** SQLSTATEs worth a retry: the same statement may well succeed on another attempt. */
 export function isTransientSqlstate(sqlstate: string): boolean {
   return (
     sqlstate.startsWith('40') || // serialization failure, deadlock
     sqlstate.startsWith('53') || // insufficient resources
-    sqlstate === '55P03' || // lock not available
-    sqlstate === '57014' // statement timeout (often a lock wait)
+    sqlstate === '55P03' // lock not available
   );
 }
 
@@ -61,21 +35,6 @@ export function isConnectionFailure(err: unknown): boolean {
 
 export function sqlstateOf(err: unknown): string | undefined {
   return err instanceof pg.DatabaseError ? err.code : undefined;
-}
-
-/** The first two words of a statement, past whitespace and comments, upper-cased. */
-function leadingWords(sql: string): [string, string] {
-  const rest = sql.replace(/^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?(?:\*\/|$))*/, '');
-  const match = /^([A-Za-z]+)(?:\s+([A-Za-z]+))?/.exec(rest);
-  return [match?.[1]?.toUpperCase() ?? '', match?.[2]?.toUpperCase() ?? ''];
-}
-
-/** The verb of a statement a change may not run, or undefined when it may. */
-export function refusedVerb(sql: string): string | undefined {
-  const [verb, next] = leadingWords(sql);
-  if (ALLOWED_VERBS.has(verb)) return undefined;
-  if (verb === 'SET' && (next === 'LOCAL' || next === 'CONSTRAINTS')) return undefined;
-  return verb || 'this';
 }
 
 /**

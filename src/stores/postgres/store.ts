@@ -5,8 +5,10 @@
  *
  * A frozen commitd must not hold row locks forever: the server ends a transaction left idle
  * longer than `idleInTransactionTimeoutMs`, and every statement is bounded by
- * `statementTimeoutMs` (server side) plus a margin (client side, for a server that stopped
- * answering).
+ * `statementTimeout` (server side, default 5 s; `statementTimeoutMs` is its older spelling)
+ * plus a margin (client side, for a server that stopped answering). A statement past it
+ * answers `StatementTimeoutError`. Changes are checked before they run (`guard.ts`): none
+ * can reach `commitd_sessions` or lift the limit.
  *
  * Two-phase mode (`twoPhase: true`) ends prepare with `PREPARE TRANSACTION`: the prepared
  * work outlives the connection, this process and a server restart, and whoever adopts the
@@ -27,12 +29,13 @@
  * results expired. `poolSize` bounds the sessions open at once on this store, and must be at
  * least 2: a conflicting marker is read on a second connection.
  *
- * The parts: `statements.ts` (what a change may run, how failures are sorted), `database.ts`
+ * The parts: `guard.ts` (what a change may run), `statements.ts` (how failures are sorted), `database.ts`
  * (the pool and the marker table), `driver.ts` (one session), `two-phase.ts` (prepared
  * transactions and orphans).
  * @module
  */
 import { Type } from '@sinclair/typebox';
+import { StatementTimeoutOption } from '../limits.ts';
 import type { OrphanDecision, Store, StoreContext, StoreType } from '../api.ts';
 import { PostgresDatabase, type PostgresOptions } from './database.ts';
 import { PostgresDriver, PostgresSession } from './driver.ts';
@@ -46,6 +49,7 @@ const optionsSchema = Type.Object(
   {
     connectionString: Type.String({ minLength: 1 }),
     poolSize: Type.Optional(Type.Integer({ minimum: 2 })),
+    statementTimeout: Type.Optional(StatementTimeoutOption),
     statementTimeoutMs: Type.Optional(Type.Integer({ minimum: 1 })),
     idleInTransactionTimeoutMs: Type.Optional(Type.Integer({ minimum: 1 })),
     twoPhase: Type.Optional(Type.Boolean()),
