@@ -153,6 +153,7 @@ static void destroy(void *state) {
 /* The secret commitd's own calls carry: handed out once, to commitd, right after loading. */
 static int check_secret(Guard *guard, sqlite3_context *ctx, sqlite3_value *given) {
   if (sqlite3_value_bytes(given) == SECRET_BYTES * 2 && memcmp(sqlite3_value_text(given), guard->secret, SECRET_BYTES * 2) == 0) return 1;
+  guard->denied = "function";
   sqlite3_result_error(ctx, "commitd_guard is commitd's own", -1);
   return 0;
 }

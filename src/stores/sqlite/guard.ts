@@ -24,11 +24,6 @@ const RULES: Readonly<Record<string, string>> = {
   function: "a change may not call load_extension or commitd's own functions",
 };
 
-/** Whether a better-sqlite3 error is SQLite's refusal by the authorizer. */
-function isRefusal(err: unknown): boolean {
-  return (err as { code?: unknown })?.code === 'SQLITE_AUTH' || /not authorized/.test(String((err as Error)?.message));
-}
-
 export class ConnectionGuard {
   readonly #switch: Database.Statement<[string, number, number], { outcome: string | null }>;
   readonly #secret: string;
@@ -80,7 +75,8 @@ export class ConnectionGuard {
     } catch (err) {
       const outcome = this.#off();
       if (outcome === 'interrupted') throw new StatementTimeoutError(this.#limitMs, {}, { cause: err });
-      if (outcome && isRefusal(err)) throw new BookkeepingError(outcome, RULES[outcome] ?? `refused by rule ${outcome}`);
+      // A refusal fails the statement that caused it: the rule is why it failed.
+      if (outcome) throw new BookkeepingError(outcome, RULES[outcome] ?? `refused by rule ${outcome}`);
       throw err;
     }
     this.#off();
