@@ -18,14 +18,31 @@ export interface SqliteChange {
 
 /** A change compiled and checked at apply, ready to run at prepare. */
 export interface CheckedChange {
-  readonly statement: Database.Statement;
+  /**
+   * Compiled at apply; absent when the change may name what an earlier change of the same
+   * session creates (a table, a column): compiled at prepare, after those ran.
+   */
+  readonly statement: Database.Statement | undefined;
+  readonly change: SqliteChange;
   readonly params: unknown[];
+  /** It changes the schema (CREATE, ALTER, DROP): later changes of the session may depend on it. */
+  readonly changesSchema: boolean;
   /** It creates a view or a trigger: what they read is checked once they exist (see {@link StatementCache.probeSchema}). */
   readonly createsCode: boolean;
 }
 
 /** A statement that creates a view or trigger, whose body SQLite compiles only where it is used. */
 const CREATES_CODE = /^CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:VIEW|TRIGGER)\b/i;
+
+/** Statements that change the schema. */
+const SCHEMA_VERBS = new Set(['CREATE', 'ALTER', 'DROP']);
+
+/** Whitespace and comments before a statement's first keyword. */
+const LEADING_TRIVIA = /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?(?:\*\/|$))*/;
+
+function createsCode(sql: string): boolean {
+  return CREATES_CODE.test(sql.replace(LEADING_TRIVIA, ''));
+}
 
 /**
  * Compiled statements kept per database, by SQL text. A statement compiled per change would
@@ -54,7 +71,7 @@ export function sqliteCode(err: unknown): string | undefined {
 
 /** The first keyword of a statement, past whitespace and comments. */
 function leadingVerb(sql: string): string {
-  const rest = sql.replace(/^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?(?:\*\/|$))*/, '');
+  const rest = sql.replace(LEADING_TRIVIA, '');
   return /^[A-Za-z]+/.exec(rest)?.[0].toUpperCase() ?? '';
 }
 
@@ -94,18 +111,24 @@ export class StatementCache {
 
   /**
    * Compiles the statement (or finds it compiled) and checks its parameters now, so a bad
-   * statement fails at apply, not at commit.
+   * statement fails at apply, not at commit. After a schema change earlier in the same
+   * session (`afterSchemaChange`), a statement that does not compile against today's schema
+   * may compile once that change ran: it is kept and compiled at prepare instead.
    * @throws ChangeRejectedError — the statement does not compile, is not allowed, or its parameters do not fit.
    * @throws BookkeepingError — it reaches commitd's bookkeeping (the guard refused it).
    */
-  check(change: SqliteChange): CheckedChange {
+  check(change: SqliteChange, afterSchemaChange = false): CheckedChange {
     const verb = leadingVerb(change.sql);
+    const changesSchema = SCHEMA_VERBS.has(verb);
     let statement: Database.Statement;
     try {
       statement = this.#statement(change.sql);
     } catch (err) {
       // Transaction statements, PRAGMA, ATTACH: the guard refuses them too, the verb says why.
       if (err instanceof BookkeepingError) throw ALLOWED_VERBS.has(verb) ? err : verbNotAllowed(verb);
+      if (afterSchemaChange && ALLOWED_VERBS.has(verb) && sqliteCode(err) === 'SQLITE_ERROR') {
+        return { statement: undefined, change, params: bindableParams(change.params), changesSchema, createsCode: createsCode(change.sql) };
+      }
       throw new ChangeRejectedError(`statement does not compile: ${errorMessage(err)}`, {
         ...(sqliteCode(err) ? { code: sqliteCode(err) } : { reason: 'statement' }),
         message: errorMessage(err),
@@ -117,7 +140,7 @@ export class StatementCache {
     if (mismatch !== undefined) {
       throw new ChangeRejectedError(`parameters do not fit the statement: ${mismatch}`, { reason: 'params', message: mismatch });
     }
-    return { statement, params, createsCode: CREATES_CODE.test(change.sql.replace(/^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?(?:\*\/|$))*/, '')) };
+    return { statement, change, params, changesSchema, createsCode: createsCode(change.sql) };
   }
 
   /**
@@ -128,15 +151,18 @@ export class StatementCache {
    * @throws StatementTimeoutError — it ran past the store's limit.
    * @throws BookkeepingError — it, or a view or trigger it created, reaches the bookkeeping.
    */
-  run(change: CheckedChange, index: number): void {
+  run(checked: CheckedChange, index: number): void {
     try {
-      this.#guard.run(() => change.statement.run(...change.params));
-      if (change.createsCode) this.probeSchema();
+      const { statement, params } = checked.statement ? checked : this.check(checked.change);
+      this.#guard.run(() => (statement as Database.Statement).run(...params));
+      if (checked.createsCode) this.probeSchema();
     } catch (err) {
       if (err instanceof StatementTimeoutError) throw new StatementTimeoutError(this.#guard.limitMs, { change: index }, { cause: err });
+      if (err instanceof ChangeRejectedError)
+        throw new ChangeRejectedError(`changes[${index}]: ${err.message}`, { ...err.detail, change: index }, { cause: err });
       if (err instanceof CommitdError) throw err;
       throw new ChangeRejectedError(
-        `change ${index + 1} failed: ${errorMessage(err)}`,
+        `changes[${index}] failed: ${errorMessage(err)}`,
         {
           ...(sqliteCode(err) ? { code: sqliteCode(err) } : {}),
           message: errorMessage(err),

@@ -61,7 +61,8 @@ class SqliteDriver implements StoreDriver<SqliteChange> {
 
   /** Compiles and checks the change now, so a bad statement fails at apply, not at commit. */
   async apply(change: SqliteChange): Promise<void> {
-    this.#statements.push(this.#db.statements.check(change));
+    const afterSchemaChange = this.#statements.some((checked) => checked.changesSchema);
+    this.#statements.push(this.#db.statements.check(change, afterSchemaChange));
   }
 
   /**
