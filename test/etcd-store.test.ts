@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it, type TestContext } from 'node:test';
 import { Etcd3 } from 'etcd3';
 import { pino } from 'pino';
-import { ChangeRejectedError } from '../src/stores/helper.ts';
+import { BookkeepingError } from '../src/stores/errors.ts';
 import { ETCD_MAX_CHANGED_KEYS, etcdStoreType, TooManyOperationsError, type EtcdChange, type EtcdOptions } from '../src/stores/etcd/store.ts';
 import type { Store, StoreContext } from '../src/stores/api.ts';
 import { keyBytes, toHex } from '../src/core/keys.ts';
@@ -155,7 +155,7 @@ describe('etcd store', () => {
     if (!requireServer(t)) return;
     const store = await open();
     const session = await begun(store, 'et-reserved', []);
-    await assert.rejects(session.apply(put('commitd/sessions/other', 'forged')), ChangeRejectedError);
+    await assert.rejects(session.apply(put('commitd/sessions/other', 'forged')), BookkeepingError);
     await session.cancel();
     assert.equal(await marker('other'), null);
   });

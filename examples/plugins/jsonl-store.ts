@@ -11,6 +11,8 @@
  * - A second committer of the same key must fail or skip, never write twice: the file
  *   appears with `link`, which refuses to replace an existing file.
  * - Nothing is locked while the client is still sending changes: records wait in memory.
+ * - Its bookkeeping (the marker line) is out of the worker's reach: a record shaped like a
+ *   marker line (a top-level `commitd` member) is refused at apply with `BookkeepingError`.
  * @module
  */
 import { createHash, randomUUID } from 'node:crypto';
@@ -19,6 +21,7 @@ import { join, resolve } from 'node:path';
 // The whole plugin API, by package name: here Node resolves commitd's own `exports`, and a
 // plugin outside this repository gets the same module from the installed package.
 import {
+  BookkeepingError,
   describeKey,
   fromHex,
   HelperCommittable,
@@ -85,6 +88,9 @@ async function syncDir(dir: string): Promise<void> {
   }
 }
 
+/** What this type keeps for itself; declared as `bookkeeping`, refused in `apply`. */
+const BOOKKEEPING = 'the first line of each file, {"commitd": {"key", "sessionId"}}, is the marker';
+
 /** One session. The helper around it hashes the changes and handles skip mode. */
 class JsonlDriver implements StoreDriver<JsonlChange> {
   #records: JsonlChange['record'][] = [];
@@ -102,7 +108,11 @@ class JsonlDriver implements StoreDriver<JsonlChange> {
   }
 
   async apply(change: JsonlChange): Promise<void> {
-    // commitd validated the shape against changeSchema already; just keep it for prepare.
+    // commitd validated the shape against changeSchema already. What the schema does not say:
+    // a record must not look like a marker line, which belongs to commitd (`bookkeeping`).
+    if (Object.hasOwn(change.record, 'commitd')) {
+      throw new BookkeepingError('marker-line', `a jsonl record may not have a top-level "commitd" member: ${BOOKKEEPING}`);
+    }
     this.#records.push(change.record);
   }
 
@@ -147,6 +157,7 @@ class JsonlDriver implements StoreDriver<JsonlChange> {
 /** The plugin: commitd checks this shape when it loads the module. */
 const jsonlStoreType: StoreType<JsonlOptions, JsonlChange> = {
   type: 'jsonl',
+  bookkeeping: BOOKKEEPING,
   // Plain JSON Schemas: commitd validates options before create and each change before apply.
   optionsSchema: {
     type: 'object',

@@ -76,6 +76,13 @@ export interface Store<Change = unknown> {
  */
 export interface StoreType<Options = unknown, Change = unknown> {
   readonly type: string;
+  /**
+   * What the type keeps for itself in the store, in one line, e.g. `marker keys
+   * commitd:session:*` (DESIGN "The boundary", point 1). A type that declares it must refuse
+   * every change that touches it with `BookkeepingError` from its driver's `apply`, before
+   * anything of the session is applied.
+   */
+  readonly bookkeeping?: string;
   readonly optionsSchema: JsonSchema;
   readonly changeSchema: JsonSchema;
   create(options: Options, ctx: StoreContext): Promise<Store<Change>> | Store<Change>;

@@ -68,7 +68,7 @@ function asStoreType(modulePath: string, module: unknown): StoreType {
   const candidate = isObject(module) ? module.default : undefined;
   if (candidate === undefined) throw fail('no default export (expected a store type: {type, optionsSchema, changeSchema, create})');
   if (!isObject(candidate)) throw fail(`default export must be an object, got ${describeValue(candidate)}`);
-  const { type, optionsSchema, changeSchema, create } = candidate;
+  const { type, bookkeeping, optionsSchema, changeSchema, create } = candidate;
   if (type === undefined) throw fail('field type is missing');
   if (typeof type !== 'string' || type === '') throw fail(`field type must be a non-empty string, got ${describeValue(type)}`);
   for (const [field, schema] of [
@@ -78,11 +78,13 @@ function asStoreType(modulePath: string, module: unknown): StoreType {
     if (schema === undefined) throw fail(`field ${field} is missing`);
     if (!isObject(schema)) throw fail(`field ${field} must be a JSON Schema object, got ${describeValue(schema)}`);
   }
+  if (bookkeeping !== undefined && typeof bookkeeping !== 'string') throw fail(`field bookkeeping must be a string, got ${describeValue(bookkeeping)}`);
   if (create === undefined) throw fail('field create is missing');
   if (typeof create !== 'function') throw fail(`field create must be a function, got ${describeValue(create)}`);
 
   return {
     type,
+    ...(bookkeeping === undefined ? {} : { bookkeeping }),
     optionsSchema: optionsSchema as JsonSchema,
     changeSchema: changeSchema as JsonSchema,
     async create(options: unknown, ctx: StoreContext): Promise<Store> {

@@ -28,6 +28,8 @@ import { deadlineIn, type Deadline } from '../../kv/deadline.ts';
 import { isEtcdUnavailable, isLeaseInvalid } from '../../kv/etcd-errors.ts';
 import { callEtcd, type CallOptions } from '../../kv/etcd-rpc.ts';
 import { LeaseBuckets } from '../../kv/lease-buckets.ts';
+import { BookkeepingError } from '../errors.ts';
+import { StatementTimeoutOption, statementTimeoutMs } from '../limits.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, StoreUnavailableError, type StoreDriver } from '../helper.ts';
 import type { Store, StoreContext, StoreType } from '../api.ts';
 
@@ -37,6 +39,8 @@ export interface EtcdOptions {
   readonly endpoints?: readonly string[];
   /** Prepended to every key of a change, e.g. `/app/`. */
   readonly prefix: string;
+  /** Bound of every etcd request, retries inside etcd3 included: seconds, or "5s", "500ms"; default 5 s. */
+  readonly statementTimeout?: number | string;
 }
 
 /** One change: put or delete one key (relative to the store's prefix). */
@@ -49,15 +53,17 @@ export const ETCD_MAX_CHANGED_KEYS = 127;
 export const ETCD_RESERVED_PREFIX = 'commitd/';
 const MARKER_DIR = `${ETCD_RESERVED_PREFIX}sessions/`;
 
-/** Bound of every etcd call, retries inside etcd3 included. */
-const RPC_TIMEOUT_MS = 5_000;
+/** What the `etcd` type keeps for itself (DESIGN "The boundary", point 1). */
+const ETCD_BOOKKEEPING = `keys <prefix>${ETCD_RESERVED_PREFIX}* (markers <prefix>${MARKER_DIR}<key>)`;
 
-const keySchema = Type.String({ minLength: 1, pattern: `^(?!${ETCD_RESERVED_PREFIX})` });
+// Reserved keys are refused by `apply` with BookkeepingError (naming the rule), not here.
+const keySchema = Type.String({ minLength: 1 });
 
 const optionsSchema = Type.Object(
   {
     endpoints: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })),
     prefix: Type.String(),
+    statementTimeout: Type.Optional(StatementTimeoutOption),
   },
   { additionalProperties: false },
 );
@@ -91,11 +97,13 @@ class EtcdBackend {
   readonly #client: Etcd3;
   readonly ns: Namespace;
   readonly #retentionSeconds: number;
+  readonly #timeoutMs: number;
   /** Markers share one lease per 1 % of the retention (module comment). */
   readonly #leases: LeaseBuckets;
 
-  constructor(name: string, endpoints: readonly string[], prefix: string, retentionSeconds: number) {
+  constructor(name: string, endpoints: readonly string[], prefix: string, retentionSeconds: number, timeoutMs: number) {
     this.name = name;
+    this.#timeoutMs = timeoutMs;
     this.#client = new Etcd3({ hosts: [...endpoints] });
     this.ns = this.#client.namespace(prefix);
     this.#retentionSeconds = retentionSeconds;
@@ -106,7 +114,7 @@ class EtcdBackend {
 
   /** The id of a lease under which a marker lives at least the retention period. */
   markerLease(): Promise<string> {
-    return this.#leases.leaseFor(this.#retentionSeconds, deadlineIn(RPC_TIMEOUT_MS));
+    return this.#leases.leaseFor(this.#retentionSeconds, deadlineIn(this.#timeoutMs));
   }
 
   /** Drops the marker leases, e.g. after etcd said it no longer knows one. */
@@ -121,9 +129,9 @@ class EtcdBackend {
   }
 
   /** Runs one call under the timeout; "etcd did not answer" becomes `StoreUnavailableError`. */
-  async rpc<T>(what: string, run: (options: CallOptions) => Promise<T>, deadline: Deadline = deadlineIn(RPC_TIMEOUT_MS)): Promise<T> {
+  async rpc<T>(what: string, run: (options: CallOptions) => Promise<T>, deadline: Deadline = deadlineIn(this.#timeoutMs)): Promise<T> {
     try {
-      const expired = () => new StoreUnavailableError(`etcd store ${this.name}: no answer to ${what} within ${RPC_TIMEOUT_MS} ms`);
+      const expired = () => new StoreUnavailableError(`etcd store ${this.name}: no answer to ${what} within ${this.#timeoutMs} ms`);
       return await callEtcd(deadline, run, expired);
     } catch (err) {
       if (isEtcdUnavailable(err)) {
@@ -157,8 +165,13 @@ class EtcdDriver implements StoreDriver<EtcdChange> {
   }
 
   async apply(change: EtcdChange): Promise<void> {
+    // etcd keys are plain bytes (no `..`, no normalisation) and every op is one key under the
+    // namespace (no ranges), so a key starting with the reserved prefix is the only way in.
     if (change.key.startsWith(ETCD_RESERVED_PREFIX)) {
-      throw new ChangeRejectedError(`keys under ${JSON.stringify(ETCD_RESERVED_PREFIX)} belong to commitd`, { reason: 'reserved-key', key: change.key });
+      throw new BookkeepingError(
+        'marker-key',
+        `etcd store ${this.#backend.name}: ${change.op} of ${JSON.stringify(change.key)} would touch commitd's bookkeeping, ${ETCD_BOOKKEEPING}`,
+      );
     }
     if (!this.#changes.has(change.key) && this.#changes.size >= ETCD_MAX_CHANGED_KEYS) {
       throw new TooManyOperationsError(
@@ -231,12 +244,13 @@ class EtcdDriver implements StoreDriver<EtcdChange> {
 /** The built-in `etcd` store type, on etcd3 (the client the coordinator KV uses). */
 export const etcdStoreType: StoreType<EtcdOptions, EtcdChange> = {
   type: 'etcd',
+  bookkeeping: ETCD_BOOKKEEPING,
   optionsSchema,
   changeSchema,
   create(options: EtcdOptions, ctx: StoreContext): Store<EtcdChange> {
     const endpoints = options.endpoints ?? ctx.etcdEndpoints;
     if (!endpoints || endpoints.length === 0) throw new EtcdEndpointsMissingError(ctx.name);
-    const backend = new EtcdBackend(ctx.name, endpoints, options.prefix, ctx.retentionSeconds);
+    const backend = new EtcdBackend(ctx.name, endpoints, options.prefix, ctx.retentionSeconds, statementTimeoutMs(options.statementTimeout));
     return {
       name: ctx.name,
       type: 'etcd',

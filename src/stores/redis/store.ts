@@ -21,6 +21,8 @@ import type { Logger } from 'pino';
 import { CommitdError, errorMessage } from '../../errors/core.ts';
 import { describeKey, fromHex, toHex } from '../../core/keys.ts';
 import { withTimeout } from '../../kv/deadline.ts';
+import { BookkeepingError } from '../errors.ts';
+import { StatementTimeoutOption, statementTimeoutMs } from '../limits.ts';
 import { ChangeRejectedError, HelperCommittable, MarkerExistsError, StoreUnavailableError, type StoreDriver } from '../helper.ts';
 import type { Store, StoreContext, StoreType } from '../api.ts';
 
@@ -28,6 +30,8 @@ import type { Store, StoreContext, StoreType } from '../api.ts';
 export interface RedisOptions {
   /** `redis://[user:password@]host:port[/db]`. */
   readonly url: string;
+  /** Bound of every Redis command (ioredis `commandTimeout`): seconds, or "5s", "500ms"; default 5 s. */
+  readonly statementTimeout?: number | string;
 }
 
 /** One change: a write command and its arguments. */
@@ -94,15 +98,20 @@ export const REDIS_WRITE_COMMANDS: ReadonlySet<string> = new Set([
 /** Prefix of every marker key; the idempotency key's bytes follow as they are. */
 export const REDIS_MARKER_PREFIX = 'commitd:session:';
 
-/** Bound of every command and of connecting: a commit fails in bounded time while Redis is down. */
-const COMMAND_TIMEOUT_MS = 5_000;
+/** Bound of connecting; every command is bounded by the store's `statementTimeout`. */
 const CONNECT_TIMEOUT_MS = 5_000;
 /** EXECs voided by a WATCH before giving up; each void means someone touched the marker key. */
 const MAX_WATCH_ATTEMPTS = 5;
 /** Dedicated connections kept open between commits. */
 const MAX_IDLE_CONNECTIONS = 4;
 
-const optionsSchema = Type.Object({ url: Type.String({ minLength: 1 }) }, { additionalProperties: false });
+const optionsSchema = Type.Object(
+  { url: Type.String({ minLength: 1 }), statementTimeout: Type.Optional(StatementTimeoutOption) },
+  { additionalProperties: false },
+);
+
+/** What the `redis` type keeps for itself (DESIGN "The boundary", point 1). */
+const REDIS_BOOKKEEPING = `marker keys ${REDIS_MARKER_PREFIX}*`;
 
 const changeSchema = Type.Object(
   {
@@ -159,14 +168,16 @@ function failuresOf(replies: readonly Reply[], commands: readonly (readonly (str
 class RedisConnections {
   readonly name: string;
   readonly shared: Redis;
+  readonly commandTimeoutMs: number;
   readonly #idle: Redis[] = [];
   #closed = false;
 
-  constructor(url: string, name: string, logger: Logger) {
+  constructor(url: string, name: string, logger: Logger, commandTimeoutMs: number) {
     this.name = name;
+    this.commandTimeoutMs = commandTimeoutMs;
     this.shared = new Redis(url, {
       connectTimeout: CONNECT_TIMEOUT_MS,
-      commandTimeout: COMMAND_TIMEOUT_MS,
+      commandTimeout: commandTimeoutMs,
       maxRetriesPerRequest: 1,
       retryStrategy: (attempt) => Math.min(100 * 2 ** attempt, 2_000),
       connectionName: `commitd/${name}`,
@@ -200,7 +211,7 @@ class RedisConnections {
     conn.on('error', () => undefined);
     try {
       // Connecting and the handshake together: ioredis bounds each step, not the whole.
-      const timeoutMs = CONNECT_TIMEOUT_MS + COMMAND_TIMEOUT_MS;
+      const timeoutMs = CONNECT_TIMEOUT_MS + this.commandTimeoutMs;
       await withTimeout(conn.connect(), timeoutMs, () => new StoreUnavailableError(`redis did not accept a connection within ${timeoutMs} ms`));
       return conn;
     } catch (err) {
@@ -222,6 +233,21 @@ class RedisConnections {
       return stored ? fromHex(stored.toString('utf8')) : undefined;
     } catch (err) {
       throw this.unavailable(err, 'marker read');
+    }
+  }
+
+  /**
+   * The keys `command` reaches, as Redis itself finds them (`COMMAND GETKEYS`). When Redis
+   * cannot say (wrong arity, say: prepare refuses such a command anyway), every argument
+   * counts as a key, so a marker key cannot slip through an error.
+   */
+  async keysOf(command: readonly (string | number)[]): Promise<string[]> {
+    try {
+      const keys = (await this.shared.call('COMMAND', 'GETKEYS', ...command)) as unknown[];
+      return keys.map(String);
+    } catch (err) {
+      if (isReplyError(err)) return command.slice(1).map(String);
+      throw this.unavailable(err, 'key lookup');
     }
   }
 
@@ -263,6 +289,15 @@ class RedisDriver implements StoreDriver<RedisChange> {
     const [name] = change.command;
     if (typeof name !== 'string' || !REDIS_WRITE_COMMANDS.has(name.toUpperCase())) {
       throw new InvalidRedisCommandError(this.#connections.name, name);
+    }
+    // The allowlist holds only commands whose keys are all in their arguments, so the keys
+    // Redis finds are every key the command can touch.
+    const marker = (await this.#connections.keysOf(change.command)).find((key) => key.startsWith(REDIS_MARKER_PREFIX));
+    if (marker !== undefined) {
+      throw new BookkeepingError(
+        'marker-key',
+        `redis store ${this.#connections.name}: ${name.toUpperCase()} would touch ${JSON.stringify(marker)}; ${REDIS_BOOKKEEPING} belong to commitd`,
+      );
     }
     this.#commands.push(change.command);
   }
@@ -374,10 +409,11 @@ function describeFailures(failures: readonly CommandFailure[]): string {
  */
 export const redisStoreType: StoreType<RedisOptions, RedisChange> = {
   type: 'redis',
+  bookkeeping: REDIS_BOOKKEEPING,
   optionsSchema,
   changeSchema,
   create(options: RedisOptions, ctx: StoreContext): Store<RedisChange> {
-    const connections = new RedisConnections(options.url, ctx.name, ctx.logger);
+    const connections = new RedisConnections(options.url, ctx.name, ctx.logger, statementTimeoutMs(options.statementTimeout));
     return {
       name: ctx.name,
       type: 'redis',
