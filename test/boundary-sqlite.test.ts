@@ -12,6 +12,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { sqliteRows, sqliteRun } from './support/rows.ts';
 import { startTestService, type TestService } from './support/service.ts';
 
@@ -135,5 +136,46 @@ describe('sqlite stores: bookkeeping out of reach, statements bounded (DESIGN "T
     const retried = await commit(key, [{ sql: `INSERT INTO items (name) VALUES ('${key}')` }]);
     assert.equal(retried.statusCode, 200, retried.body);
     assert.ok(items().includes(key));
+  });
+
+  // The statement runs on the store's own thread (src/stores/sqlite/thread.ts), not on the event loop.
+  it('answers /healthz while a statement runs', async () => {
+    const slow = join(service.dir, 'slow.db');
+    const added = await service.app.inject({
+      method: 'POST',
+      url: '/v1/stores',
+      headers: { 'content-type': 'application/json' },
+      payload: JSON.stringify({ name: 'slow', type: 'sqlite', options: { path: slow, statementTimeout: '2s' } }),
+    });
+    assert.equal(added.statusCode, 201, added.body);
+    let committed = false;
+    const runaway = service.app
+      .inject({
+        method: 'POST',
+        url: '/v1/commits',
+        headers: { 'content-type': 'application/json' },
+        payload: JSON.stringify({
+          key: freshKey('slow'),
+          changes: { slow: [{ sql: 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c' }] },
+        }),
+      })
+      .then((response) => {
+        committed = true;
+        return response;
+      });
+    // For about a second of the statement's two, /healthz keeps answering at once; on the
+    // event loop, the statement would hold one of these answers back until it ended.
+    const started = performance.now();
+    let slowest = 0;
+    for (let i = 0; i < 500 && performance.now() - started < 1000; i++) {
+      await sleep(5);
+      const asked = performance.now();
+      const health = await service.app.inject({ method: 'GET', url: '/healthz' });
+      slowest = Math.max(slowest, performance.now() - asked);
+      assert.equal(health.statusCode, 200);
+    }
+    assert.equal(committed, false, 'the statement was still running');
+    assert.ok(slowest < 1000, `the slowest /healthz took ${Math.round(slowest)} ms`);
+    assert.equal((await runaway).statusCode, 409);
   });
 });

@@ -3,15 +3,17 @@
  * until `prepare`, then run in one transaction together with the session's marker row.
  * Sessions on a store take the file's single write lock in turn and decided sessions commit
  * in groups: see `database.ts`. Which statements a change may run: see `statements.ts`.
+ * Each store's connections live on a thread of their own (`thread.ts`, `worker.ts`), so no
+ * statement, commit or fsync runs on the event loop.
  * @module
  */
 import { Type } from '@sinclair/typebox';
-import { describeKey, fromHex, toHex } from '../../core/keys.ts';
-import { HelperCommittable, MarkerExistsError, type StoreDriver } from '../helper.ts';
+import { HelperCommittable } from '../helper.ts';
 import type { Store, StoreContext, StoreType } from '../api.ts';
-import { SqliteDatabase, type GroupMember, type SqliteOptions } from './database.ts';
-import { sqliteCode, type CheckedChange, type SqliteChange } from './statements.ts';
 import { StatementTimeoutOption } from '../limits.ts';
+import type { SqliteOptions } from './database.ts';
+import type { SqliteChange } from './statements.ts';
+import { SqliteThread } from './thread.ts';
 
 export type { SqliteOptions } from './database.ts';
 export type { SqliteChange } from './statements.ts';
@@ -35,103 +37,6 @@ const changeSchema = Type.Object(
   { additionalProperties: false },
 );
 
-/** One session's driver: compiles changes as they arrive, runs them all at prepare. */
-class SqliteDriver implements StoreDriver<SqliteChange> {
-  readonly #db: SqliteDatabase;
-  #statements: CheckedChange[] = [];
-  /**
-   * `holding`: prepared, holds the write lock and its savepoint. `decided`: its writes wait
-   * in the group (`#member`) for the COMMIT that makes them durable.
-   */
-  #state: 'idle' | 'holding' | 'decided' = 'idle';
-  #member: GroupMember | undefined;
-
-  constructor(db: SqliteDatabase) {
-    this.#db = db;
-  }
-
-  async findMarker(key: Uint8Array): Promise<Uint8Array | undefined> {
-    const row = await this.#db.whenNotBusy(() => this.#db.markers.find.get(describeKey(key)));
-    return row && fromHex(row.session_id);
-  }
-
-  async open(): Promise<void> {
-    this.#statements = [];
-  }
-
-  /** Compiles and checks the change now, so a bad statement fails at apply, not at commit. */
-  async apply(change: SqliteChange): Promise<void> {
-    const afterSchemaChange = this.#statements.some((checked) => checked.changesSchema);
-    this.#statements.push(this.#db.statements.check(change, afterSchemaChange));
-  }
-
-  /**
-   * Takes the write lock (queueing behind other sessions), opens the session's savepoint,
-   * inserts the marker first — so a second committer of the same key stops at the marker,
-   * before its changes can fail on the first one's rows — then runs the changes. Keeps the
-   * lock until the session is decided or rolled back.
-   */
-  async prepare(key: Uint8Array, id: Uint8Array): Promise<void> {
-    await this.#db.enter();
-    this.#state = 'holding';
-    try {
-      this.#insertMarker(key, id);
-      for (const [index, change] of this.#statements.entries()) this.#db.statements.run(change, index);
-    } catch (err) {
-      this.#state = 'idle';
-      this.#statements = [];
-      // A marker another session of the group wrote is reported only once it is durable.
-      const pending = err instanceof MarkerExistsError && !this.#db.markerCommitted(describeKey(key));
-      await this.#db.leave(pending);
-      throw err;
-    }
-  }
-
-  /** The session will commit: its writes join the group and the next session may go on. */
-  async decide(): Promise<void> {
-    if (this.#state !== 'holding') return;
-    this.#state = 'decided';
-    this.#statements = [];
-    this.#member = await this.#db.decide();
-  }
-
-  /** Returns once the session's group is committed (fsynced). */
-  async commit(key: Uint8Array, id: Uint8Array): Promise<void> {
-    if (this.#state === 'idle') await this.prepare(key, id);
-    if (this.#state === 'holding') await this.decide();
-    const member = this.#member as GroupMember;
-    this.#state = 'idle';
-    this.#member = undefined;
-    await this.#db.durable(member);
-  }
-
-  /**
-   * Undoes the session's savepoint and lets the next queued session in. A decided session
-   * is past its commit point: its writes stay in the group. Safe to call twice.
-   */
-  async rollback(): Promise<void> {
-    this.#statements = [];
-    const { state, member } = { state: this.#state, member: this.#member };
-    this.#state = 'idle';
-    this.#member = undefined;
-    if (state === 'holding') await this.#db.leave();
-    // Past its commit point the session's writes stay: see that they get committed.
-    if (member) void this.#db.durable(member).catch(() => undefined);
-  }
-
-  #insertMarker(key: Uint8Array, id: Uint8Array): void {
-    const text = describeKey(key);
-    try {
-      this.#db.markers.insert.run(text, toHex(id), new Date().toISOString());
-    } catch (err) {
-      if (sqliteCode(err) !== 'SQLITE_CONSTRAINT_PRIMARYKEY') throw err;
-      const row = this.#db.markers.findInTransaction.get(text);
-      if (!row) throw err;
-      throw new MarkerExistsError(key, fromHex(row.session_id));
-    }
-  }
-}
-
 /**
  * The built-in `sqlite` store type. Changes are checked when they arrive and run at
  * `prepare`; sessions on one store take the file's single write lock in turn (FIFO), from
@@ -142,12 +47,12 @@ export const sqliteStoreType: StoreType<SqliteOptions, SqliteChange> = {
   optionsSchema,
   changeSchema,
   async create(options: SqliteOptions, ctx: StoreContext): Promise<Store<SqliteChange>> {
-    const db = await SqliteDatabase.open(options);
+    const thread = await SqliteThread.open(options);
     return {
       name: ctx.name,
       type: 'sqlite',
-      session: () => new HelperCommittable(ctx.name, new SqliteDriver(db)),
-      close: async () => db.close(),
+      session: () => new HelperCommittable(ctx.name, thread.driver()),
+      close: () => thread.close(),
     };
   },
 };
