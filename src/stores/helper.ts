@@ -11,14 +11,7 @@ import { describeKey, sameKey } from '../core/keys.ts';
 import { ChangeHasher } from '../core/session-id.ts';
 import { MarkerConflictError, MarkerExistsError } from './errors.ts';
 
-export {
-  BookkeepingError,
-  ChangeRejectedError,
-  MarkerConflictError,
-  MarkerExistsError,
-  StatementTimeoutError,
-  StoreUnavailableError,
-} from './errors.ts';
+export { ChangeRejectedError, MarkerConflictError, MarkerExistsError, StoreUnavailableError } from './errors.ts';
 
 /** What one store type implements for one session; the helper drives it. */
 export interface StoreDriver<Change> {
