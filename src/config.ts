@@ -20,6 +20,7 @@ import { CommitdError } from './errors/core.ts';
 import { createValidatorCompiler, describeSchemaError, type StoreDefinition } from './stores/registry.ts';
 import { DURATION } from './stores/limits.ts';
 import { STORE_NAME_PATTERN } from './contract/schemas.ts';
+import { SINGLE_TOKEN_NAME, TokenConfigError, parseTokenEntries, type AccessToken } from './http/tokens.ts';
 
 /** The configuration is invalid; the message is one line naming the setting and the problem. */
 export class ConfigError extends CommitdError {
@@ -42,8 +43,10 @@ export interface Config {
   /** The coordinator KV on etcd; undefined → the embedded KV under `dataDir` (single instance only). */
   readonly etcd?: { readonly endpoints: readonly string[]; readonly namespace: string };
   readonly dataDir: string;
-  /** Bearer token; undefined → no auth (loopback only). */
+  /** Bearer token with every scope (`COMMITD_TOKEN`); undefined and no `tokens` → no auth (loopback only). */
   readonly token?: string;
+  /** The file's `auth.tokens`, resolved: name, SHA-256, scopes, stores (docs/security.md). */
+  readonly tokens: readonly AccessToken[];
   readonly logLevel: LogLevel;
   /** `point=action;…`, parsed by the coordinator's failpoints; undefined → inert. */
   readonly failpoints?: string;
@@ -118,6 +121,27 @@ const ConfigFileSchema = Type.Object(
     openLogBytes: Type.Optional(Type.Integer({ minimum: 1 })),
     instanceId: Type.Optional(NonEmpty),
     token: Type.Optional(NonEmpty),
+    auth: Type.Optional(
+      Type.Object(
+        {
+          tokens: Type.Array(
+            Type.Object(
+              {
+                name: NonEmpty,
+                // Either one: checked by parseTokenEntries, with a message saying which.
+                sha256: Type.Optional(Type.String()),
+                tokenEnv: Type.Optional(NonEmpty),
+                // Plain strings here so an unknown scope is named as such, not as an enum mismatch.
+                scopes: Type.Array(Type.String()),
+                stores: Type.Optional(Type.Array(Type.String())),
+              },
+              { additionalProperties: false },
+            ),
+          ),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -225,13 +249,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const duration = (field: 'retention' | 'sessionIdleTimeout' | 'leaseTtl' | 'recoveryInterval') =>
     file[field] === undefined ? DURATION_DEFAULTS_MS[field] : parseDuration(file[field], inFile(field));
 
+  const token = envValue(env, 'COMMITD_TOKEN') ?? file.token;
+  let tokens: AccessToken[];
+  try {
+    tokens = parseTokenEntries(file.auth?.tokens ?? [], env, inFile('auth.tokens'), token === undefined ? [] : [SINGLE_TOKEN_NAME]);
+  } catch (err) {
+    if (err instanceof TokenConfigError) throw new ConfigError(err.message, { cause: err });
+    throw err;
+  }
+
   return {
     host: envValue(env, 'COMMITD_HOST') ?? file.http?.host ?? DEFAULTS.host,
     port: fromEnv('COMMITD_PORT', parsePort) ?? file.http?.port ?? DEFAULTS.port,
     bodyLimit: file.http?.bodyLimit ?? DEFAULTS.bodyLimit,
     etcd: endpoints.length > 0 ? { endpoints, namespace } : undefined,
     dataDir,
-    token: envValue(env, 'COMMITD_TOKEN') ?? file.token,
+    token,
+    tokens,
     logLevel: fromEnv('COMMITD_LOG_LEVEL', parseLogLevel) ?? DEFAULTS.logLevel,
     failpoints: envValue(env, 'COMMITD_FAILPOINTS'),
     stores,

@@ -18,6 +18,7 @@ import { Failpoints } from './coordinator/failpoints.ts';
 import { stableInstanceId } from './coordinator/instance.ts';
 import type { StoreDefinition } from './stores/registry.ts';
 import { buildApp } from './http/app.ts';
+import type { AccessToken } from './http/tokens.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 
 /** Everything a service needs, fully resolved (see `config.ts` for where it comes from). */
@@ -27,6 +28,8 @@ export interface ServiceOptions {
   readonly host: string;
   readonly bodyLimit?: number;
   readonly token?: string;
+  /** Tokens of `auth.tokens` (see `src/http/tokens.ts`). */
+  readonly tokens?: readonly AccessToken[];
   readonly stores: readonly StoreDefinition[];
   /** Plugin module paths, already resolved against the config file's directory. */
   readonly plugins: readonly string[];
@@ -101,7 +104,15 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
       recoveryIntervalMs: options.recoveryIntervalMs,
     });
     await coordinator.start();
-    const app = await buildApp({ coordinator, metrics, logger, token: options.token, bodyLimit: options.bodyLimit, host: options.host });
+    const app = await buildApp({
+      coordinator,
+      metrics,
+      logger,
+      token: options.token,
+      tokens: options.tokens,
+      bodyLimit: options.bodyLimit,
+      host: options.host,
+    });
     const close = async () => {
       await app.close();
       await coordinator.shutdown();

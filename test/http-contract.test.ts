@@ -700,8 +700,9 @@ for (const kv of KV_BACKENDS) {
       await service?.dispose();
     });
 
-    it('serves /healthz without a token', async () => {
+    it('serves /healthz and /readyz without a token (probes carry none)', async () => {
       assert.deepEqual(assertOk(await call(app, 'GET', '/healthz')), { status: 'ok' });
+      assert.deepEqual(assertOk(await call(app, 'GET', '/readyz')), { status: 'ok' });
     });
 
     it('answers 401 unauthorized without the token, or with a wrong one, on every other route', async () => {
@@ -718,7 +719,6 @@ for (const kv of KV_BACKENDS) {
         ['GET', '/v1/stores'],
         ['POST', '/v1/stores', { body: { name: 'sneaky', type: 'sqlite', options: { path: join(service.dir, 'sneaky.db') } } }],
         ['DELETE', '/v1/stores/main'],
-        ['GET', '/readyz'],
         ['GET', '/metrics'],
         ['GET', '/docs'],
         ['GET', '/docs/json'],

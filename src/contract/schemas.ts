@@ -203,6 +203,7 @@ export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
 const problemDescriptions: Readonly<Record<number, string>> = {
   400: 'invalid_request: malformed JSON, a body, key or header outside its schema, an unknown store',
   401: 'unauthorized: missing or wrong bearer token',
+  403: 'forbidden: the token lacks the scope this route needs, or may not write to a store the request names',
   404: 'not_found: no such session or store',
   405: 'method_not_allowed: the path exists, not with this method (see the Allow header)',
   409: 'session_busy (the key is held by a live session) or store_conflict (a store rejected a change)',

@@ -10,7 +10,8 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import type { Logger } from 'pino';
 import type { SessionCoordinator } from '../coordinator/types.ts';
 import type { Metrics } from '../metrics.ts';
-import { assertServable, bearerAuth } from './auth.ts';
+import { assertServable, authenticate, confineStores } from './auth.ts';
+import { TokenSet, singleToken, type AccessToken } from './tokens.ts';
 import { AllowedMethods } from './allowed-methods.ts';
 import { JsonBodyError, parseJsonBody } from './json-body.ts';
 import { HttpProblem, MAX_PARAM_LENGTH, handleClientError, handleError, notFoundHandler } from './problems.ts';
@@ -25,8 +26,10 @@ export interface AppOptions {
   readonly coordinator: SessionCoordinator;
   readonly metrics: Metrics;
   readonly logger: Logger;
-  /** Bearer token every route but `/healthz` requires; unset (or empty) → no auth, loopback only. */
+  /** `COMMITD_TOKEN`: a bearer token with every scope, named `token`; unset (or empty) → none. */
   readonly token?: string;
+  /** Tokens of the config file's `auth.tokens`, valid beside `token`. No token at all → no auth, loopback only. */
+  readonly tokens?: readonly AccessToken[];
   /** Largest request body in bytes (default 1 MiB). */
   readonly bodyLimit?: number;
   /** The address `main` will listen on; without a token it must be loopback. Default 127.0.0.1. */
@@ -53,7 +56,8 @@ class QuietLogController extends LogController {
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   // An empty COMMITD_TOKEN is how environments spell "unset"; it must not become the token "".
   const token = options.token === '' ? undefined : options.token;
-  assertServable(options.host, token);
+  const tokens = new TokenSet([...(token === undefined ? [] : [singleToken(token)]), ...(options.tokens ?? [])]);
+  assertServable(options.host, tokens.size > 0);
 
   // Typed as fastify's base logger so the app is a plain `FastifyInstance` for callers.
   const logger: FastifyBaseLogger = options.logger;
@@ -89,7 +93,10 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const allowed = new AllowedMethods();
   app.addHook('onRoute', (route) => allowed.add(route.url, route.method));
   app.setNotFoundHandler(notFoundHandler((path) => allowed.for(path)));
-  if (token !== undefined) app.addHook('onRequest', bearerAuth(token));
+  if (tokens.size > 0) {
+    app.addHook('onRequest', authenticate(tokens));
+    app.addHook('preHandler', confineStores);
+  }
 
   await app.register(swagger, {
     openapi: {
@@ -99,7 +106,15 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
         version: '1',
         description: 'Commits one unit of work to several datastores with an exactly-once effect. Errors are RFC 9457 application/problem+json.',
       },
-      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'COMMITD_TOKEN, when one is configured' } } },
+      components: {
+        securitySchemes: {
+          bearer: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'COMMITD_TOKEN or a token of auth.tokens, when any is configured; each route needs one of its scopes (docs/security.md)',
+          },
+        },
+      },
       security: [{ bearer: [] }],
       tags: [
         { name: 'sessions', description: 'Sessions and one-shot commits' },

@@ -1,17 +1,26 @@
 /**
- * Bearer-token auth, and the rule that without a token commitd serves on loopback only
+ * Bearer-token auth with scopes, and the rule that without a token commitd serves on loopback only
  * (DESIGN.md, Configuration: "unset → no auth on loopback only").
  * @module
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
-import type { FastifyRequest, onRequestAsyncHookHandler } from 'fastify';
+import type { FastifyRequest, onRequestAsyncHookHandler, preHandlerAsyncHookHandler } from 'fastify';
+import './principal.ts';
 import { HttpProblem } from './problems.ts';
+import type { AccessToken, Scope, TokenSet } from './tokens.ts';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
-    /** Served without a token even when one is configured (liveness only). */
+    /** Served without a token even when tokens are configured (`/healthz`, `/readyz`). */
     readonly public?: boolean;
+    /** The scopes any one of which admits a request (DESIGN.md "Auth and scopes"); absent → any valid token. */
+    readonly scopes?: readonly Scope[];
+    /** The stores a request writes to, for tokens limited to some; `all` for a begin without `stores`. */
+    readonly storesOf?: (request: FastifyRequest) => readonly string[] | 'all';
+  }
+  interface FastifyRequest {
+    /** The token the request authenticated with; absent when commitd serves without tokens. */
+    accessToken?: AccessToken;
   }
 }
 
@@ -30,20 +39,15 @@ export function isLoopbackHost(host: string): boolean {
 }
 
 /**
- * Throws unless the app may serve: a token is set, or `host` is loopback. An absent host
+ * Throws unless the app may serve: tokens are configured, or `host` is loopback. An absent host
  * means the configured default, 127.0.0.1.
  */
-export function assertServable(host: string | undefined, token: string | undefined): void {
-  if (token !== undefined) return;
+export function assertServable(host: string | undefined, withTokens: boolean): void {
+  if (withTokens) return;
   if (host === undefined || isLoopbackHost(host)) return;
   throw new Error(
-    `refusing to serve on ${JSON.stringify(host)} without a token: set COMMITD_TOKEN, or serve on a loopback address (127.0.0.1, ::1, localhost)`,
+    `refusing to serve on ${JSON.stringify(host)} without a token: set COMMITD_TOKEN or auth.tokens in the config file, or serve on a loopback address (127.0.0.1, ::1, localhost)`,
   );
-}
-
-/** Compares digests so that neither the content nor the length of the token leaks through timing. */
-function sameSecret(given: string, expected: Buffer): boolean {
-  return timingSafeEqual(createHash('sha256').update(given).digest(), expected);
 }
 
 /** The bearer token of an `Authorization` header (the scheme is case-insensitive, RFC 9110). */
@@ -54,14 +58,51 @@ function bearerToken(request: FastifyRequest): string | undefined {
   return match?.[1];
 }
 
-/** An `onRequest` hook answering 401 unless the request carries `Authorization: Bearer <token>`. */
-export function bearerAuth(token: string): onRequestAsyncHookHandler {
-  const expected = createHash('sha256').update(token).digest();
-  const challenge = { 'www-authenticate': 'Bearer realm="commitd"' };
+const CHALLENGE = 'Bearer realm="commitd"';
+
+/**
+ * The one `onRequest` hook of auth: 401 unless the request carries a token of `tokens`,
+ * 403 unless that token holds one of the scopes the route declares (`config.scopes`; a
+ * route declaring none, `/docs` and unknown paths included, takes any valid token). Sets
+ * `request.principal`. Routes with `config.public` are served to anyone.
+ */
+export function authenticate(tokens: TokenSet): onRequestAsyncHookHandler {
   return async (request) => {
-    if (request.routeOptions.config.public === true) return;
+    const config = request.routeOptions.config;
+    if (config.public === true) return;
     const given = bearerToken(request);
-    if (given === undefined) throw new HttpProblem(401, 'unauthorized', 'this route needs Authorization: Bearer <token>', challenge);
-    if (!sameSecret(given, expected)) throw new HttpProblem(401, 'unauthorized', 'the bearer token is not valid', challenge);
+    if (given === undefined) throw new HttpProblem(401, 'unauthorized', 'this route needs Authorization: Bearer <token>', { 'www-authenticate': CHALLENGE });
+    const token = tokens.find(given);
+    if (token === undefined) throw new HttpProblem(401, 'unauthorized', 'the bearer token is not valid', { 'www-authenticate': CHALLENGE });
+    request.principal = { name: token.name };
+    request.log = request.log.child({ principal: token.name });
+    const needed = config.scopes;
+    if (needed === undefined || needed.some((scope) => token.scopes.has(scope))) {
+      request.accessToken = token;
+      return;
+    }
+    const list = needed.join(' ');
+    throw new HttpProblem(403, 'forbidden', `token ${JSON.stringify(token.name)} lacks the scope this route needs: ${needed.join(' or ')}`, {
+      'www-authenticate': `${CHALLENGE}, error="insufficient_scope", scope="${list}"`,
+    });
   };
 }
+
+/**
+ * A `preHandler` hook (after validation, so the body is parsed): 403 when the request's
+ * token is limited to some stores and the route's `config.storesOf` names another, or
+ * names every store (a begin without `stores`: a limited token must name its stores).
+ */
+export const confineStores: preHandlerAsyncHookHandler = async (request) => {
+  const allowed = request.accessToken?.stores;
+  const storesOf = request.routeOptions.config.storesOf;
+  if (allowed === undefined || storesOf === undefined) return;
+  const named = storesOf(request);
+  const name = JSON.stringify(request.accessToken?.name);
+  const limit = [...allowed].join(', ');
+  if (named === 'all') {
+    throw new HttpProblem(403, 'forbidden', `token ${name} is limited to stores ${limit}: name them in "stores" (without it a session spans every store)`);
+  }
+  const outside = named.filter((store) => !allowed.has(store));
+  if (outside.length > 0) throw new HttpProblem(403, 'forbidden', `token ${name} may not write to store(s) ${outside.join(', ')} (it is limited to ${limit})`);
+};

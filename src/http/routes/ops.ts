@@ -1,6 +1,7 @@
 /**
  * Operational routes: liveness, readiness (the coordinator KV answers) and Prometheus
- * metrics. Only `/healthz` is public: it says the process serves, nothing more.
+ * metrics. `/healthz` and `/readyz` are open (probes carry no token); `/metrics` needs the
+ * `metrics` scope.
  * @module
  */
 import { Type } from '@sinclair/typebox';
@@ -32,11 +33,14 @@ export const opsRoutes: FastifyPluginAsync<OpsRoutesOptions, RawServerDefault, T
   app.get(
     '/readyz',
     {
+      // Open, like /healthz: a load balancer probes it without a token.
+      config: { public: true },
       schema: {
         tags,
         operationId: 'ready',
         summary: 'Readiness: the coordinator KV answers',
-        response: { 200: HealthReply, ...problemResponses(401, 503) },
+        security: [],
+        response: { 200: HealthReply, ...problemResponses(503) },
       },
     },
     async () => {
@@ -54,11 +58,12 @@ export const opsRoutes: FastifyPluginAsync<OpsRoutesOptions, RawServerDefault, T
   app.get(
     '/metrics',
     {
+      config: { scopes: ['metrics'] },
       schema: {
         tags,
         operationId: 'metrics',
         summary: 'Prometheus metrics (text exposition format)',
-        response: { 200: { description: 'Metrics', content: { 'text/plain': { schema: Type.String() } } }, ...problemResponses(401) },
+        response: { 200: { description: 'Metrics', content: { 'text/plain': { schema: Type.String() } } }, ...problemResponses(401, 403) },
       },
     },
     async (_request, reply) => {

@@ -84,6 +84,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.post(
     '/v1/sessions',
     {
+      config: { scopes: ['commit'], storesOf: (request) => (request.body as { stores?: string[] }).stores ?? 'all' },
       preValidation: absentBodyIsEmpty,
       schema: {
         tags,
@@ -94,7 +95,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         response: {
           201: { ...ActiveReply, description: 'Session begun' },
           200: Type.Union([ActiveReply, CommittedReply], { description: 'A crashed session resumed (recovery: true), or the key is already committed' }),
-          ...problemResponses(400, 401, 409, 413, 422, 503),
+          ...problemResponses(400, 401, 403, 409, 413, 422, 503),
         },
       },
     },
@@ -108,6 +109,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.post(
     '/v1/sessions/:key/changes',
     {
+      config: { scopes: ['commit'], storesOf: (request) => [(request.body as { store: string }).store] },
       schema: {
         tags,
         operationId: 'applyChanges',
@@ -115,7 +117,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         headers: KeyHeaders,
         params: SessionParams,
         body: ApplyBody,
-        response: { 200: ApplyReply, ...problemResponses(400, 401, 404, 409, 413, 503) },
+        response: { 200: ApplyReply, ...problemResponses(400, 401, 403, 404, 409, 413, 503) },
       },
     },
     async (request) => {
@@ -127,6 +129,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.post(
     '/v1/sessions/:key/commit',
     {
+      config: { scopes: ['commit'] },
       preValidation: absentBodyIsEmpty,
       schema: {
         tags,
@@ -135,7 +138,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         headers: KeyHeaders,
         params: SessionParams,
         body: EmptyBody,
-        response: { 200: CommittedReply, ...problemResponses(400, 401, 404, 409, 413, 422, 503) },
+        response: { 200: CommittedReply, ...problemResponses(400, 401, 403, 404, 409, 413, 422, 503) },
       },
     },
     async (request) => coordinator.commit(pathKey(request.params.key, request.headers['idempotency-key'])),
@@ -144,6 +147,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.post(
     '/v1/sessions/:key/cancel',
     {
+      config: { scopes: ['commit', 'operate'] },
       preValidation: absentBodyIsEmpty,
       schema: {
         tags,
@@ -152,7 +156,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         headers: KeyHeaders,
         params: SessionParams,
         body: EmptyBody,
-        response: { 200: CancelReply, ...problemResponses(400, 401, 404, 409, 503) },
+        response: { 200: CancelReply, ...problemResponses(400, 401, 403, 404, 409, 503) },
       },
     },
     async (request) => coordinator.cancel(pathKey(request.params.key, request.headers['idempotency-key'])),
@@ -161,12 +165,13 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.get(
     '/v1/sessions/:key',
     {
+      config: { scopes: ['commit', 'read'] },
       schema: {
         tags,
         operationId: 'getSession',
         summary: 'A session’s state: active, committing, committed or failed',
         params: SessionParams,
-        response: { 200: SessionReply, ...problemResponses(400, 401, 404, 503) },
+        response: { 200: SessionReply, ...problemResponses(400, 401, 403, 404, 503) },
       },
     },
     async (request) => {
@@ -179,12 +184,13 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.get(
     '/v1/sessions',
     {
+      config: { scopes: ['read'] },
       schema: {
         tags,
         operationId: 'listSessions',
         summary: 'Open and failed sessions, optionally of one state',
         querystring: ListSessionsQuery,
-        response: { 200: SessionListReply, ...problemResponses(400, 401, 503) },
+        response: { 200: SessionListReply, ...problemResponses(400, 401, 403, 503) },
       },
     },
     async (request) => {
@@ -196,6 +202,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.post(
     '/v1/sessions/:key/resolve',
     {
+      config: { scopes: ['operate'] },
       schema: {
         tags,
         operationId: 'resolveSession',
@@ -203,7 +210,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         headers: KeyHeaders,
         params: SessionParams,
         body: ResolveBody,
-        response: { 200: ResolveReply, ...problemResponses(400, 401, 404, 409, 503) },
+        response: { 200: ResolveReply, ...problemResponses(400, 401, 403, 404, 409, 503) },
       },
     },
     async (request) => coordinator.resolve(pathKey(request.params.key, request.headers['idempotency-key']), request.body.action),
@@ -212,6 +219,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.post(
     '/v1/commits',
     {
+      config: { scopes: ['commit'], storesOf: (request) => Object.keys((request.body as { changes: Record<string, unknown> }).changes) },
       preValidation: refuseNothingToCommit,
       schema: {
         tags,
@@ -219,7 +227,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         summary: 'Begin, apply and commit in one request',
         headers: KeyHeaders,
         body: CommitOnceBody,
-        response: { 200: CommittedReply, ...problemResponses(400, 401, 409, 413, 422, 503) },
+        response: { 200: CommittedReply, ...problemResponses(400, 401, 403, 409, 413, 422, 503) },
       },
     },
     async (request) => {

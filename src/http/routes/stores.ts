@@ -1,7 +1,6 @@
 /**
  * Store routes of HTTP API v1: list the configured stores, register one of a loaded type,
- * remove one. Registering and removing are operator actions: they sit behind the token
- * like every route but `/healthz`.
+ * remove one. Listing needs the `read` scope; registering and removing, `admin`.
  * @module
  */
 import { Type } from '@sinclair/typebox';
@@ -20,11 +19,12 @@ export const storeRoutes: FastifyPluginAsync<StoreRoutesOptions, RawServerDefaul
   app.get(
     '/v1/stores',
     {
+      config: { scopes: ['read'] },
       schema: {
         tags,
         operationId: 'listStores',
         summary: 'The configured stores',
-        response: { 200: StoreListReply, ...problemResponses(401) },
+        response: { 200: StoreListReply, ...problemResponses(401, 403) },
       },
     },
     async () => ({ stores: coordinator.listStores() }),
@@ -33,12 +33,13 @@ export const storeRoutes: FastifyPluginAsync<StoreRoutesOptions, RawServerDefaul
   app.post(
     '/v1/stores',
     {
+      config: { scopes: ['admin'] },
       schema: {
         tags,
         operationId: 'addStore',
         summary: 'Register a store of a loaded type',
         body: AddStoreBody,
-        response: { 201: StoreInfoReply, ...problemResponses(400, 401, 503) },
+        response: { 201: StoreInfoReply, ...problemResponses(400, 401, 403, 503) },
       },
     },
     async (request, reply) => {
@@ -51,12 +52,13 @@ export const storeRoutes: FastifyPluginAsync<StoreRoutesOptions, RawServerDefaul
   app.delete(
     '/v1/stores/:name',
     {
+      config: { scopes: ['admin'] },
       schema: {
         tags,
         operationId: 'removeStore',
         summary: 'Remove a store',
         params: StoreParams,
-        response: { 204: Type.Null({ description: 'Store removed' }), ...problemResponses(400, 401, 404, 409, 503) },
+        response: { 204: Type.Null({ description: 'Store removed' }), ...problemResponses(400, 401, 403, 404, 409, 503) },
       },
     },
     async (request, reply) => {
