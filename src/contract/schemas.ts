@@ -107,8 +107,19 @@ export const ResolveBody = Type.Object(
 
 export const CommitOnceBody = Type.Object({ key: Type.Optional(IdempotencyKey), changes: ChangesByStore }, { additionalProperties: false });
 
+/** States a listing can ask for: committed ones from their results, abandoned ones from their audit records. */
+export const LISTABLE_STATES = ['active', 'committing', 'failed', 'committed', 'abandoned'] as const;
+
+/** The most sessions one page of a listing holds (and the default). */
+export const MAX_PAGE_LIMIT = 1000;
+export const DEFAULT_PAGE_LIMIT = 100;
+
 export const ListSessionsQuery = Type.Object({
-  state: Type.Optional(StringEnum(['active', 'committing', 'failed'])),
+  state: Type.Optional(StringEnum(LISTABLE_STATES, { description: 'Only sessions in this state; absent: every open or failed session' })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_PAGE_LIMIT, description: `Sessions per page (default ${DEFAULT_PAGE_LIMIT})` })),
+  cursor: Type.Optional(
+    Type.String({ minLength: 1, maxLength: 2048, pattern: '^[A-Za-z0-9_-]+$', description: 'The nextCursor of the previous page, as it came' }),
+  ),
 });
 
 export const AddStoreBody = Type.Object(
@@ -151,18 +162,34 @@ export const ApplyReply = Type.Object({
 
 export const CancelReply = Type.Object({ key: Type.String(), state: Type.Literal('cancelled') });
 
+/** An operator's action on a session, kept for the retention period. */
+export const SessionAuditEntry = Type.Object({
+  action: StringEnum(['retry', 'abandon']),
+  by: Type.String({ description: 'Name of the token that sent it (COMMITD_TOKEN: "token"; without auth: "anonymous")' }),
+  at: Type.String({ description: 'ISO 8601' }),
+});
+
 export const SessionReply = Type.Object({
   key: Type.String(),
-  state: StringEnum(['active', 'committing', 'committed', 'failed']),
+  state: StringEnum(['active', 'committing', 'committed', 'failed', 'abandoned'], { description: 'abandoned: only in a listing by that state' }),
   stores: Type.Union([Type.Array(Type.String()), StoreIds], { description: 'Store names (open sessions) or store IDs by name (committed)' }),
   sessionId: Type.Optional(SessionIdHex),
   owner: Type.Optional(Type.String({ description: 'Instance driving the session' })),
   startedAt: Type.Optional(Type.String()),
   committedAt: Type.Optional(Type.String()),
   error: Type.Optional(Type.String({ description: 'Why a failed session failed' })),
+  audit: Type.Optional(Type.Array(SessionAuditEntry, { description: 'Operators’ retries and abandons of this key within the retention period, oldest first' })),
+  abandonedBy: Type.Optional(Type.String({ description: 'Who abandoned it (an abandoned session in a listing)' })),
+  abandonedAt: Type.Optional(Type.String({ description: 'When it was abandoned, ISO 8601' })),
 });
 
-export const SessionListReply = Type.Object({ sessions: Type.Array(SessionReply) });
+export const SessionListReply = Type.Object({
+  sessions: Type.Array(SessionReply, { description: 'Newest first: by the last write of each record' }),
+  nextCursor: Type.Optional(Type.String({ description: 'Present when more sessions follow: pass it as cursor' })),
+});
+
+/** Header of a reply that serves a stored result again (draft-ietf-httpapi-idempotency-key-header users look for it). */
+export const REPLAYED_HEADER = 'idempotent-replayed';
 
 export const AbandonedReply = Type.Object({ key: Type.String(), state: Type.Literal('abandoned') });
 

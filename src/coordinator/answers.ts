@@ -19,6 +19,11 @@ export function committedView(key: string, result: ResultRecord): CommittedView 
   return { key, state: 'committed', sessionId: result.sessionId, stores: result.stores, committedAt: result.committedAt };
 }
 
+/** A result that was already there, served again (the reply says `Idempotent-Replayed: true`). */
+export function replayedView(key: string, result: ResultRecord): CommittedView {
+  return { ...committedView(key, result), replayed: true };
+}
+
 /** What `GET /v1/sessions/:key` shows for a record in the KV. */
 export function recordView(key: string, record: SessionRecord): SessionView {
   return {
@@ -60,7 +65,7 @@ export class KeyAnswers {
     const { kv, table, recovery, instance, metrics } = this.#deps;
     const { record, revision, result } = await readKey(kv, key);
     if (result) {
-      if (sameNames(Object.keys(result.stores), names)) return committedView(key, result);
+      if (sameNames(Object.keys(result.stores), names)) return replayedView(key, result);
       throw new KeyReusedError(key, `with stores ${Object.keys(result.stores).join(', ')}`);
     }
     if (!record) throw new ServiceUnavailableError(`session ${key} changed while beginning; retry`, 1);
@@ -85,7 +90,7 @@ export class KeyAnswers {
   async oneShot(key: string, sessionId: string): Promise<CommittedView> {
     const { record, result } = await readKey(this.#deps.kv, key);
     if (result) {
-      if (result.sessionId === sessionId) return committedView(key, result);
+      if (result.sessionId === sessionId) return replayedView(key, result);
       throw new KeyReusedError(key, 'with other changes');
     }
     if (!record) throw new KeyReusedError(key, 'and committed; its result is no longer retained');
@@ -95,6 +100,8 @@ export class KeyAnswers {
 
   /** A commit of a key with no session open here: whatever recovery makes of it. */
   async commit(key: string): Promise<CommittedView> {
+    const { result } = await readKey(this.#deps.kv, key);
+    if (result) return replayedView(key, result);
     return this.fromRecovery(key, await this.#deps.recovery.recoverKey(key));
   }
 

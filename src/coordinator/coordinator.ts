@@ -26,14 +26,15 @@ import {
   NOTHING_TO_COMMIT,
 } from './errors.ts';
 import { Failpoints } from './failpoints.ts';
+import { auditOf, auditOp, listSessions } from './history.ts';
 import { Instance } from './instance.ts';
 import { LogBudget } from './log-budget.ts';
-import { deleteSessionOps, parseSession, recordKeys, type SessionRecord } from './records.ts';
+import { deleteSessionOps, recordKeys, type SessionRecord } from './records.ts';
 import { SlotTakenError } from './record-slot.ts';
 import { Recovery, readKey } from './recovery.ts';
 import { SessionEndedError, type Session } from './session.ts';
 import { SessionTable } from './session-table.ts';
-import type { ActiveView, CommittedView, SessionCoordinator, SessionView, StoreDefinition, StoreInfo } from './types.ts';
+import type { ActiveView, CommittedView, ListableState, SessionCoordinator, SessionPage, SessionView, StoreDefinition, StoreInfo } from './types.ts';
 
 /** The stores the coordinator can open sessions on (the store registry, seen from here). */
 export interface StoreCatalog {
@@ -83,6 +84,7 @@ export class Coordinator implements SessionCoordinator {
   readonly #logger: Logger;
   readonly #metrics: Metrics | undefined;
   readonly #idleTimeoutMs: number;
+  readonly #retentionSeconds: number;
   readonly #recoveryIntervalMs: number;
   readonly #maxLogBytes: number;
   readonly #logBudget: LogBudget;
@@ -100,6 +102,7 @@ export class Coordinator implements SessionCoordinator {
     this.#logger = options.logger.child({ instance: options.instanceId });
     this.#metrics = options.metrics;
     this.#idleTimeoutMs = settings.idleTimeoutMs;
+    this.#retentionSeconds = settings.retentionSeconds;
     this.#recoveryIntervalMs = settings.recoveryIntervalMs;
     this.#maxLogBytes = settings.maxLogBytes;
     this.#logBudget = new LogBudget(settings.openLogBytes, this.#metrics);
@@ -254,24 +257,19 @@ export class Coordinator implements SessionCoordinator {
     const session = this.#table.owned(key);
     if (session) return { key, state: session.state, stores: session.storeNames, owner: this.instanceId, startedAt: session.startedAt };
     const { record, result } = await readKey(this.#kv, key);
-    if (result) return committedView(key, result);
-    if (!record) return undefined;
-    return recordView(key, record);
+    const view = result ? committedView(key, result) : record && recordView(key, record);
+    if (!view) return undefined;
+    const audit = await auditOf(this.#kv, key);
+    return audit.length > 0 ? { ...view, audit } : view;
   }
 
-  async list(filter: { state?: 'active' | 'committing' | 'failed' } = {}): Promise<SessionView[]> {
-    const entries = await this.#kv.list(recordKeys.sessions, { consistency: 'serializable' });
-    const views: SessionView[] = [];
-    for (const entry of entries) {
-      const key = entry.key.slice(recordKeys.sessions.length);
-      const record = parseSession(entry.value);
-      if (!filter.state || record.state === filter.state) views.push(recordView(key, record));
-    }
-    if (!filter.state || filter.state === 'failed') this.#metrics?.sessionsFailed.set(views.filter((v) => v.state === 'failed').length);
-    return views;
+  async list(query: { state?: ListableState; limit?: number; cursor?: string } = {}): Promise<SessionPage> {
+    const page = await listSessions(this.#kv, query);
+    if (query.state === 'failed' && query.cursor === undefined && page.nextCursor === undefined) this.#metrics?.sessionsFailed.set(page.sessions.length);
+    return page;
   }
 
-  async resolve(key: string, action: 'retry' | 'abandon'): Promise<SessionView | { key: string; state: 'abandoned' }> {
+  async resolve(key: string, action: 'retry' | 'abandon', by = 'anonymous'): Promise<SessionView | { key: string; state: 'abandoned' }> {
     const { record, revision, result } = await readKey(this.#kv, key);
     if (result) return committedView(key, result);
     if (!record) throw new SessionNotFoundError(key);
@@ -284,13 +282,16 @@ export class Coordinator implements SessionCoordinator {
       }
       throw err;
     };
+    // The audit record goes in the same transaction as the action: no action without its trace.
+    const audit = auditOp(key, action, by, record, this.#retentionSeconds);
     if (action === 'abandon') {
-      await this.#kv.txn(await deleteSessionOps(this.#kv, key, record, revision)).catch(raced);
-      this.#logger.warn({ key }, 'failed session abandoned by an operator');
+      await this.#kv.txn([...(await deleteSessionOps(this.#kv, key, record, revision)), audit]).catch(raced);
+      this.#logger.warn({ key, by, error: record.error }, 'failed session abandoned by an operator');
       return { key, state: 'abandoned' };
     }
     const retried: SessionRecord = { ...record, state: 'committing', owner: this.instanceId, error: undefined };
-    const newRevision = await this.#kv.update(recordKeys.session(key), JSON.stringify(retried), revision).catch(raced);
+    const newRevision = await this.#kv.txn([{ type: 'update', key: recordKeys.session(key), value: JSON.stringify(retried), revision }, audit]).catch(raced);
+    this.#logger.warn({ key, by, error: record.error }, 'failed session retried by an operator');
     return this.#answers.fromRecovery(key, await this.#recovery.retry(key, retried, newRevision));
   }
 

@@ -52,6 +52,11 @@ export const recordKeys = {
   session: (key: string) => `sessions/${key}`,
   sessions: 'sessions/',
   result: (key: string) => `results/${key}`,
+  results: 'results/',
+  /** An operator's action on a session (`history.ts`); `id` is unique. */
+  audit: (key: string, id: string) => `audit/sessions/${key}/${id}`,
+  auditsOf: (key: string) => `audit/sessions/${key}/`,
+  audits: 'audit/sessions/',
   logChunk: (key: string, chunks: LogChunks, n: number) => `logs/${key}/${chunks.id}/${n}`,
   instance: (id: string) => `instances/${id}`,
 } as const;

@@ -16,6 +16,11 @@ export interface CommittedView {
   /** Each store's ID (hex), by store name. */
   readonly stores: Readonly<Record<string, string>>;
   readonly committedAt?: string;
+  /**
+   * Set when the answer is a result served again (commit retry, one-shot retry, begin of a
+   * committed key); not part of the reply body: the HTTP layer sends `Idempotent-Replayed: true`.
+   */
+  readonly replayed?: true;
 }
 
 /** An open session as `begin` answers it. */
@@ -27,10 +32,22 @@ export interface ActiveView {
   readonly stores: readonly string[];
 }
 
-/** What `GET /v1/sessions/:key` shows. */
+/** An operator's action on a session, as its audit record keeps it. */
+export interface SessionAudit {
+  readonly action: 'retry' | 'abandon';
+  /** The principal (token name) that asked. */
+  readonly by: string;
+  /** ISO 8601. */
+  readonly at: string;
+}
+
+/** The states `GET /v1/sessions?state=` lists by. */
+export type ListableState = 'active' | 'committing' | 'failed' | 'committed' | 'abandoned';
+
+/** What `GET /v1/sessions/:key` shows, and each entry of a listing (only a listing shows `abandoned`). */
 export interface SessionView {
   readonly key: string;
-  readonly state: SessionState;
+  readonly state: SessionState | 'abandoned';
   /** Store names (open sessions) or store IDs by name (committed). */
   readonly stores: readonly string[] | Readonly<Record<string, string>>;
   readonly sessionId?: string;
@@ -39,6 +56,17 @@ export interface SessionView {
   readonly committedAt?: string;
   /** Why a `failed` session failed. */
   readonly error?: string;
+  /** Operators' actions on the session within the retention period, oldest first (`GET` only). */
+  readonly audit?: readonly SessionAudit[];
+  /** Who abandoned an `abandoned` session, and when. */
+  readonly abandonedBy?: string;
+  readonly abandonedAt?: string;
+}
+
+/** One page of a listing, newest first; `nextCursor` fetches the next one. */
+export interface SessionPage {
+  readonly sessions: readonly SessionView[];
+  readonly nextCursor?: string;
 }
 
 /** A configured store. */
@@ -63,10 +91,13 @@ export interface SessionCoordinator {
   commitOnce(key: string, changes: Readonly<Record<string, readonly unknown[]>>): Promise<CommittedView>;
   /** The session's state, or undefined when there is none. */
   get(key: string): Promise<SessionView | undefined>;
-  /** Sessions in the KV, optionally of one state (open and failed ones; results are not listed). */
-  list(filter?: { state?: 'active' | 'committing' | 'failed' }): Promise<SessionView[]>;
-  /** Operator action on a `failed` session. */
-  resolve(key: string, action: 'retry' | 'abandon'): Promise<SessionView | { key: string; state: 'abandoned' }>;
+  /**
+   * A page of sessions of one state, newest first (no state: the open and failed ones);
+   * `cursor` is a page's `nextCursor`.
+   */
+  list(query?: { state?: ListableState; limit?: number; cursor?: string }): Promise<SessionPage>;
+  /** Operator action on a `failed` session; `by` names the sender in the audit record. */
+  resolve(key: string, action: 'retry' | 'abandon', by?: string): Promise<SessionView | { key: string; state: 'abandoned' }>;
   listStores(): StoreInfo[];
   addStore(definition: StoreDefinition): Promise<StoreInfo>;
   removeStore(name: string): Promise<void>;

@@ -4,9 +4,10 @@
  * @module
  */
 import { Type } from '@sinclair/typebox';
-import type { FastifyPluginAsync, FastifyRequest, RawServerDefault } from 'fastify';
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest, RawServerDefault } from 'fastify';
 import { NOTHING_TO_COMMIT, SessionNotFoundError } from '../../coordinator/errors.ts';
-import type { SessionCoordinator } from '../../coordinator/types.ts';
+import type { CommittedView, SessionCoordinator } from '../../coordinator/types.ts';
+import { principalName } from '../principal.ts';
 import { HttpProblem } from '../problems.ts';
 import {
   ActiveReply,
@@ -19,6 +20,7 @@ import {
   EmptyBody,
   KeyHeaders,
   ListSessionsQuery,
+  REPLAYED_HEADER,
   ResolveBody,
   ResolveReply,
   SessionListReply,
@@ -69,6 +71,22 @@ function pathKey(key: string, header: string | undefined): string {
 }
 
 /**
+ * The query's `limit` as a number: query strings are text and commitd's Ajv does not
+ * coerce types, so the schema can say `integer` (and OpenAPI clients send one).
+ */
+async function numericLimit(request: FastifyRequest): Promise<void> {
+  const query = request.query as { limit?: unknown };
+  if (typeof query.limit === 'string' && /^\d{1,9}$/.test(query.limit)) query.limit = Number(query.limit);
+}
+
+/** Sends a committed answer; a result served again says so in `Idempotent-Replayed`. */
+function sendCommitted(reply: FastifyReply, view: CommittedView, status = 200): FastifyReply {
+  const { replayed, ...body } = view;
+  if (replayed) reply.header(REPLAYED_HEADER, 'true');
+  return reply.code(status).send(body);
+}
+
+/**
  * A one-shot that changes nothing (`changes` without members, or only empty lists) is
  * refused saying so, before the schema's "fewer than 1 properties" and the key check.
  */
@@ -102,7 +120,8 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
     async (request, reply) => {
       const key = requestKey(request.body.key, request.headers['idempotency-key']);
       const view = await coordinator.begin(key, request.body.stores);
-      return reply.code(view.state === 'active' && !view.recovery ? 201 : 200).send(view);
+      if (view.state === 'committed') return sendCommitted(reply, view);
+      return reply.code(view.recovery ? 200 : 201).send(view);
     },
   );
 
@@ -141,7 +160,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         response: { 200: CommittedReply, ...problemResponses(400, 401, 403, 404, 409, 413, 422, 503) },
       },
     },
-    async (request) => coordinator.commit(pathKey(request.params.key, request.headers['idempotency-key'])),
+    async (request, reply) => sendCommitted(reply, await coordinator.commit(pathKey(request.params.key, request.headers['idempotency-key']))),
   );
 
   app.post(
@@ -185,18 +204,16 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
     '/v1/sessions',
     {
       config: { scopes: ['read'] },
+      preValidation: numericLimit,
       schema: {
         tags,
         operationId: 'listSessions',
-        summary: 'Open and failed sessions, optionally of one state',
+        summary: 'Sessions of one state, newest first, a page at a time (no state: every open or failed session)',
         querystring: ListSessionsQuery,
         response: { 200: SessionListReply, ...problemResponses(400, 401, 403, 503) },
       },
     },
-    async (request) => {
-      const sessions = await coordinator.list(request.query.state === undefined ? undefined : { state: request.query.state });
-      return { sessions };
-    },
+    async (request) => coordinator.list(request.query),
   );
 
   app.post(
@@ -213,7 +230,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         response: { 200: ResolveReply, ...problemResponses(400, 401, 403, 404, 409, 503) },
       },
     },
-    async (request) => coordinator.resolve(pathKey(request.params.key, request.headers['idempotency-key']), request.body.action),
+    async (request) => coordinator.resolve(pathKey(request.params.key, request.headers['idempotency-key']), request.body.action, principalName(request)),
   );
 
   app.post(
@@ -230,9 +247,9 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         response: { 200: CommittedReply, ...problemResponses(400, 401, 403, 409, 413, 422, 503) },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const key = requestKey(request.body.key, request.headers['idempotency-key']);
-      return coordinator.commitOnce(key, request.body.changes);
+      return sendCommitted(reply, await coordinator.commitOnce(key, request.body.changes));
     },
   );
 };
