@@ -45,6 +45,7 @@ describe('loadConfig', () => {
       etcd: undefined,
       dataDir,
       token: undefined,
+      tokens: [],
       logLevel: 'info',
       failpoints: undefined,
       stores: [{ name: 'main', type: 'sqlite', options: { path: join(dataDir, 'main.db') } }],
