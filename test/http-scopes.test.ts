@@ -10,7 +10,9 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
+import { pino } from 'pino';
 import { ConfigError, loadConfig } from '../src/config.ts';
+import { buildApp } from '../src/http/app.ts';
 import { SCOPES, type Scope, type TokenEntry, parseTokenEntries } from '../src/http/tokens.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { makeFailedSession } from './support/failed-session.ts';
@@ -83,6 +85,7 @@ describe('HTTP API v1 scopes', () => {
         : { name: scope, tokenEnv: `SCOPE_${scope.toUpperCase()}`, scopes: [scope] },
     );
     entries.push({ name: 'main-writer', sha256: sha256(secretOf('main-writer')), scopes: ['commit'], stores: ['main'] });
+    entries.push({ name: 'main-operator', sha256: sha256(secretOf('main-operator')), scopes: ['commit', 'operate'], stores: ['main'] });
     const tokens = parseTokenEntries(entries, env, 'auth.tokens', ['token']);
     service = await startTestService({ kv: 'sqlite', token: ROOT, tokens });
     app = service.app;
@@ -246,7 +249,18 @@ describe('HTTP API v1 scopes', () => {
       const refused = await send(app, { method: 'POST', url: `/v1/sessions/${shared}/changes`, body: { store: 'audit', changes: [change(shared)] } }, writer);
       assert.equal(refused.statusCode, 403, refused.body);
       assert.match(refused.json().detail, /audit/);
-      await root({ method: 'POST', url: `/v1/sessions/${shared}/cancel` }, 200);
+      await root({ method: 'POST', url: `/v1/sessions/${shared}/changes`, body: { store: 'audit', changes: [change(shared)] } }, 200);
+      // Nor may it commit or cancel that session; the session stays as it was.
+      for (const action of ['commit', 'cancel']) {
+        const response = await send(app, { method: 'POST', url: `/v1/sessions/${shared}/${action}` }, writer);
+        assert.equal(response.statusCode, 403, `${action}: ${response.body}`);
+        assert.match(response.json().detail, /audit/);
+      }
+      assert.equal((await root({ method: 'GET', url: `/v1/sessions/${shared}` }, 200)).json().state, 'active');
+      // With operate besides, a token limited to main cancels any session.
+      assert.equal((await send(app, { method: 'POST', url: `/v1/sessions/${shared}/cancel` }, secretOf('main-operator'))).statusCode, 200);
+      // A key without a session is answered by the route, as for any token.
+      assert.equal((await send(app, { method: 'POST', url: `/v1/sessions/${fresh('none')}/commit` }, writer)).statusCode, 404);
     });
 
     it('has only its scopes: listing sessions is refused', async () => {
@@ -371,6 +385,19 @@ describe('token configuration', () => {
     const service = await startTestService({ kv: 'sqlite', tokens });
     try {
       for (const secret of ['old-secret', 'new-secret']) assert.equal((await send(service.app, { method: 'GET', url: '/v1/stores' }, secret)).statusCode, 200);
+    } finally {
+      await service.dispose();
+    }
+  });
+});
+
+describe('route declarations', () => {
+  it('refuses to build an app with an API route that declares no scopes', async () => {
+    const service = await startTestService({ kv: 'sqlite' });
+    try {
+      const app = await buildApp({ coordinator: service.coordinator, metrics: service.metrics, logger: pino({ level: 'silent' }) });
+      assert.throws(() => app.get('/v1/undeclared', async () => ({})), /route GET \/v1\/undeclared declares no scopes/);
+      await app.close();
     } finally {
       await service.dispose();
     }

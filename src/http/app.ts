@@ -10,7 +10,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import type { Logger } from 'pino';
 import type { SessionCoordinator } from '../coordinator/types.ts';
 import type { Metrics } from '../metrics.ts';
-import { assertServable, authenticate, confineStores } from './auth.ts';
+import { assertDeclaresAccess, assertServable, authenticate, confineStores } from './auth.ts';
 import { TokenSet, singleToken, type AccessToken } from './tokens.ts';
 import { AllowedMethods } from './allowed-methods.ts';
 import { JsonBodyError, parseJsonBody } from './json-body.ts';
@@ -91,7 +91,10 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
 
   app.setErrorHandler(handleError);
   const allowed = new AllowedMethods();
-  app.addHook('onRoute', (route) => allowed.add(route.url, route.method));
+  app.addHook('onRoute', (route) => {
+    assertDeclaresAccess(route);
+    allowed.add(route.url, route.method);
+  });
   app.setNotFoundHandler(notFoundHandler((path) => allowed.for(path)));
   if (tokens.size > 0) {
     app.addHook('onRequest', authenticate(tokens));

@@ -4,10 +4,13 @@
  * @module
  */
 import { isIPv4, isIPv6 } from 'node:net';
-import type { FastifyRequest, onRequestAsyncHookHandler, preHandlerAsyncHookHandler } from 'fastify';
+import type { FastifyRequest, RouteOptions, onRequestAsyncHookHandler, preHandlerAsyncHookHandler } from 'fastify';
 import './principal.ts';
 import { HttpProblem } from './problems.ts';
 import type { AccessToken, Scope, TokenSet } from './tokens.ts';
+
+/** What a request writes to, as its route's `config.storesOf` finds it. */
+export type StoresNamed = readonly string[] | 'all' | undefined;
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -15,8 +18,13 @@ declare module 'fastify' {
     readonly public?: boolean;
     /** The scopes any one of which admits a request (DESIGN.md "Auth and scopes"); absent → any valid token. */
     readonly scopes?: readonly Scope[];
-    /** The stores a request writes to, for tokens limited to some; `all` for a begin without `stores`. */
-    readonly storesOf?: (request: FastifyRequest) => readonly string[] | 'all';
+    /**
+     * The stores a request writes to, for tokens limited to some: `all` for a begin without
+     * `stores`, undefined when the route's key has no session (the route then answers it).
+     */
+    readonly storesOf?: (request: FastifyRequest) => StoresNamed | Promise<StoresNamed>;
+    /** A token holding this scope is not confined to its stores on this route (`operate` cancels any session). */
+    readonly anyStoreWith?: Scope;
   }
   interface FastifyRequest {
     /** The token the request authenticated with; absent when commitd serves without tokens. */
@@ -89,15 +97,29 @@ export function authenticate(tokens: TokenSet): onRequestAsyncHookHandler {
 }
 
 /**
+ * Throws when a route of the API (`/v1/…`, `/metrics`) declares neither `config.scopes`
+ * nor `config.public`: who may call it is decided where it is declared, never by omission.
+ */
+export function assertDeclaresAccess(route: RouteOptions): void {
+  if (!route.url.startsWith('/v1/') && route.url !== '/metrics') return;
+  if (route.config?.public === true || (route.config?.scopes?.length ?? 0) > 0) return;
+  const method = Array.isArray(route.method) ? route.method.join(',') : route.method;
+  throw new Error(`route ${method} ${route.url} declares no scopes: give it config.scopes (or config.public), see docs/security.md`);
+}
+
+/**
  * A `preHandler` hook (after validation, so the body is parsed): 403 when the request's
  * token is limited to some stores and the route's `config.storesOf` names another, or
  * names every store (a begin without `stores`: a limited token must name its stores).
  */
 export const confineStores: preHandlerAsyncHookHandler = async (request) => {
-  const allowed = request.accessToken?.stores;
-  const storesOf = request.routeOptions.config.storesOf;
+  const token = request.accessToken;
+  const allowed = token?.stores;
+  const { storesOf, anyStoreWith } = request.routeOptions.config;
   if (allowed === undefined || storesOf === undefined) return;
-  const named = storesOf(request);
+  if (anyStoreWith !== undefined && token?.scopes.has(anyStoreWith)) return;
+  const named = await storesOf(request);
+  if (named === undefined) return;
   const name = JSON.stringify(request.accessToken?.name);
   const limit = [...allowed].join(', ');
   if (named === 'all') {

@@ -79,6 +79,16 @@ async function numericLimit(request: FastifyRequest): Promise<void> {
   if (typeof query.limit === 'string' && /^\d{1,9}$/.test(query.limit)) query.limit = Number(query.limit);
 }
 
+/**
+ * The stores of the session under the path's key, for a token limited to some stores:
+ * committing or cancelling a session on another store is as refused as writing to one.
+ */
+async function storesOfSession(coordinator: SessionCoordinator, request: FastifyRequest): Promise<readonly string[] | undefined> {
+  const view = await coordinator.get((request.params as { key: string }).key);
+  if (view === undefined) return undefined;
+  return Array.isArray(view.stores) ? view.stores : Object.keys(view.stores);
+}
+
 /** Sends a committed answer; a result served again says so in `Idempotent-Replayed`. */
 function sendCommitted(reply: FastifyReply, view: CommittedView, status = 200): FastifyReply {
   const { replayed, ...body } = view;
@@ -148,7 +158,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.post(
     '/v1/sessions/:key/commit',
     {
-      config: { scopes: ['commit'] },
+      config: { scopes: ['commit'], storesOf: (request) => storesOfSession(coordinator, request) },
       preValidation: absentBodyIsEmpty,
       schema: {
         tags,
@@ -166,7 +176,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
   app.post(
     '/v1/sessions/:key/cancel',
     {
-      config: { scopes: ['commit', 'operate'] },
+      config: { scopes: ['commit', 'operate'], storesOf: (request) => storesOfSession(coordinator, request), anyStoreWith: 'operate' },
       preValidation: absentBodyIsEmpty,
       schema: {
         tags,
