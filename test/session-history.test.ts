@@ -10,6 +10,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
+import { pino } from 'pino';
 import { parseTokenEntries } from '../src/http/tokens.ts';
 import { skipUnlessFound } from './harness/require.ts';
 import { makeFailedSession } from './support/failed-session.ts';
@@ -54,8 +55,11 @@ for (const kv of KV_BACKENDS) {
     const fresh = (prefix: string) => `${prefix}-${randomUUID().slice(0, 8)}`;
     const insert = (table: string, key: string) => ({ sql: `INSERT INTO ${table}(k) VALUES (?)`, params: [key] });
 
+    const logLines: Record<string, unknown>[] = [];
+    const logger = pino({ level: 'info' }, { write: (line: string) => logLines.push(JSON.parse(line) as Record<string, unknown>) });
+
     before(async () => {
-      service = await startTestService({ kv, tokens });
+      service = await startTestService({ kv, tokens, logger });
       app = service.app;
       sqliteRun(join(service.dir, 'main.db'), 'CREATE TABLE h (k TEXT)');
     });
@@ -80,6 +84,10 @@ for (const kv of KV_BACKENDS) {
       assert.deepEqual(entry.stores, ['main']);
       assert.match(String(entry.error), /UNIQUE|constraint/i, 'why it had failed is kept');
       assert.match(String(entry.sessionId), /^[0-9a-f]{32}$/);
+      const logged = logLines.find((line) => line.key === key && line.msg === 'failed session abandoned by an operator');
+      assert.ok(logged, 'the abandon is logged');
+      assert.equal(logged.by, 'alice-ops');
+      assert.equal(logged.level, 40, 'at warn');
 
       // The key is free again; its abandonment stays listed.
       ok(await send(app, 'POST', '/v1/commits', WORKER, { key, changes: { main: [insert('h', key)] } }));
@@ -111,6 +119,11 @@ for (const kv of KV_BACKENDS) {
           ['retry', 'alice-ops'],
           ['retry', 'alice-ops'],
         ],
+      );
+      const logged = logLines.filter((line) => line.key === key && line.msg === 'failed session retried by an operator');
+      assert.deepEqual(
+        logged.map((line) => line.by),
+        ['alice-ops', 'alice-ops'],
       );
     });
 

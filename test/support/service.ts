@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import type { StoreDefinition } from '../../src/coordinator/types.ts';
 import { createService, type Service, type ServiceOptions } from '../../src/service.ts';
 import { makeTempDir, removeTempDir } from '../harness/child.ts';
@@ -35,6 +35,8 @@ export interface TestServiceOptions extends Partial<Omit<ServiceOptions, 'etcd'>
   /** Reuse this data dir / namespace (a restarted service over the same state). */
   readonly dir?: string;
   readonly namespace?: string;
+  /** The service's logger; default silent (or COMMITD_TEST_LOG's level). */
+  readonly logger?: Logger;
 }
 
 export interface TestService extends Service {
@@ -54,7 +56,7 @@ export async function startTestService(options: TestServiceOptions): Promise<Tes
   const dir = options.dir ?? makeTempDir('svc');
   const namespace = options.namespace ?? `/t-${randomUUID()}/`;
   const etcd = options.kv === 'etcd' ? { endpoints: (await sharedEtcdServer()).endpoints, namespace } : undefined;
-  const logger = pino({ level: process.env.COMMITD_TEST_LOG ?? 'silent' });
+  const logger = options.logger ?? pino({ level: process.env.COMMITD_TEST_LOG ?? 'silent' });
   const service = await createService(
     {
       dataDir: dir,
