@@ -191,6 +191,20 @@ export const SessionListReply = Type.Object({
 /** Header of a reply that serves a stored result again (draft-ietf-httpapi-idempotency-key-header users look for it). */
 export const REPLAYED_HEADER = 'idempotent-replayed';
 
+/** A reply schema that may come with `Idempotent-Replayed: true` (documented in OpenAPI as a response header). */
+export function replayable<S extends object>(schema: S): S & { headers: Record<string, unknown> } {
+  return {
+    ...schema,
+    headers: {
+      'Idempotent-Replayed': {
+        type: 'string',
+        enum: ['true'],
+        description: 'Present (true) when the answer is a stored result served again; absent on the first answer',
+      },
+    },
+  };
+}
+
 export const AbandonedReply = Type.Object({ key: Type.String(), state: Type.Literal('abandoned') });
 
 export const ResolveReply = Type.Union([SessionReply, AbandonedReply]);

@@ -27,6 +27,7 @@ import {
   SessionParams,
   SessionReply,
   problemResponses,
+  replayable,
 } from '../../contract/schemas.ts';
 import type { TypeBoxProvider } from '../type-provider.ts';
 
@@ -122,7 +123,9 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         body: BeginBody,
         response: {
           201: { ...ActiveReply, description: 'Session begun' },
-          200: Type.Union([ActiveReply, CommittedReply], { description: 'A crashed session resumed (recovery: true), or the key is already committed' }),
+          200: replayable(
+            Type.Union([ActiveReply, CommittedReply], { description: 'A crashed session resumed (recovery: true), or the key is already committed' }),
+          ),
           ...problemResponses(400, 401, 403, 409, 413, 422, 503),
         },
       },
@@ -167,7 +170,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         headers: KeyHeaders,
         params: SessionParams,
         body: EmptyBody,
-        response: { 200: CommittedReply, ...problemResponses(400, 401, 403, 404, 409, 413, 422, 503) },
+        response: { 200: replayable(CommittedReply), ...problemResponses(400, 401, 403, 404, 409, 413, 422, 503) },
       },
     },
     async (request, reply) => sendCommitted(reply, await coordinator.commit(pathKey(request.params.key, request.headers['idempotency-key']))),
@@ -254,7 +257,7 @@ export const sessionRoutes: FastifyPluginAsync<SessionRoutesOptions, RawServerDe
         summary: 'Begin, apply and commit in one request',
         headers: KeyHeaders,
         body: CommitOnceBody,
-        response: { 200: CommittedReply, ...problemResponses(400, 401, 403, 409, 413, 422, 503) },
+        response: { 200: replayable(CommittedReply), ...problemResponses(400, 401, 403, 409, 413, 422, 503) },
       },
     },
     async (request, reply) => {
