@@ -594,6 +594,25 @@ describe('client against a real commitd', () => {
       await session.cancel();
     });
 
+    it('pages through committed sessions, newest first', async () => {
+      const first = await client.listSessionsPage({ state: 'committed', limit: 1 });
+      assert.deepEqual(
+        first.sessions.map((view) => view.key),
+        ['session-2'],
+      );
+      assert.ok(first.nextCursor);
+      const second = await client.listSessionsPage({ state: 'committed', limit: 1, cursor: first.nextCursor });
+      assert.deepEqual(
+        second.sessions.map((view) => view.key),
+        ['session-1'],
+      );
+      assert.equal(second.nextCursor, undefined);
+      assert.deepEqual(
+        (await client.listSessions({ state: 'committed' })).map((view) => view.key),
+        ['session-2', 'session-1'],
+      );
+    });
+
     it('lists the configured stores', async () => {
       assert.deepEqual(
         (await client.listStores()).sort((a, b) => a.name.localeCompare(b.name)),
