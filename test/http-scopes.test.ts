@@ -392,6 +392,19 @@ describe('token configuration', () => {
 });
 
 describe('route declarations', () => {
+  it("shows each route's scopes in the OpenAPI document, and the probes as open", async () => {
+    const service = await startTestService({ kv: 'sqlite', token: ROOT });
+    try {
+      const doc = (await send(service.app, { method: 'GET', url: '/docs/json' }, ROOT)).json();
+      assert.equal(doc.paths['/v1/sessions/{key}/resolve'].post.description, 'Needs a token with the scope `operate`.');
+      assert.equal(doc.paths['/v1/sessions/{key}'].get.description, 'Needs a token with the scope `commit` or `read`.');
+      assert.deepEqual(doc.paths['/readyz'].get.security, []);
+      assert.deepEqual(doc.paths['/healthz'].get.security, []);
+    } finally {
+      await service.dispose();
+    }
+  });
+
   it('refuses to build an app with an API route that declares no scopes', async () => {
     const service = await startTestService({ kv: 'sqlite' });
     try {

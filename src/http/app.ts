@@ -10,7 +10,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import type { Logger } from 'pino';
 import type { SessionCoordinator } from '../coordinator/types.ts';
 import type { Metrics } from '../metrics.ts';
-import { assertDeclaresAccess, assertServable, authenticate, confineStores } from './auth.ts';
+import { assertDeclaresAccess, assertServable, describeAccess, authenticate, confineStores } from './auth.ts';
 import { TokenSet, singleToken, type AccessToken } from './tokens.ts';
 import { AllowedMethods } from './allowed-methods.ts';
 import { JsonBodyError, parseJsonBody } from './json-body.ts';
@@ -93,6 +93,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const allowed = new AllowedMethods();
   app.addHook('onRoute', (route) => {
     assertDeclaresAccess(route);
+    describeAccess(route);
     allowed.add(route.url, route.method);
   });
   app.setNotFoundHandler(notFoundHandler((path) => allowed.for(path)));

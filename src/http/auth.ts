@@ -107,6 +107,17 @@ export function assertDeclaresAccess(route: RouteOptions): void {
   throw new Error(`route ${method} ${route.url} declares no scopes: give it config.scopes (or config.public), see docs/security.md`);
 }
 
+/** Adds who may call the route to its OpenAPI description, from the same declaration the hook checks. */
+export function describeAccess(route: RouteOptions): void {
+  const scopes = route.config?.scopes;
+  if (route.schema === undefined || scopes === undefined || scopes.length === 0) return;
+  const schema = route.schema as { description?: string };
+  const access = `Needs a token with the scope ${scopes.map((scope) => `\`${scope}\``).join(' or ')}.`;
+  // fastify's HEAD twin of a GET route shares its schema: describe it once.
+  if (schema.description?.includes(access)) return;
+  schema.description = schema.description ? `${schema.description}\n\n${access}` : access;
+}
+
 /**
  * A `preHandler` hook (after validation, so the body is parsed): 403 when the request's
  * token is limited to some stores and the route's `config.storesOf` names another, or
