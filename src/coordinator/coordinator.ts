@@ -27,8 +27,9 @@ import {
 } from './errors.ts';
 import { Failpoints } from './failpoints.ts';
 import { Instance } from './instance.ts';
+import { listInstances, sessionLog, type InstanceView } from './inspect.ts';
 import { LogBudget } from './log-budget.ts';
-import { deleteSessionOps, parseSession, recordKeys, type SessionRecord } from './records.ts';
+import { deleteSessionOps, parseSession, recordKeys, type ChangeLog, type SessionRecord } from './records.ts';
 import { SlotTakenError } from './record-slot.ts';
 import { Recovery, readKey } from './recovery.ts';
 import { SessionEndedError, type Session } from './session.ts';
@@ -292,6 +293,14 @@ export class Coordinator implements SessionCoordinator {
     const retried: SessionRecord = { ...record, state: 'committing', owner: this.instanceId, error: undefined };
     const newRevision = await this.#kv.update(recordKeys.session(key), JSON.stringify(retried), revision).catch(raced);
     return this.#answers.fromRecovery(key, await this.#recovery.retry(key, retried, newRevision));
+  }
+
+  instances(): Promise<InstanceView[]> {
+    return listInstances(this.#kv, this.instanceId);
+  }
+
+  sessionLog(key: string): Promise<ChangeLog | undefined> {
+    return sessionLog(this.#kv, key);
   }
 
   listStores(): StoreInfo[] {
