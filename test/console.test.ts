@@ -61,7 +61,15 @@ describe('operator console in Chromium', { skip: skipUnlessFound({ chromium: chr
 
     browser = await chromium.launch({
       executablePath: chromiumPath,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
     page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
     const blocked: string[] = [];
@@ -87,14 +95,14 @@ describe('operator console in Chromium', { skip: skipUnlessFound({ chromium: chr
     await page.goto(`${service.url}/ui`);
     const row = page.locator('tr[data-key="order-doomed"]');
     await row.waitFor();
-    assert.match(await row.innerText(), /failed/);
+    assert.match((await row.textContent()) ?? '', /failed/);
     await shot('sessions-failed');
 
     await row.locator('a').click();
     await page.getByRole('heading', { name: /Session order-doomed/ }).waitFor();
     const log = page.getByLabel('Change log');
-    assert.match(await log.innerText(), /INSERT INTO p\(id, note\)/, 'the change log is shown');
-    assert.match(await page.locator('dl').innerText(), /UNIQUE|PRIMARY KEY|constraint/i, 'the error says what the store rejected');
+    assert.match((await log.textContent()) ?? '', /INSERT INTO p\(id, note\)/, 'the change log is shown');
+    assert.match((await page.locator('dl').textContent()) ?? '', /UNIQUE|PRIMARY KEY|constraint/i, 'the error says what the store rejected');
 
     // Retry while the conflict stands: still failed, and the console says why.
     await page.getByRole('button', { name: 'Retry' }).click();
