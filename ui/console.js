@@ -280,6 +280,7 @@ function Instances({ onNeedsToken, tokenVersion }) {
 
 const POLL_MS = 2000;
 const POINTS = 90;
+const WINDOW_S = (POINTS * POLL_MS) / 1000;
 
 /** The samples of one metric family as {labels, value, metricName}. */
 function samples(metrics, name) {
@@ -328,7 +329,8 @@ function Chart({ title, series, data }) {
         height: 200,
         series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.stroke, width: 1.5, spanGaps: true }))],
         axes: [{}, { size: 56 }],
-        scales: { x: { time: true } },
+        // The last three minutes, also while there are only one or two points.
+        scales: { x: { time: true, range: (_u, _min, max) => [max - WINDOW_S, max] } },
       },
       data,
       ref.current,
@@ -338,7 +340,7 @@ function Chart({ title, series, data }) {
   useEffect(() => plot.current?.setData(data), [data]);
   // The newest value of each series, for a reader (and the console test) that wants numbers.
   const latest = series.map((s, i) => `${s.label}=${data[i + 1].at(-1) ?? ''}`).join(' ');
-  return html`<div class="chart" aria-label=${title} data-latest=${latest}><strong>${title}</strong><div ref=${ref}></div></div>`;
+  return html`<div class="chart" aria-label=${title} data-latest=${latest} data-points=${data[0].length}><strong>${title}</strong><div ref=${ref}></div></div>`;
 }
 
 function Activity({ onNeedsToken, tokenVersion }) {
