@@ -29,10 +29,11 @@ interface Request {
   readonly method: Method;
   readonly url: string;
   readonly body?: unknown;
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 async function send(app: FastifyInstance, request: Request, secret?: string): Promise<LightMyRequestResponse> {
-  const headers: Record<string, string> = {};
+  const headers: Record<string, string> = { ...request.headers };
   if (secret !== undefined) headers.authorization = `Bearer ${secret}`;
   const options: InjectOptions = { method: request.method, url: request.url, headers };
   if (request.body !== undefined) {
@@ -174,6 +175,24 @@ describe('HTTP API v1 scopes', () => {
     { name: 'liveness', admits: 'open', ok: 200, prepare: async () => ({ method: 'GET', url: '/healthz' }) },
     { name: 'readiness', admits: 'open', ok: 200, prepare: async () => ({ method: 'GET', url: '/readyz' }) },
     { name: 'OpenAPI document', admits: 'any', ok: 200, prepare: async () => ({ method: 'GET', url: '/docs/json' }) },
+    { name: 'list instances', admits: ['read'], ok: 200, prepare: async () => ({ method: 'GET', url: '/v1/instances' }) },
+    {
+      name: 'a session’s change log',
+      admits: ['read'],
+      ok: 200,
+      prepare: async () => {
+        const key = fresh('log');
+        await makeFailedSession(service, key);
+        return { method: 'GET', url: `/v1/sessions/${key}/log` };
+      },
+    },
+    {
+      name: 'metrics as JSON (console)',
+      admits: ['metrics'],
+      ok: 200,
+      prepare: async () => ({ method: 'GET', url: '/metrics', headers: { accept: 'application/json' } }),
+    },
+    { name: 'console', admits: 'any', ok: 200, prepare: async () => ({ method: 'GET', url: '/ui' }) },
   ];
 
   /** The status `sender` must get from `route`. */

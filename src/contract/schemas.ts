@@ -215,6 +215,20 @@ export const StoreListReply = Type.Object({ stores: Type.Array(StoreInfoReply) }
 
 export const HealthReply = Type.Object({ status: Type.Literal('ok') });
 
+export const InstanceReply = Type.Object({
+  id: Type.String({ description: 'Instance id (config, or the file in its data dir)' }),
+  pid: Type.Integer(),
+  startedAt: Type.String({ description: 'ISO 8601' }),
+  self: Type.Boolean({ description: 'True for the instance that answered' }),
+});
+
+export const InstanceListReply = Type.Object({ instances: Type.Array(InstanceReply) });
+
+export const SessionLogReply = Type.Object({
+  key: Type.String(),
+  log: Type.Record(Type.String(), Type.Array(Type.Unknown()), { description: 'Changes by store, in order; credential-like members masked as ***' }),
+});
+
 // ---------------------------------------------------------------------------------------
 // Problems (RFC 9457)
 // ---------------------------------------------------------------------------------------

@@ -28,8 +28,9 @@ import {
 import { Failpoints } from './failpoints.ts';
 import { auditOf, auditOp, listSessions } from './history.ts';
 import { Instance } from './instance.ts';
+import { listInstances, sessionLog, type InstanceView } from './inspect.ts';
 import { LogBudget } from './log-budget.ts';
-import { deleteSessionOps, recordKeys, type SessionRecord } from './records.ts';
+import { deleteSessionOps, recordKeys, type ChangeLog, type SessionRecord } from './records.ts';
 import { SlotTakenError } from './record-slot.ts';
 import { Recovery, readKey } from './recovery.ts';
 import { SessionEndedError, type Session } from './session.ts';
@@ -293,6 +294,14 @@ export class Coordinator implements SessionCoordinator {
     const newRevision = await this.#kv.txn([{ type: 'update', key: recordKeys.session(key), value: JSON.stringify(retried), revision }, audit]).catch(raced);
     this.#logger.warn({ key, by, error: record.error }, 'failed session retried by an operator');
     return this.#answers.fromRecovery(key, await this.#recovery.retry(key, retried, newRevision));
+  }
+
+  instances(): Promise<InstanceView[]> {
+    return listInstances(this.#kv, this.instanceId);
+  }
+
+  sessionLog(key: string): Promise<ChangeLog | undefined> {
+    return sessionLog(this.#kv, key);
   }
 
   listStores(): StoreInfo[] {

@@ -3,6 +3,8 @@
  * @module
  */
 import type { StoreDefinition } from '../stores/registry.ts';
+import type { InstanceView } from './inspect.ts';
+import type { ChangeLog } from './records.ts';
 
 /** Session states as seen from outside. */
 export type SessionState = 'active' | 'committing' | 'committed' | 'failed';
@@ -98,6 +100,10 @@ export interface SessionCoordinator {
   list(query?: { state?: ListableState; limit?: number; cursor?: string }): Promise<SessionPage>;
   /** Operator action on a `failed` session; `by` names the sender in the audit record. */
   resolve(key: string, action: 'retry' | 'abandon', by?: string): Promise<SessionView | { key: string; state: 'abandoned' }>;
+  /** The instances whose lease is alive. */
+  instances(): Promise<InstanceView[]>;
+  /** A session's change log as the KV holds it (secrets masked), or undefined. */
+  sessionLog(key: string): Promise<ChangeLog | undefined>;
   listStores(): StoreInfo[];
   addStore(definition: StoreDefinition): Promise<StoreInfo>;
   removeStore(name: string): Promise<void>;

@@ -15,9 +15,11 @@ import { TokenSet, singleToken, type AccessToken } from './tokens.ts';
 import { AllowedMethods } from './allowed-methods.ts';
 import { JsonBodyError, parseJsonBody } from './json-body.ts';
 import { HttpProblem, MAX_PARAM_LENGTH, handleClientError, handleError, notFoundHandler } from './problems.ts';
+import { inspectRoutes } from './routes/inspect.ts';
 import { opsRoutes } from './routes/ops.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { storeRoutes } from './routes/stores.ts';
+import { uiRoutes } from './routes/ui.ts';
 
 /** Request bodies above this many bytes are answered 413 unless `bodyLimit` says otherwise. */
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
@@ -132,5 +134,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   await app.register(opsRoutes, { coordinator: options.coordinator, metrics: options.metrics });
   await app.register(sessionRoutes, { coordinator: options.coordinator });
   await app.register(storeRoutes, { coordinator: options.coordinator });
+  await app.register(inspectRoutes, { coordinator: options.coordinator });
+  await app.register(uiRoutes, { tokens });
   return app;
 }

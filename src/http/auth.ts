@@ -4,6 +4,7 @@
  * @module
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import { parse as parseCookie } from 'cookie';
 import type { FastifyRequest, RouteOptions, onRequestAsyncHookHandler, preHandlerAsyncHookHandler } from 'fastify';
 import './principal.ts';
 import { HttpProblem } from './problems.ts';
@@ -25,6 +26,8 @@ declare module 'fastify' {
     readonly storesOf?: (request: FastifyRequest) => StoresNamed | Promise<StoresNamed>;
     /** A token holding this scope is not confined to its stores on this route (`operate` cancels any session). */
     readonly anyStoreWith?: Scope;
+    /** A console page (`/ui`): its credential may be the console's cookie, set by `POST /ui/login`. */
+    readonly console?: boolean;
   }
   interface FastifyRequest {
     /** The token the request authenticated with; absent when commitd serves without tokens. */
@@ -68,6 +71,22 @@ function bearerToken(request: FastifyRequest): string | undefined {
 
 const CHALLENGE = 'Bearer realm="commitd"';
 
+/** The cookie the console's login sets (HttpOnly, SameSite=Strict). */
+export const CONSOLE_COOKIE = 'commitd_console';
+/** The header the console sends with its API calls; only then does an API route take the cookie. */
+export const CONSOLE_HEADER = 'x-commitd-console';
+
+/**
+ * The console's token from its cookie: on console pages, and on API calls that carry the
+ * console's header. A page on another site cannot send that header without a CORS preflight,
+ * which commitd never grants, so a forged cross-site request never authenticates by cookie.
+ */
+function consoleToken(request: FastifyRequest): string | undefined {
+  if (request.routeOptions.config.console !== true && request.headers[CONSOLE_HEADER] === undefined) return undefined;
+  const header = request.headers.cookie;
+  return header === undefined ? undefined : parseCookie(header)[CONSOLE_COOKIE];
+}
+
 /**
  * The one `onRequest` hook of auth: 401 unless the request carries a token of `tokens`,
  * 403 unless that token holds one of the scopes the route declares (`config.scopes`; a
@@ -78,7 +97,7 @@ export function authenticate(tokens: TokenSet): onRequestAsyncHookHandler {
   return async (request) => {
     const config = request.routeOptions.config;
     if (config.public === true) return;
-    const given = bearerToken(request);
+    const given = bearerToken(request) ?? consoleToken(request);
     if (given === undefined) throw new HttpProblem(401, 'unauthorized', 'this route needs Authorization: Bearer <token>', { 'www-authenticate': CHALLENGE });
     const token = tokens.find(given);
     if (token === undefined) throw new HttpProblem(401, 'unauthorized', 'the bearer token is not valid', { 'www-authenticate': CHALLENGE });

@@ -57,6 +57,8 @@ export interface ProcessServiceOptions {
   /** etcd endpoints and namespace; absent → the embedded KV in `dir`. */
   readonly etcd?: { readonly endpoints: readonly string[]; readonly namespace: string };
   /** Extra fields of the config file (durations as strings such as "2s", "500ms"). */
+  /** COMMITD_TOKEN for the process; `request` then sends it. */
+  readonly token?: string;
   readonly config?: {
     readonly instanceId?: string;
     readonly leaseTtl?: string;
@@ -90,6 +92,7 @@ export async function startProcess(options: ProcessServiceOptions, failpoints?: 
       COMMITD_LOG_LEVEL: 'info',
       ...(options.etcd ? { COMMITD_ETCD_ENDPOINTS: options.etcd.endpoints.join(','), COMMITD_ETCD_NAMESPACE: options.etcd.namespace } : {}),
       ...(failpoints ? { COMMITD_FAILPOINTS: failpoints } : {}),
+      ...(options.token ? { COMMITD_TOKEN: options.token } : {}),
     },
   });
   if (waitListening) await child.waitForLine(/commitd listening/, { timeoutMs: 30_000 });
@@ -100,7 +103,10 @@ export async function startProcess(options: ProcessServiceOptions, failpoints?: 
     async request(method, path, body) {
       const res = await fetch(`${url}${path}`, {
         method,
-        headers: body === undefined ? {} : { 'content-type': 'application/json' },
+        headers: {
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+          ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
+        },
         body: body === undefined ? undefined : JSON.stringify(body),
       });
       return { status: res.status, body: (await res.json()) as Record<string, unknown>, headers: res.headers };

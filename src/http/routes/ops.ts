@@ -20,6 +20,11 @@ export interface OpsRoutesOptions {
 
 const tags = ['operations'];
 
+/** True when the client asks for JSON and not for the text format (Prometheus sends text/plain). */
+function wantsJson(accept: string | undefined): boolean {
+  return accept !== undefined && /\bapplication\/json\b/.test(accept) && !/\btext\/plain\b/.test(accept);
+}
+
 export const opsRoutes: FastifyPluginAsync<OpsRoutesOptions, RawServerDefault, TypeBoxProvider> = async (app, { coordinator, metrics }) => {
   app.get(
     '/healthz',
@@ -63,10 +68,20 @@ export const opsRoutes: FastifyPluginAsync<OpsRoutesOptions, RawServerDefault, T
         tags,
         operationId: 'metrics',
         summary: 'Prometheus metrics (text exposition format)',
-        response: { 200: { description: 'Metrics', content: { 'text/plain': { schema: Type.String() } } }, ...problemResponses(401, 403) },
+        response: {
+          200: {
+            description: 'Metrics: the text exposition format, or prom-client’s JSON form with Accept: application/json',
+            content: { 'text/plain': { schema: Type.String() }, 'application/json': { schema: Type.Array(Type.Unknown()) } },
+          },
+          ...problemResponses(401, 403),
+        },
       },
     },
-    async (_request, reply) => {
+    async (request, reply) => {
+      // The console reads the same numbers as JSON (prom-client's own form of the registry).
+      if (wantsJson(request.headers.accept)) {
+        return reply.type('application/json').send(JSON.stringify(await metrics.registry.getMetricsAsJSON()));
+      }
       const text = await metrics.registry.metrics();
       return reply.type(metrics.registry.contentType).send(text);
     },
