@@ -16,7 +16,10 @@ storeContract<NatsChange>({
     await reader.addStream(STREAM, ['contract.>']);
     return {
       open: async () =>
-        natsStoreType.create({ servers: server.url, stream: STREAM }, { name: 'contract', logger: pino({ level: 'silent' }), dataDir: '.', retentionSeconds: 60 }),
+        natsStoreType.create(
+          { servers: server.url, stream: STREAM },
+          { name: 'contract', logger: pino({ level: 'silent' }), dataDir: '.', retentionSeconds: 60 },
+        ),
       changes: (tag) => [
         { subject: `contract.${tag}.a`, data: 'a' },
         { subject: `contract.${tag}.b`, data: { n: 1, tag }, headers: { 'X-Tag': tag } },
