@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { DiscardPolicy } from '@nats-io/jetstream';
 import { pino } from 'pino';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { natsStoreType, type NatsOptions } from '../src/stores/nats/store.ts';
@@ -193,6 +194,33 @@ describe('nats store type', { skip: skipUnlessFound({ 'nats-server': natsBinary(
     await inject('POST', `/v1/sessions/${cancelled}/changes`, { store: 'events', changes: [{ subject: `orders.${cancelled}`, data: 'x' }] });
     assert.equal((await inject('POST', `/v1/sessions/${cancelled}/cancel`)).statusCode, 200);
     assert.equal(await reader.count(stream, `orders.${cancelled}`), 0);
+  });
+
+  it('a stream that refuses a message after the commit point turns the session failed for an operator', async () => {
+    const full = `full_${randomUUID().slice(0, 8)}`;
+    await reader.jsm.streams.add({ name: full, subjects: [`${full}.>`], duplicate_window: RETENTION_SECONDS * 1e9, max_msgs: 1, discard: DiscardPolicy.New });
+    const registered = await inject('POST', '/v1/stores', { name: full, type: 'nats', options: { servers: nats.url, stream: full, markerBucket } });
+    assert.equal(registered.statusCode, 201, registered.body);
+    const key = freshKey('full');
+    const changes = {
+      [full]: [
+        { subject: `${full}.a`, data: 'first' },
+        { subject: `${full}.b`, data: 'second' },
+      ],
+    };
+    const answer = await inject('POST', '/v1/commits', { key, changes });
+    assert.notEqual(answer.statusCode, 200, answer.body);
+    const shown = await waitFor(
+      'the session turned failed',
+      async () => {
+        const response = await inject('GET', `/v1/sessions/${key}`);
+        return JSON.parse(response.body).state === 'failed' ? response : undefined;
+      },
+      { timeoutMs: 20_000 },
+    );
+    assert.match(shown.body, /maximum messages/);
+    assert.equal(await reader.count(full, `${full}.a`), 1);
+    assert.equal(await reader.count(full, `${full}.b`), 0);
   });
 
   it('answers 503 while NATS is down, and commits once it is back', async () => {
