@@ -12,8 +12,11 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DiscardPolicy } from '@nats-io/jetstream';
 import { pino } from 'pino';
-import { sessionIdOfChanges } from '../src/core/session-id.ts';
+import { keyBytes, toHex } from '../src/core/keys.ts';
+import { sessionIdOfChanges, storeId } from '../src/core/session-id.ts';
+import type { StoreSession } from '../src/stores/api.ts';
 import { natsStoreType, type NatsOptions } from '../src/stores/nats/store.ts';
+import { subjectMatches } from '../src/stores/nats/subjects.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { natsBinary, startNats, type NatsServer } from './harness/nats.ts';
 import { freePort } from './harness/ports.ts';
@@ -126,6 +129,11 @@ describe('nats store type', { skip: skipUnlessFound({ 'nats-server': natsBinary(
       );
     });
 
+    it('refuses a change without data, or with a header that is not a string, with 400', async () => {
+      assert.equal((await changesAnswer([{ subject: 'orders.x' }])).statusCode, 400);
+      assert.equal((await changesAnswer([{ subject: 'orders.x', data: 'x', headers: { 'X-N': 1 } }])).statusCode, 400);
+    });
+
     it('refuses subjects that cannot be published to (wildcards, empty tokens, spaces)', async () => {
       for (const subject of ['orders.*', 'orders.>', 'orders..x', 'orders.a b', 'orders.']) {
         const response = await changesAnswer([{ subject, data: 'x' }]);
@@ -223,6 +231,32 @@ describe('nats store type', { skip: skipUnlessFound({ 'nats-server': natsBinary(
     assert.equal(await reader.count(full, `${full}.b`), 0);
   });
 
+  it('a second committer of the same session (a paused instance waking up) skips: the stream keeps one copy', async () => {
+    const options: NatsOptions = { servers: nats.url, stream, markerBucket };
+    const [paused, adopter] = [await natsStoreType.create(options, ctx()), await natsStoreType.create(options, ctx())];
+    try {
+      const key = freshKey('twice');
+      const changes = [
+        { subject: `orders.${key}.a`, data: 'a' },
+        { subject: `orders.${key}.b`, data: { b: 1 } },
+      ];
+      const sessions = [paused.session(), adopter.session()];
+      for (const session of sessions) {
+        await session.beginRecovery(keyBytes(key));
+        for (const change of changes) await session.apply(change);
+        await session.prepare(keyBytes(key));
+      }
+      const [second, first] = sessions as [StoreSession, StoreSession];
+      const id = await first.commit(keyBytes(key));
+      assert.equal(toHex(await second.commit(keyBytes(key))), toHex(id), 'the marker holds the same ID: the late committer skips');
+      assert.equal(toHex(id), toHex(storeId(changes)));
+      assert.equal(await reader.count(stream, `orders.${key}.a`), 1);
+      assert.equal(await reader.count(stream, `orders.${key}.b`), 1);
+    } finally {
+      await Promise.all([paused.close(), adopter.close()]);
+    }
+  });
+
   it('answers 503 while NATS is down, and commits once it is back', async () => {
     const key = freshKey('down');
     const changes = { events: [{ subject: `orders.${key}`, data: 'x' }] };
@@ -243,6 +277,20 @@ describe('nats store type', { skip: skipUnlessFound({ 'nats-server': natsBinary(
     );
     assert.equal(JSON.parse(committed.body).sessionId, sessionIdOfChanges(changes));
     assert.equal(await reader.count(stream, `orders.${key}`), 1);
+  });
+});
+
+describe('nats subjects', () => {
+  it('match stream filters with NATS wildcards: * one token, > one or more at the end', () => {
+    assert.equal(subjectMatches('orders.>', 'orders.a'), true);
+    assert.equal(subjectMatches('orders.>', 'orders.a.b'), true);
+    assert.equal(subjectMatches('orders.>', 'orders'), false);
+    assert.equal(subjectMatches('orders.*', 'orders.a'), true);
+    assert.equal(subjectMatches('orders.*', 'orders.a.b'), false);
+    assert.equal(subjectMatches('*.created', 'orders.created'), true);
+    assert.equal(subjectMatches('orders.created', 'orders.created'), true);
+    assert.equal(subjectMatches('orders.created', 'orders.created.x'), false);
+    assert.equal(subjectMatches('>', 'anything.at.all'), true);
   });
 });
 
