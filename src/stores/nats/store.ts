@@ -23,7 +23,15 @@
  *   message over the size limit) is refused at apply, before the commit point.
  * @module
  */
-import { jetstream, jetstreamManager, JetStreamApiError, type JetStreamClient, type JetStreamManager, type StreamInfo } from '@nats-io/jetstream';
+import {
+  jetstream,
+  jetstreamManager,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  type JetStreamClient,
+  type JetStreamManager,
+  type StreamInfo,
+} from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { connect, headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
 import { Type } from '@sinclair/typebox';
@@ -67,8 +75,6 @@ export const RESERVED_HEADER_PREFIX = 'nats-';
 /** Bound of connecting at open. */
 const CONNECT_TIMEOUT_MS = 5_000;
 const NANOS_PER_SECOND = 1_000_000_000;
-/** JetStream's API code for a KV create that found the key (wrong last subject sequence). */
-const WRONG_LAST_SEQUENCE = 10071;
 /** HTTP token characters (RFC 9110), what a NATS header name is made of. */
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
@@ -129,6 +135,11 @@ interface OutgoingMessage {
 
 const utf8 = new TextEncoder();
 
+/** A server URL fit for messages: `user:password@` dropped. */
+function withoutCredentials(server: string): string {
+  return server.replace(/\/\/[^@/]*@/, '//');
+}
+
 /** A store's connection, stream and marker bucket. */
 class NatsBackend {
   readonly name: string;
@@ -169,7 +180,11 @@ class NatsBackend {
         reconnectTimeWait: 250,
       });
     } catch (err) {
-      throw new StoreUnavailableError(`nats store ${ctx.name}: cannot connect to ${servers.join(', ')}: ${errorMessage(err)}`, {}, { cause: err });
+      throw new StoreUnavailableError(
+        `nats store ${ctx.name}: cannot connect to ${servers.map(withoutCredentials).join(', ')}: ${errorMessage(err)}`,
+        {},
+        { cause: err },
+      );
     }
     try {
       const jsm = await jetstreamManager(nc, { timeout: timeoutMs });
@@ -194,7 +209,7 @@ class NatsBackend {
     try {
       info = await this.#jsm.streams.info(this.streamName);
     } catch (err) {
-      if (err instanceof JetStreamApiError && err.code === 10059) {
+      if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) {
         throw new NatsStreamError(`nats store ${this.name}: there is no JetStream stream named ${JSON.stringify(this.streamName)}; create it first`);
       }
       throw this.unavailable(err, 'stream info');
@@ -241,7 +256,7 @@ class NatsBackend {
       await this.#markers().create(this.#markerKey(key), toHex(id));
       return;
     } catch (err) {
-      if (!(err instanceof JetStreamApiError && err.code === WRONG_LAST_SEQUENCE)) throw this.unavailable(err, 'marker write');
+      if (!(err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamWrongLastSequence)) throw this.unavailable(err, 'marker write');
     }
     const stored = await this.readMarker(key);
     if (!stored)
