@@ -259,6 +259,11 @@ function storeEndpoints(store: StoreEntry): { host: string; port: number }[] {
       const endpoints = (options.endpoints as string[] | undefined) ?? coordinatorEtcdEndpoints();
       return endpoints.map((endpoint) => hostAndPort(endpoint, 2379));
     }
+    case 'nats': {
+      const servers = options.servers as string | string[];
+      const list = typeof servers === 'string' ? servers.split(',').map((server) => server.trim()) : servers;
+      return list.map((server) => hostAndPort(server, 4222));
+    }
     case 'sqlite':
       return [];
     default:
@@ -283,6 +288,7 @@ function listeningPorts(name: string): number[] {
   }
   if (/(^|\/)postgres(:|@|$)/.test(image)) return [Number(postgresSettings(words).get('port') ?? 5432)];
   if (/(^|\/)redis(:|@|$)/.test(image)) return [Number(flagValues(words, '--port')[0] ?? 6379)];
+  if (/(^|\/)nats(:|@|$)/.test(image)) return [Number(flagValues(words, '-p')[0] ?? 4222)];
   if (name === COMMITD_SERVICE) return [Number(containerEnv().COMMITD_PORT ?? 8080)];
   return [];
 }

@@ -1,7 +1,8 @@
 /**
- * A mixed session — postgres + redis + etcd + sqlite — SIGKILLed after the second of the
- * four stores committed: after a restart every store holds its data exactly once (a Redis
- * INCR included) and the session ID is the one its changes define. Both KV backends.
+ * A mixed session — postgres + redis + etcd + sqlite + nats — SIGKILLed after the second of
+ * the five stores committed: after a restart every store holds its data exactly once (a
+ * Redis INCR included, and the NATS message, published by the recovery) and the session ID
+ * is the one its changes define. Both KV backends.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -12,25 +13,33 @@ import { Redis } from 'ioredis';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
+import { natsBinary, startNats, type NatsServer } from './harness/nats.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
 import { skipUnlessFound } from './harness/require.ts';
 import { startProcess } from './support/process.ts';
+import { natsReader, type NatsReader } from './support/nats.ts';
 import { postgresRows, sqliteRows } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, sharedEtcdServer } from './support/service.ts';
 
-describe('a mixed four-store session crashed after the second store', {
-  skip: skipUnlessFound({ PostgreSQL: postgresBinDir(), 'redis-server': redisBinary() }),
+describe('a mixed five-store session crashed after the second store', {
+  skip: skipUnlessFound({ PostgreSQL: postgresBinDir(), 'redis-server': redisBinary(), 'nats-server': natsBinary() }),
 }, () => {
   let postgres: PostgresServer;
   let redis: RedisServer;
+  let nats: NatsServer;
+  let reader: NatsReader;
   const root = makeTempDir('mixed');
 
   before(async () => {
-    [postgres, redis] = await Promise.all([startPostgres(), startRedis()]);
+    [postgres, redis, nats] = await Promise.all([startPostgres(), startRedis(), startNats()]);
     await postgresRows(postgres.connectionString, 'CREATE TABLE orders(k TEXT, total INTEGER)');
+    reader = await natsReader(nats.url);
+    // commitd's default retention is a day: so must the duplicate window be.
+    await reader.addStream('mixed', ['mixed.>'], 86_400);
   });
   after(async () => {
-    await Promise.all([postgres?.cleanup(), redis?.cleanup()]);
+    await reader?.close();
+    await Promise.all([postgres?.cleanup(), redis?.cleanup(), nats?.cleanup()]);
     await removeTempDir(root);
   });
 
@@ -45,6 +54,7 @@ describe('a mixed four-store session crashed after the second store', {
         { name: 'flags', type: 'etcd', options: { endpoints: etcd.endpoints, prefix: flagsPrefix } },
         { name: 'ledger', type: 'sqlite', options: { path: ledger } },
         { name: 'orders', type: 'postgres', options: { connectionString: postgres.connectionString } },
+        { name: 'outbox', type: 'nats', options: { servers: nats.url, stream: 'mixed' } },
       ];
       const options = { dir, stores, etcd: kv === 'etcd' ? { endpoints: etcd.endpoints, namespace: `/mixed-${randomUUID()}/` } : undefined };
       const setup = await startProcess(options);
@@ -62,6 +72,7 @@ describe('a mixed four-store session crashed after the second store', {
         flags: [{ op: 'put', key: `feature-${kv}`, value: 'on' }],
         ledger: [{ sql: 'INSERT INTO entries(k, amount) VALUES (?, ?)', params: [key, 5] }],
         orders: [{ sql: 'INSERT INTO orders(k, total) VALUES ($1, $2)', params: [key, 5] }],
+        outbox: [{ subject: `mixed.order.${kv}`, data: { key, total: 5 } }],
       };
       const doomed = await startProcess(options, 'commit.afterStore.2=crash');
       await assert.rejects(doomed.request('POST', '/v1/commits', { key, changes }));
@@ -82,6 +93,7 @@ describe('a mixed four-store session crashed after the second store', {
         assert.equal(await etcdClient.get(`${flagsPrefix}feature-${kv}`).string(), 'on');
         assert.deepEqual(sqliteRows(ledger, 'SELECT count(*) AS n FROM entries WHERE k = ?', key), [{ n: 1 }]);
         assert.deepEqual(await postgresRows(postgres.connectionString, 'SELECT count(*)::int AS n FROM orders WHERE k = $1', [key]), [{ n: 1 }]);
+        assert.equal(await reader.count('mixed', `mixed.order.${kv}`), 1, 'the message published exactly once');
       } finally {
         redisClient.disconnect();
         etcdClient.close();
