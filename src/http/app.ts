@@ -14,6 +14,7 @@ import { assertServable, bearerAuth } from './auth.ts';
 import { AllowedMethods } from './allowed-methods.ts';
 import { JsonBodyError, parseJsonBody } from './json-body.ts';
 import { HttpProblem, MAX_PARAM_LENGTH, handleClientError, handleError, notFoundHandler } from './problems.ts';
+import { openapiOptions } from './openapi.ts';
 import { opsRoutes } from './routes/ops.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { storeRoutes } from './routes/stores.ts';
@@ -92,13 +93,20 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   if (token !== undefined) app.addHook('onRequest', bearerAuth(token));
 
   await app.register(swagger, {
+    ...openapiOptions((schema) => app.addSchema(schema)),
     openapi: {
       openapi: '3.0.3',
       info: {
         title: 'commitd',
         version: '1',
-        description: 'Commits one unit of work to several datastores with an exactly-once effect. Errors are RFC 9457 application/problem+json.',
+        description:
+          'Commits one unit of work to several datastores with an exactly-once effect. Errors are RFC 9457 application/problem+json. This document is served at /docs/json; docs/api.md in the repository is the reference.',
+        contact: { name: 'commitd maintainers' },
+        // package.json is private with no licence; npm's documentation is where UNLICENSED is defined.
+        license: { name: 'UNLICENSED', url: 'https://docs.npmjs.com/cli/v11/configuring-npm/package-json#license' },
       },
+      // Relative: the document describes the commitd that serves it, wherever it listens.
+      servers: [{ url: '/', description: 'the commitd serving this document' }],
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'COMMITD_TOKEN, when one is configured' } } },
       security: [{ bearer: [] }],
       tags: [
