@@ -7,6 +7,7 @@
  */
 import type { Logger } from 'pino';
 import { AlreadyCommittedError, CommitdError } from '../errors/core.ts';
+import { deadlineIn, withDeadline } from '../kv/deadline.ts';
 import type { Kv } from '../kv/kv.ts';
 import { ConstraintViolatedError, VersionMismatchError } from '../kv/errors.ts';
 import { compareNames } from '../core/multi-committer.ts';
@@ -63,6 +64,9 @@ export interface CoordinatorOptions {
   /** Largest total of the change logs all open sessions hold, in bytes of JSON (see `log-budget.ts` for what is counted). */
   readonly openLogBytes?: number;
 }
+
+/** Bound of the KV probes behind /readyz and the failed-sessions gauge: an answer within 1 s, whatever the KV does. */
+export const PROBE_DEADLINE_MS = 1_000;
 
 /** Defaults of {@link CoordinatorOptions}: the one place they are written. */
 export const COORDINATOR_DEFAULTS = {
@@ -131,6 +135,14 @@ export class Coordinator implements SessionCoordinator {
       metrics: this.#metrics,
     });
     this.#answers = new KeyAnswers({ kv: options.kv, table: this.#table, recovery: this.#recovery, instance: this.#instance, metrics: this.#metrics });
+    this.#metrics?.countFailedSessionsWith(() => this.#countFailed());
+  }
+
+  /** Failed sessions in the KV (every instance's), for the gauge; bounded like a readiness probe. */
+  async #countFailed(): Promise<number> {
+    const listing = this.#kv.list(recordKeys.sessions, { consistency: 'serializable' });
+    const entries = await withDeadline(listing, deadlineIn(PROBE_DEADLINE_MS).signal, () => new Error('the coordinator KV did not answer in time'));
+    return entries.filter((entry) => parseSession(entry.value).state === 'failed').length;
   }
 
   /** Registers this instance, recovers what earlier runs left, and starts the timers. */
@@ -267,7 +279,6 @@ export class Coordinator implements SessionCoordinator {
       const record = parseSession(entry.value);
       if (!filter.state || record.state === filter.state) views.push(recordView(key, record));
     }
-    if (!filter.state || filter.state === 'failed') this.#metrics?.sessionsFailed.set(views.filter((v) => v.state === 'failed').length);
     return views;
   }
 
@@ -284,14 +295,22 @@ export class Coordinator implements SessionCoordinator {
       }
       throw err;
     };
+    const resolved = (outcome: string) => this.#metrics?.sessionsResolved.inc({ action, outcome });
+    const refused = (err: unknown): never => {
+      resolved('refused');
+      return raced(err);
+    };
     if (action === 'abandon') {
-      await this.#kv.txn(await deleteSessionOps(this.#kv, key, record, revision)).catch(raced);
+      await this.#kv.txn(await deleteSessionOps(this.#kv, key, record, revision)).catch(refused);
       this.#logger.warn({ key }, 'failed session abandoned by an operator');
+      resolved('abandoned');
       return { key, state: 'abandoned' };
     }
     const retried: SessionRecord = { ...record, state: 'committing', owner: this.instanceId, error: undefined };
-    const newRevision = await this.#kv.update(recordKeys.session(key), JSON.stringify(retried), revision).catch(raced);
-    return this.#answers.fromRecovery(key, await this.#recovery.retry(key, retried, newRevision));
+    const newRevision = await this.#kv.update(recordKeys.session(key), JSON.stringify(retried), revision).catch(refused);
+    const outcome = await this.#recovery.retry(key, retried, newRevision);
+    resolved(outcome.state);
+    return this.#answers.fromRecovery(key, outcome);
   }
 
   listStores(): StoreInfo[] {
@@ -316,9 +335,10 @@ export class Coordinator implements SessionCoordinator {
     await this.#stores.remove(name);
   }
 
+  /** Answers within {@link PROBE_DEADLINE_MS} whatever the KV does (a frozen etcd included). */
   async ready(): Promise<void> {
     try {
-      await this.#kv.ping();
+      await withDeadline(this.#kv.ping(), deadlineIn(PROBE_DEADLINE_MS).signal, () => new Error(`no answer within ${PROBE_DEADLINE_MS} ms`));
     } catch (err) {
       throw new ServiceUnavailableError('the coordinator KV is unreachable', 1, { cause: err });
     }

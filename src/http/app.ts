@@ -91,6 +91,11 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   app.addHook('onRoute', (route) => allowed.add(route.url, route.method));
   app.setNotFoundHandler(notFoundHandler((path) => allowed.for(path)));
   if (token !== undefined) app.addHook('onRequest', bearerAuth(token));
+  app.addHook('onResponse', async (request, reply) => {
+    // The route pattern (`/v1/sessions/:key`), never the path: keys must not become label values.
+    const route = request.routeOptions.url ?? 'unmatched';
+    options.metrics.httpSeconds.observe({ method: request.method, route, status: String(reply.statusCode) }, reply.elapsedTime / 1000);
+  });
 
   await app.register(swagger, {
     ...openapiOptions((schema) => app.addSchema(schema)),
