@@ -162,7 +162,10 @@ export const SessionReply = Type.Object({
   error: Type.Optional(Type.String({ description: 'Why a failed session failed' })),
 });
 
-export const SessionListReply = Type.Object({ sessions: Type.Array(SessionReply) });
+export const SessionListReply = Type.Object({
+  sessions: Type.Array(SessionReply, { description: 'Newest first: by the last write of each record' }),
+  nextCursor: Type.Optional(Type.String({ description: 'Present when more sessions follow: pass it as cursor' })),
+});
 
 export const AbandonedReply = Type.Object({ key: Type.String(), state: Type.Literal('abandoned') });
 

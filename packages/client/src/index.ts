@@ -28,7 +28,7 @@ import {
   parseCommitted,
   parseResolved,
   parseSession,
-  parseSessionList,
+  parseSessionPage,
   parseStore,
   parseStoreList,
   type AbandonedReply,
@@ -37,6 +37,7 @@ import {
   type CancelReply,
   type CommittedReply,
   type ListableState,
+  type SessionPage,
   type SessionReply,
   type StoreDefinition,
   type StoreInfoReply,
@@ -53,6 +54,7 @@ export type {
   CancelReply,
   CommittedReply,
   ListableState,
+  SessionPage,
   SessionReply,
   StoreDefinition,
   StoreInfoReply,
@@ -222,12 +224,29 @@ export class CommitdClient {
     }
   }
 
-  /** Open and failed sessions (`GET /v1/sessions`), optionally of one state. */
-  listSessions(filter: { state?: ListableState } = {}): Promise<SessionReply[]> {
+  /**
+   * Every session of one state (`GET /v1/sessions`, page after page), newest first; no
+   * state: the open and failed ones. For committed and abandoned sessions, which the
+   * retention period may hold many of, prefer {@link listSessionsPage}.
+   */
+  async listSessions(filter: { state?: ListableState } = {}): Promise<SessionReply[]> {
+    const sessions: SessionReply[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.listSessionsPage({ state: filter.state, limit: 1000, cursor });
+      sessions.push(...page.sessions);
+      cursor = page.nextCursor;
+    } while (cursor !== undefined);
+    return sessions;
+  }
+
+  /** One page of sessions of one state, newest first; pass `nextCursor` back as `cursor` for the next. */
+  listSessionsPage(query: { state?: ListableState; limit?: number; cursor?: string } = {}): Promise<SessionPage> {
+    const { state, limit, cursor } = query;
     return this.#call(
       'listSessions',
       undefined,
-      { method: 'GET', path: 'v1/sessions', query: { state: filter.state }, parse: parseSessionList },
+      { method: 'GET', path: 'v1/sessions', query: { state, limit: limit?.toString(), cursor }, parse: parseSessionPage },
       { idempotent: true },
     );
   }

@@ -56,7 +56,8 @@ export const parseStore = parser(schemas.StoreInfoReply);
 const parseSessionListReply = parser(schemas.SessionListReply);
 const parseStoreListReply = parser(schemas.StoreListReply);
 
-/** `GET /v1/sessions`, unwrapped. */
-export const parseSessionList = (value: unknown): SessionReply[] => parseSessionListReply(value).sessions;
+/** A page of `GET /v1/sessions`: newest first, `nextCursor` when more follow. */
+export type SessionPage = Static<typeof schemas.SessionListReply>;
+export const parseSessionPage = parseSessionListReply;
 /** `GET /v1/stores`, unwrapped. */
 export const parseStoreList = (value: unknown): StoreInfoReply[] => parseStoreListReply(value).stores;
