@@ -106,14 +106,17 @@ const RETRY_AFTER_HEADER = {
 
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null;
 
-/** The component a schema is, by identity or as a copy that only adds a description (`{...ActiveReply, description}`). */
+/** Members a response entry may add to a named schema: they describe the answer, not its body. */
+const ANSWER_MEMBERS = new Set(['description', 'headers']);
+
+/** The component a schema is, by identity or as a copy that only adds a description or headers (`{...ActiveReply, description}`). */
 function componentOf(schema: object): string | undefined {
   for (const [name, named] of Object.entries(NAMED_SCHEMAS)) {
     if (schema === named) return name;
   }
-  const keys = Object.keys(schema).filter((key) => key !== 'description');
+  const keys = Object.keys(schema).filter((key) => !ANSWER_MEMBERS.has(key));
   for (const [name, named] of Object.entries(NAMED_SCHEMAS)) {
-    const namedKeys = Object.keys(named).filter((key) => key !== 'description');
+    const namedKeys = Object.keys(named).filter((key) => !ANSWER_MEMBERS.has(key));
     if (keys.length === namedKeys.length && keys.every((key) => (schema as Record<string, unknown>)[key] === (named as Record<string, unknown>)[key]))
       return name;
   }
@@ -129,11 +132,17 @@ function withRefs(schema: unknown, root = true): unknown {
   return Object.fromEntries(Object.entries(schema).map(([key, value]) => [key, withRefs(value, false)]));
 }
 
-/** A body or response entry: a `$ref` to its component when it is one, keeping the entry's own description. */
+/** A body or response entry: a `$ref` to its component when it is one, keeping the entry's own description and headers. */
 function entry(schema: unknown): unknown {
   if (!isObject(schema)) return schema;
   const name = componentOf(schema);
-  if (name !== undefined) return typeof schema.description === 'string' ? { $ref: `${name}#`, description: schema.description } : { $ref: `${name}#` };
+  if (name !== undefined) {
+    return {
+      $ref: `${name}#`,
+      ...(typeof schema.description === 'string' ? { description: schema.description } : {}),
+      ...(isObject(schema.headers) ? { headers: schema.headers } : {}),
+    };
+  }
   if (isObject(schema.content)) {
     // `{description, content: {type: {schema}}}`, as problemResponses and /metrics write them.
     const content = Object.fromEntries(
