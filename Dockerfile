@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# commitd: the service runs its TypeScript sources through tsx (no build step).
+# commitd: the service runs its TypeScript sources through tsx's loader (no build step).
 #
 #   docker build -t commitd .
 #   docker run --rm -e COMMITD_TOKEN=... -p 127.0.0.1:8080:8080 commitd
@@ -9,8 +9,11 @@
 # to serve beyond loopback without a token (it exits with code 2 and says so). No token is
 # baked into the image.
 
+# Node 20 (≥ 20.19, what package.json's engines ask for; the node:20 images are past it).
+ARG NODE_IMAGE=node:20-slim
+
 # --- dependencies: better-sqlite3 is a native module, built (or fetched) here ------------
-FROM node:20-slim AS deps
+FROM ${NODE_IMAGE} AS deps
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make gcc g++ \
  && rm -rf /var/lib/apt/lists/*
@@ -23,7 +26,7 @@ COPY native ./native
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
 # --- runtime: no compiler toolchain ------------------------------------------------------
-FROM node:20-slim
+FROM ${NODE_IMAGE}
 ENV NODE_ENV=production \
     NPM_CONFIG_UPDATE_NOTIFIER=false \
     COMMITD_HOST=0.0.0.0 \
@@ -43,4 +46,7 @@ EXPOSE 8080
 # /healthz is public (no token). slim has no curl: node's fetch does it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.COMMITD_PORT || 8080) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
-CMD ["npx", "tsx", "src/main.ts"]
+# node itself, not a wrapper (npx, tsx's CLI, a shell): SIGTERM from `docker stop` reaches
+# commitd, which stops taking requests, cancels open sessions and exits. pino-pretty is a
+# devDependency, absent here: logs are JSON lines.
+CMD ["node", "--import", "tsx", "src/main.ts"]

@@ -3,12 +3,10 @@
  * `{"id":"order-1","account":"acme","amount":42}` — and commits each to two stores, the
  * order to `main` and an audit row to `audit`, exactly once, keyed by the job's id.
  *
- * Run commitd with two sqlite stores, e.g. `commitd.json`:
- *   {"stores":[{"name":"main","type":"sqlite","options":{"path":"./data/main.db"}},
- *              {"name":"audit","type":"sqlite","options":{"path":"./data/audit.db"}}]}
- *   COMMITD_CONFIG=commitd.json npm start
- * then:
+ * With commitd running as `npm start` leaves it (one sqlite store `main`):
  *   printf '%s\n' '{"id":"order-1","account":"acme","amount":42}' | npx tsx examples/worker.ts
+ * The worker registers the second store, `audit` (sqlite, `audit.db` in commitd's data dir),
+ * when the server does not have it yet. COMMITD_URL and COMMITD_TOKEN say where and how.
  *
  * `--sessions` sends each store's changes in its own request through a session handle
  * instead of one request per job (the shape for changes that arrive in pieces).
@@ -19,7 +17,7 @@
  */
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { CommitdClient, CommitdClientError, type Changes, type CommittedReply } from '@commitd/client';
+import { CommitdClient, CommitdClientError, CommitdNetworkError, type Changes, type CommittedReply } from '@commitd/client';
 
 /** One unit of work. */
 interface Job {
@@ -77,11 +75,26 @@ function commitInSession(client: CommitdClient, job: Job): Promise<CommittedRepl
   );
 }
 
+/** The stores the jobs need; `audit` is registered when the server lacks it (a relative path lands in its data dir). */
+async function ensureStores(url: string, token: string | undefined): Promise<void> {
+  // One attempt: at start-up an unreachable server is a mistake to report, not to wait out.
+  const setup = new CommitdClient({ url, token, retry: { maxAttempts: 1 } });
+  const names = new Set((await setup.listStores()).map((store) => store.name));
+  if (!names.has('main')) throw new Error(`commitd at ${url} has no store "main" (npm start configures it)`);
+  if (!names.has('audit')) {
+    await setup.addStore({ name: 'audit', type: 'sqlite', options: { path: 'audit.db' } });
+    console.error('registered store "audit" (sqlite, audit.db in the data dir)');
+  }
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({ options: { sessions: { type: 'boolean', default: false } } });
+  const url = process.env.COMMITD_URL ?? 'http://127.0.0.1:8080';
+  const token = process.env.COMMITD_TOKEN;
+  await ensureStores(url, token);
   const client = new CommitdClient({
-    url: process.env.COMMITD_URL ?? 'http://127.0.0.1:8080',
-    token: process.env.COMMITD_TOKEN,
+    url,
+    token,
     onRetry: ({ operation, key, retry, delayMs, error }) =>
       console.error(`retry ${retry} of ${operation} ${key ?? ''} in ${delayMs} ms: ${error instanceof Error ? error.message : String(error)}`),
   });
@@ -107,4 +120,9 @@ async function main(): Promise<number> {
   return failed === 0 ? 0 : 1;
 }
 
-process.exitCode = await main();
+process.exitCode = await main().catch((error: unknown) => {
+  // One line, no stack trace: what went wrong and, for an unreachable server, what to do.
+  const why = error instanceof Error ? error.message : String(error);
+  console.error(error instanceof CommitdNetworkError ? `worker: ${why} (is commitd running? npm start)` : `worker: ${why}`);
+  return 1;
+});

@@ -3,6 +3,7 @@
  * on SIGTERM/SIGINT. `npm start` runs this file.
  * @module
  */
+import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { pino, type Logger } from 'pino';
 import { CommitdError } from './errors/core.ts';
@@ -25,8 +26,22 @@ const REDACT = [
   'stores[*].options.url',
 ];
 
+/**
+ * pino-pretty is a devDependency: after `npm ci --omit=dev` (the Docker image) it is absent,
+ * and pino would fail to load its transport. Pretty output only on a TTY and only when it
+ * resolves; JSON lines otherwise.
+ */
+function prettyTransportAvailable(): boolean {
+  try {
+    createRequire(import.meta.url).resolve('pino-pretty');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function createLogger(config: Pick<Config, 'logLevel'>): Logger {
-  const pretty = process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { colorize: true } } } : {};
+  const pretty = process.stdout.isTTY && prettyTransportAvailable() ? { transport: { target: 'pino-pretty', options: { colorize: true } } } : {};
   return pino({ name: 'commitd', level: config.logLevel, redact: { paths: REDACT, censor: '[redacted]' }, ...pretty });
 }
 
@@ -76,7 +91,28 @@ export async function main(env: NodeJS.ProcessEnv = process.env): Promise<Servic
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  followLauncher(env, () => stop('launcher exited'));
   return service;
+}
+
+/** How often a commitd started through npm checks that its launcher still runs. */
+const LAUNCHER_POLL_MS = 500;
+
+/**
+ * `npx commitd serve` (and any npm script without `exec`) runs commitd under `sh -c`, and
+ * dash does not pass SIGTERM on to its child: npm forwards the signal to the shell, the shell
+ * dies, and commitd would be left running as an orphan. So when npm started this process
+ * (`npm_command` is set), its parent going away counts as SIGTERM.
+ */
+function followLauncher(env: NodeJS.ProcessEnv, onGone: () => void): void {
+  if (env.npm_command === undefined) return;
+  const launcher = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid === launcher) return;
+    clearInterval(timer);
+    onGone();
+  }, LAUNCHER_POLL_MS);
+  timer.unref();
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -425,12 +425,25 @@ describe('full stack: docker-compose.yml, examples/full-stack.json and the Docke
     }
   });
 
+  it('builds on a Node line that package.json engines accept', () => {
+    const image = /^ARG NODE_IMAGE=node:(\d+)-slim$/m.exec(readFileSync(DOCKERFILE, 'utf8'));
+    assert.ok(image, 'Dockerfile: ARG NODE_IMAGE=node:<major>-slim names the Node of both stages');
+    const engines = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { engines: { node: string } }).engines.node;
+    assert.match(engines, new RegExp(`(^|\\|\\|\\s*)\\^${image[1]}\\.`), `package.json engines ${engines} do not accept Node ${image[1]}, the image's`);
+    assert.ok(
+      finalStage().some((instruction) => instruction.keyword === 'FROM' && instruction.args.startsWith('$' + '{NODE_IMAGE}')),
+      'Dockerfile: the final stage must run on the NODE_IMAGE argument',
+    );
+  });
+
   it('runs src/main.ts in the image', () => {
     const cmd = lastOf('CMD');
     assert.ok(cmd, 'Dockerfile: the final stage has no CMD');
     const words = commandWords(cmd.args);
     assert.ok(words.includes('src/main.ts'), `Dockerfile: CMD ${cmd.args} does not run src/main.ts`);
     assert.ok(words.includes('tsx'), `Dockerfile: CMD ${cmd.args} does not run through tsx (there is no build step)`);
+    // A wrapper (npx, tsx's CLI, sh -c) as PID 1's child would swallow docker stop's SIGTERM.
+    assert.equal(words[0], 'node', `Dockerfile: CMD ${cmd.args} must start node itself, so SIGTERM reaches commitd`);
     assert.ok(
       finalStage().some((instruction) => instruction.keyword === 'COPY' && /(^|\s)\.?\/?src\/?\s/.test(`${instruction.args} `)),
       'Dockerfile: the final stage does not COPY src/',

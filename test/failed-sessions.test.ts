@@ -76,13 +76,12 @@ for (const kv of KV_BACKENDS) {
 
       const before = await (await fetch(`${service.url}/metrics`)).text();
       assert.equal(metricValue(before, 'commitd_sessions_recovered_total{outcome="failed"}'), 1, 'this run failed one roll-forward (f-retry)');
+      assert.equal(metricValue(before, 'commitd_sessions_failed'), 2, 'the gauge reads the KV at each scrape: nobody listed anything yet');
 
       const listed = await service.request('GET', '/v1/sessions?state=failed');
       assert.equal(listed.status, 200);
       const keys = (listed.body.sessions as { key: string; state: string }[]).map((s) => s.key).sort();
       assert.deepEqual(keys, ['f-abandon', 'f-retry']);
-      const metrics = await (await fetch(`${service.url}/metrics`)).text();
-      assert.equal(metricValue(metrics, 'commitd_sessions_failed'), 2, 'the listing sets the gauge');
 
       // A worker retrying the key is told the session awaits an operator: a conflict, not a 500.
       const retried = await service.request('POST', '/v1/commits', { key: 'f-retry', changes: changesFor('f-retry', 8) });
@@ -100,6 +99,9 @@ for (const kv of KV_BACKENDS) {
       const abandoned = answers.find((answer) => answer.status === 200);
       assert.ok(abandoned, JSON.stringify(answers.map((a) => a.body)));
       assert.deepEqual(abandoned.body, { key: 'f-abandon', state: 'abandoned' });
+      const afterAbandon = await (await fetch(`${service.url}/metrics`)).text();
+      assert.equal(metricValue(afterAbandon, 'commitd_sessions_failed'), 1, 'the gauge follows the abandon without a listing');
+      assert.equal(metricValue(afterAbandon, 'commitd_sessions_resolved_total{action="abandon",outcome="abandoned"}'), 1);
       for (const other of answers.filter((answer) => answer !== abandoned)) {
         assert.ok([404, 409].includes(other.status), `another operator: ${other.status} ${JSON.stringify(other.body)}`);
       }
@@ -120,6 +122,8 @@ for (const kv of KV_BACKENDS) {
       const stillFailing = await service.request('POST', '/v1/sessions/f-retry/resolve', { action: 'retry' });
       assert.equal(stillFailing.status, 409, JSON.stringify(stillFailing.body));
       assert.equal(stillFailing.body.code, 'store_conflict');
+      assert.match(String(stillFailing.body.detail), /^session "f-retry" failed and awaits an operator \(retry or abandon\): .*UNIQUE/);
+      assert.equal(stillFailing.body.store, undefined, 'no made-up store name');
       assert.equal((await service.request('GET', '/v1/sessions/f-retry')).body.state, 'failed');
 
       sqliteRun(s2Path, "DELETE FROM p WHERE id = 8 AND note = 'intruder'");
@@ -147,6 +151,10 @@ for (const kv of KV_BACKENDS) {
       assert.deepEqual(listed.body.sessions, []);
       const metrics = await (await fetch(`${service.url}/metrics`)).text();
       assert.equal(metricValue(metrics, 'commitd_sessions_failed'), 0);
+      assert.equal(metricValue(metrics, 'commitd_sessions_recovered_total{outcome="failed"}'), 1, 'operator retries that fail again are not counted again');
+      assert.equal(metricValue(metrics, 'commitd_sessions_recovered_total{outcome="committed"}'), undefined, "the operator's retry is not a recovery");
+      assert.equal(metricValue(metrics, 'commitd_sessions_resolved_total{action="retry",outcome="committed"}'), 1);
+      assert.ok((metricValue(metrics, 'commitd_sessions_resolved_total{action="retry",outcome="failed"}') ?? 0) >= 1);
       assert.equal(
         (await service.request('POST', '/v1/sessions/f-retry/resolve', { action: 'abandon' })).body.state,
         'committed',

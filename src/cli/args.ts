@@ -1,24 +1,36 @@
 /**
- * The `commitd` command line: argv → one typed invocation, or a `UsageError` naming what
- * is wrong. Pure: the environment comes in as a parameter.
+ * The `commitd` command line, parsed by commander: argv → one typed invocation, or a
+ * `UsageError` naming what is wrong. Pure: the environment comes in as a parameter, and
+ * commander's own output (help, version, errors) is captured rather than printed.
  * @module
  */
-import { parseArgs } from 'node:util';
-import type { ListableState } from '@commitd/client';
+import { readFileSync } from 'node:fs';
+import { Argument, Command as Program, CommanderError, InvalidArgumentError, Option } from 'commander';
 
 /** Default server when neither `--url` nor `COMMITD_URL` says otherwise (the server's own default). */
 export const DEFAULT_URL = 'http://127.0.0.1:8080';
 
-const LISTABLE_STATES: readonly ListableState[] = ['active', 'committing', 'failed'];
+/** States `sessions list --state` takes (DESIGN.md "HTTP API v1": committed and abandoned from history). */
+export const LISTABLE_STATES = ['active', 'committing', 'failed', 'committed', 'abandoned'] as const;
+export type ListState = (typeof LISTABLE_STATES)[number];
+
+/** The most sessions one page may hold (the server's cap). */
+export const MAX_LIMIT = 1000;
+
+/** commitd's version, from package.json. */
+export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 /** What to do. */
 export type Command =
-  | { readonly name: 'help' }
+  | { readonly name: 'help'; readonly text: string }
   | { readonly name: 'serve' }
-  | { readonly name: 'sessions list'; readonly state?: ListableState }
+  | { readonly name: 'sessions list'; readonly state?: ListState; readonly limit?: number; readonly cursor?: string }
   | { readonly name: 'sessions show'; readonly key: string }
   | { readonly name: 'sessions cancel'; readonly key: string }
+  | { readonly name: 'sessions resolve'; readonly key: string; readonly action: 'retry' | 'abandon' }
   | { readonly name: 'stores list' }
+  | { readonly name: 'stores add'; readonly store: string; readonly type: string; readonly options: Readonly<Record<string, unknown>> }
+  | { readonly name: 'stores remove'; readonly store: string }
   | { readonly name: 'recover' };
 
 /** A command with the global options. */
@@ -26,111 +38,157 @@ export interface Invocation {
   readonly command: Command;
   readonly url: string;
   readonly token: string | undefined;
-  /** Machine-readable output on stdout instead of tables. */
+  /** Machine-readable output on stdout (and errors as JSON on stderr) instead of tables. */
   readonly json: boolean;
 }
 
 /** The command line is wrong; exit code 2. */
 export class UsageError extends Error {}
 
-export const USAGE = `Usage: commitd <command> [options]
+const EPILOG = `
+Environment: COMMITD_URL and COMMITD_TOKEN stand in for --url and --token.
+Exit codes: 0 ok, 1 the server refused (one line on stderr: commitd: <code>: <detail>;
+with --json the problem document as JSON), 2 wrong usage, 3 commitd unreachable.`;
 
-Commands:
-  serve                                   run the commitd server (configured by COMMITD_* and COMMITD_CONFIG)
-  sessions list [--state active|committing|failed]
-                                          open and failed sessions
-  sessions show <key>                     one session's state
-  sessions cancel <key>                   cancel an open session
-  stores list                             the configured stores
-  recover --once                          retry every failed session once; exit 1 if any still fails
-
-Options:
-  --url <url>      commitd to talk to (default: $COMMITD_URL or ${DEFAULT_URL})
-  --token <token>  bearer token (default: $COMMITD_TOKEN)
-  --json           JSON on stdout, for scripts
-  -h, --help       this text
-
-Exit codes: 0 ok, 1 the server refused (one line on stderr: commitd: <code>: <detail>),
-2 wrong usage, 3 commitd unreachable.`;
-
-const OPTIONS = {
-  url: { type: 'string' },
-  token: { type: 'string' },
-  json: { type: 'boolean', default: false },
-  state: { type: 'string' },
-  once: { type: 'boolean', default: false },
-  help: { type: 'boolean', short: 'h', default: false },
-} as const;
-
-function parseCommand(positionals: readonly string[], state: string | undefined, once: boolean): Command {
-  const [group, action, ...rest] = positionals;
-  if (group === undefined) throw new UsageError('no command given');
-  const words = action === undefined ? group : `${group} ${action}`;
-  const onlyWith = (option: string, allowed: boolean): void => {
-    if (!allowed) throw new UsageError(`${option} does not apply to "${words}"`);
-  };
-  const needKey = (): string => {
-    const [key, ...extra] = rest;
-    if (key === undefined || key === '') throw new UsageError(`"${words}" needs a session key`);
-    if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
-    return key;
-  };
-  const noMore = (args: readonly string[]): void => {
-    if (args.length > 0) throw new UsageError(`unexpected argument "${args[0]}"`);
-  };
-  onlyWith('--state', state === undefined || words === 'sessions list');
-  onlyWith('--once', !once || group === 'recover');
-
-  switch (group) {
-    case 'serve':
-      noMore(positionals.slice(1));
-      return { name: 'serve' };
-    case 'recover':
-      noMore(positionals.slice(1));
-      // Only one pass exists here: the server itself recovers periodically.
-      if (!once) throw new UsageError('recover runs one pass: pass --once');
-      return { name: 'recover' };
-    case 'stores':
-      if (action !== 'list') throw new UsageError(`unknown command "${words}" (stores: list)`);
-      noMore(rest);
-      return { name: 'stores list' };
-    case 'sessions':
-      switch (action) {
-        case 'list': {
-          noMore(rest);
-          if (state === undefined) return { name: 'sessions list' };
-          if (!(LISTABLE_STATES as readonly string[]).includes(state)) throw new UsageError(`--state must be one of ${LISTABLE_STATES.join(', ')}`);
-          return { name: 'sessions list', state: state as ListableState };
-        }
-        case 'show':
-          return { name: 'sessions show', key: needKey() };
-        case 'cancel':
-          return { name: 'sessions cancel', key: needKey() };
-        default:
-          throw new UsageError(`unknown command "${words}" (sessions: list, show, cancel)`);
-      }
-    default:
-      throw new UsageError(`unknown command "${group}"`);
-  }
+function positiveLimit(value: string): number {
+  const limit = Number(value);
+  if (!/^\d+$/.test(value) || limit < 1 || limit > MAX_LIMIT) throw new InvalidArgumentError(`a whole number from 1 to ${MAX_LIMIT}`);
+  return limit;
 }
 
-/** `argv` as node's parseArgs reads it; its errors become one-line usage errors. */
-function parseArguments(argv: readonly string[]) {
+function optionsObject(value: string): Record<string, unknown> {
+  let parsed: unknown;
   try {
-    return parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
-  } catch (error) {
-    // Keep parseArgs's first sentence ("Unknown option '--x'"); its advice on `--` would only confuse here.
-    const message = error instanceof Error ? error.message : String(error);
-    throw new UsageError((message.split(/\.\s/)[0] ?? message).replace(/\.$/, ''));
+    parsed = JSON.parse(value);
+  } catch {
+    throw new InvalidArgumentError('a JSON object, e.g. \'{"path":"./data/audit.db"}\'');
   }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new InvalidArgumentError('a JSON object');
+  return parsed as Record<string, unknown>;
+}
+
+/** The program; each action records its command in `chosen`. */
+function program(chosen: (command: Command) => void, write: (text: string) => void): Program {
+  const root = new Program('commitd')
+    .description('Talk to a commitd server, or run one (serve).')
+    .version(VERSION, '-V, --version', 'print the version')
+    .option('--url <url>', `commitd to talk to (default: $COMMITD_URL or ${DEFAULT_URL})`)
+    .option('--token <token>', 'bearer token (default: $COMMITD_TOKEN)')
+    .option('--json', 'JSON on stdout, for scripts', false)
+    .helpOption('-h, --help', 'this text')
+    .addHelpText('after', EPILOG)
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .configureOutput({ writeOut: write, writeErr: write, outputError: () => undefined });
+
+  root
+    .command('serve')
+    .description('run the commitd server (configured by COMMITD_* and COMMITD_CONFIG)')
+    .action(() => chosen({ name: 'serve' }));
+
+  const sessions = root.command('sessions').description('sessions: list, show, cancel, resolve');
+  sessions
+    .command('list')
+    .description('sessions by state, newest first, one page at a time (no state: the open and failed ones)')
+    .addOption(new Option('--state <state>', 'only sessions in this state').choices(LISTABLE_STATES))
+    .option('--limit <n>', `sessions per page (1–${MAX_LIMIT}; the server's default when absent)`, positiveLimit)
+    .option('--cursor <cursor>', 'the page after the one that printed this cursor')
+    .action((options: { state?: ListState; limit?: number; cursor?: string }) =>
+      chosen({
+        name: 'sessions list',
+        ...(options.state === undefined ? {} : { state: options.state }),
+        ...(options.limit === undefined ? {} : { limit: options.limit }),
+        ...(options.cursor === undefined ? {} : { cursor: options.cursor }),
+      }),
+    );
+  sessions
+    .command('show')
+    .description("one session's state")
+    .argument('<key>', 'idempotency key')
+    .action((key: string) => chosen({ name: 'sessions show', key }));
+  sessions
+    .command('cancel')
+    .description('cancel an open session')
+    .argument('<key>', 'idempotency key')
+    .action((key: string) => chosen({ name: 'sessions cancel', key }));
+  sessions
+    .command('resolve')
+    .description('decide a failed session: retry rolls it forward again, abandon gives it up')
+    .argument('<key>', 'idempotency key')
+    .addArgument(new Argument('<action>', 'what to do').choices(['retry', 'abandon']))
+    .action((key: string, action: 'retry' | 'abandon') => chosen({ name: 'sessions resolve', key, action }));
+
+  const stores = root.command('stores').description('stores: list, add, remove');
+  stores
+    .command('list')
+    .description('the stores the server knows')
+    .action(() => chosen({ name: 'stores list' }));
+  stores
+    .command('add')
+    .description('register a store of a type the server has loaded')
+    .argument('<name>', 'store name')
+    .argument('<type>', 'store type: sqlite, postgres, redis, etcd, or a plugin type')
+    .option('--options <json>', 'the type’s options as a JSON object', optionsObject, {})
+    .action((name: string, type: string, options: { options: Record<string, unknown> }) =>
+      chosen({ name: 'stores add', store: name, type, options: options.options }),
+    );
+  stores
+    .command('remove')
+    .description('remove a store (refused while a session uses it)')
+    .argument('<name>', 'store name')
+    .action((name: string) => chosen({ name: 'stores remove', store: name }));
+
+  root
+    .command('recover')
+    .description('retry every failed session once; exit 1 if any still fails')
+    .option('--once', 'one pass (the server itself recovers periodically; this is the only mode)', false)
+    .action((options: { once: boolean }) => {
+      if (!options.once) throw new UsageError('recover runs one pass: pass --once');
+      chosen({ name: 'recover' });
+    });
+
+  for (const command of [root, ...root.commands, ...sessions.commands, ...stores.commands])
+    command.exitOverride().configureOutput({ writeOut: write, writeErr: write, outputError: () => undefined });
+  return root;
+}
+
+/** `commitd` or `commitd sessions` alone: a usage error naming what may follow, not a help page. */
+function missingCommand(root: Program, argv: readonly string[]): string {
+  const group = root.commands.find((command) => argv.includes(command.name()) && command.commands.length > 0);
+  if (group === undefined) return 'no command given';
+  return `"${group.name()}" needs a command: ${group.commands.map((command) => command.name()).join(', ')}`;
+}
+
+/** commander's message without its "error: " prefix and trailing full stop. */
+function usageMessage(error: CommanderError): string {
+  return error.message.replace(/^error: /, '').replace(/\.$/, '');
 }
 
 /** Parses `argv` (without node and the script); `env` supplies `COMMITD_URL` and `COMMITD_TOKEN`. */
 export function parseInvocation(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Invocation {
-  const { values, positionals } = parseArguments(argv);
-  const url = values.url ?? (env.COMMITD_URL || DEFAULT_URL);
+  let command: Command | undefined;
+  let printed = '';
+  const root = program(
+    (chosen) => {
+      command = chosen;
+    },
+    (text) => {
+      printed += text;
+    },
+  );
+  try {
+    root.parse([...argv], { from: 'user' });
+  } catch (error) {
+    if (error instanceof UsageError) throw error;
+    if (!(error instanceof CommanderError)) throw error;
+    if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version') command = { name: 'help', text: printed.trimEnd() };
+    else if (error.code === 'commander.help') throw new UsageError(missingCommand(root, argv));
+    else throw new UsageError(usageMessage(error));
+  }
+  if (command === undefined) throw new UsageError('no command given');
+  const globals = root.opts<{ url?: string; token?: string; json: boolean }>();
+  const url = globals.url ?? (env.COMMITD_URL || DEFAULT_URL);
   if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol)) throw new UsageError(`--url must be an http(s) URL, not ${JSON.stringify(url)}`);
-  const token = values.token ?? (env.COMMITD_TOKEN || undefined);
-  const command: Command = values.help ? { name: 'help' } : parseCommand(positionals, values.state, values.once);
-  return { command, url, token, json: values.json };
+  const token = globals.token ?? (env.COMMITD_TOKEN || undefined);
+  return { command, url, token, json: globals.json };
 }

@@ -4,7 +4,7 @@
  * @module
  */
 import { CommitdApiError, CommitdClient, CommitdNetworkError, CommitdProtocolError } from '@commitd/client';
-import { USAGE, UsageError, parseInvocation } from './args.ts';
+import { UsageError, parseInvocation } from './args.ts';
 import { CommandError, execute } from './commands.ts';
 
 /** 0 ok · 1 the server refused (or a command's aim was not met) · 2 wrong usage · 3 commitd unreachable. */
@@ -25,12 +25,21 @@ export interface CliIo {
  */
 const CLI_RETRY = { maxAttempts: 3, maxElapsedMs: 5_000 } as const;
 
-function failure(error: unknown): { line: string; code: number } {
-  if (error instanceof UsageError) return { line: `usage: ${error.message} (see commitd --help)`, code: EXIT.usage };
-  if (error instanceof CommitdApiError) return { line: `${error.code}: ${error.detail}`, code: EXIT.api };
-  if (error instanceof CommandError) return { line: `${error.code}: ${error.detail}`, code: EXIT.api };
-  if (error instanceof CommitdNetworkError) return { line: `unreachable: ${error.message}`, code: EXIT.unreachable };
-  if (error instanceof CommitdProtocolError) return { line: `protocol: ${error.message}`, code: EXIT.api };
+/** A failure as one line for people, and as a JSON document for `--json` (a server's problem as it came). */
+interface Failure {
+  readonly line: string;
+  readonly json: Readonly<Record<string, unknown>>;
+  readonly code: number;
+}
+
+function failure(error: unknown): Failure {
+  const local = (code: string, detail: string, exit: number): Failure => ({ line: `${code}: ${detail}`, json: { code, detail }, code: exit });
+  if (error instanceof UsageError) return { ...local('usage', error.message, EXIT.usage), line: `usage: ${error.message} (see commitd --help)` };
+  if (error instanceof CommitdApiError) return { line: `${error.code}: ${error.detail}`, json: error.problem, code: EXIT.api };
+  if (error instanceof CommandError) return local(error.code, error.detail, EXIT.api);
+  if (error instanceof CommitdNetworkError) return local('unreachable', error.message, EXIT.unreachable);
+  if (error instanceof CommitdProtocolError)
+    return { ...local('protocol', error.message, EXIT.api), json: { code: 'protocol', detail: error.message, status: error.status } };
   throw error;
 }
 
@@ -38,10 +47,14 @@ const oneLine = (text: string): string => text.replace(/\s*\n\s*/g, ' ');
 
 /** Runs `commitd` with `argv` (without node and the script) and returns the exit code. */
 export async function run(argv: readonly string[], io: CliIo): Promise<number> {
+  // Known before parsing, so that even a usage error comes out as JSON when asked for.
+  let json = argv.includes('--json');
   try {
-    const { command, url, token, json } = parseInvocation(argv, io.env);
+    const invocation = parseInvocation(argv, io.env);
+    const { command, url, token } = invocation;
+    json = invocation.json;
     if (command.name === 'help') {
-      io.stdout(USAGE);
+      io.stdout(command.text);
       return EXIT.ok;
     }
     if (command.name === 'serve') {
@@ -49,12 +62,13 @@ export async function run(argv: readonly string[], io: CliIo): Promise<number> {
       return EXIT.ok;
     }
     const client = new CommitdClient({ url, token, retry: CLI_RETRY, requestTimeoutMs: 10_000 });
-    const output = await execute(command, client);
+    // Progress is for people: under --json stdout carries the result and stderr only an error.
+    const output = await execute(command, client, json ? undefined : io.stderr);
     io.stdout(json ? JSON.stringify(output.json, null, 2) : output.text);
     return output.exitCode;
   } catch (error) {
-    const { line, code } = failure(error);
-    io.stderr(`commitd: ${oneLine(line)}`);
+    const { line, json: document, code } = failure(error);
+    io.stderr(json ? JSON.stringify(document) : `commitd: ${oneLine(line)}`);
     return code;
   }
 }

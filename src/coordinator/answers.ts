@@ -7,7 +7,7 @@
 import { compareNames } from '../core/multi-committer.ts';
 import type { Kv } from '../kv/kv.ts';
 import type { Metrics } from '../metrics.ts';
-import { KeyReusedError, ServiceUnavailableError, SessionBusyError, SessionNotFoundError, StoreConflictError } from './errors.ts';
+import { KeyReusedError, ServiceUnavailableError, SessionBusyError, SessionFailedError, SessionNotFoundError } from './errors.ts';
 import type { Instance } from './instance.ts';
 import type { ResultRecord, SessionRecord } from './records.ts';
 import { readKey, type Recovery, type RecoveryOutcome } from './recovery.ts';
@@ -139,7 +139,7 @@ export class KeyAnswers {
       case 'busy':
         throw new SessionBusyError(key, outcome.owner, outcome.why);
       case 'failed':
-        throw new StoreConflictError('(roll-forward)', `session ${key} failed and awaits an operator: ${outcome.error}`);
+        throw new SessionFailedError(key, outcome.error);
       case 'pending':
         throw new ServiceUnavailableError(`session ${key} is past its commit point and will complete (${outcome.error}); retry`, 1);
       default:

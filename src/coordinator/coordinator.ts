@@ -7,6 +7,7 @@
  */
 import type { Logger } from 'pino';
 import { AlreadyCommittedError, CommitdError } from '../errors/core.ts';
+import { deadlineIn, withDeadline } from '../kv/deadline.ts';
 import type { Kv } from '../kv/kv.ts';
 import { ConstraintViolatedError, VersionMismatchError } from '../kv/errors.ts';
 import { compareNames } from '../core/multi-committer.ts';
@@ -30,7 +31,7 @@ import { auditOf, auditOp, listSessions } from './history.ts';
 import { Instance } from './instance.ts';
 import { listInstances, sessionLog, type InstanceView } from './inspect.ts';
 import { LogBudget } from './log-budget.ts';
-import { deleteSessionOps, recordKeys, type ChangeLog, type SessionRecord } from './records.ts';
+import { deleteSessionOps, parseSession, recordKeys, type ChangeLog, type SessionRecord } from './records.ts';
 import { SlotTakenError } from './record-slot.ts';
 import { Recovery, readKey } from './recovery.ts';
 import { SessionEndedError, type Session } from './session.ts';
@@ -65,6 +66,9 @@ export interface CoordinatorOptions {
   /** Largest total of the change logs all open sessions hold, in bytes of JSON (see `log-budget.ts` for what is counted). */
   readonly openLogBytes?: number;
 }
+
+/** Bound of the KV probes behind /readyz and the failed-sessions gauge: an answer within 1 s, whatever the KV does. */
+export const PROBE_DEADLINE_MS = 1_000;
 
 /** Defaults of {@link CoordinatorOptions}: the one place they are written. */
 export const COORDINATOR_DEFAULTS = {
@@ -135,6 +139,14 @@ export class Coordinator implements SessionCoordinator {
       metrics: this.#metrics,
     });
     this.#answers = new KeyAnswers({ kv: options.kv, table: this.#table, recovery: this.#recovery, instance: this.#instance, metrics: this.#metrics });
+    this.#metrics?.countFailedSessionsWith(() => this.#countFailed());
+  }
+
+  /** Failed sessions in the KV (every instance's), for the gauge; bounded like a readiness probe. */
+  async #countFailed(): Promise<number> {
+    const listing = this.#kv.list(recordKeys.sessions, { consistency: 'serializable' });
+    const entries = await withDeadline(listing, deadlineIn(PROBE_DEADLINE_MS).signal, () => new Error('the coordinator KV did not answer in time'));
+    return entries.filter((entry) => parseSession(entry.value).state === 'failed').length;
   }
 
   /** Registers this instance, recovers what earlier runs left, and starts the timers. */
@@ -265,9 +277,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async list(query: { state?: ListableState; limit?: number; cursor?: string } = {}): Promise<SessionPage> {
-    const page = await listSessions(this.#kv, query);
-    if (query.state === 'failed' && query.cursor === undefined && page.nextCursor === undefined) this.#metrics?.sessionsFailed.set(page.sessions.length);
-    return page;
+    return listSessions(this.#kv, query);
   }
 
   async resolve(key: string, action: 'retry' | 'abandon', by = 'anonymous'): Promise<SessionView | { key: string; state: 'abandoned' }> {
@@ -283,17 +293,25 @@ export class Coordinator implements SessionCoordinator {
       }
       throw err;
     };
+    const resolved = (outcome: string) => this.#metrics?.sessionsResolved.inc({ action, outcome });
+    const refused = (err: unknown): never => {
+      resolved('refused');
+      return raced(err);
+    };
     // The audit record goes in the same transaction as the action: no action without its trace.
     const audit = auditOp(key, action, by, record, this.#retentionSeconds);
     if (action === 'abandon') {
-      await this.#kv.txn([...(await deleteSessionOps(this.#kv, key, record, revision)), audit]).catch(raced);
+      await this.#kv.txn([...(await deleteSessionOps(this.#kv, key, record, revision)), audit]).catch(refused);
       this.#logger.warn({ key, by, error: record.error }, 'failed session abandoned by an operator');
+      resolved('abandoned');
       return { key, state: 'abandoned' };
     }
     const retried: SessionRecord = { ...record, state: 'committing', owner: this.instanceId, error: undefined };
-    const newRevision = await this.#kv.txn([{ type: 'update', key: recordKeys.session(key), value: JSON.stringify(retried), revision }, audit]).catch(raced);
+    const newRevision = await this.#kv.txn([{ type: 'update', key: recordKeys.session(key), value: JSON.stringify(retried), revision }, audit]).catch(refused);
     this.#logger.warn({ key, by, error: record.error }, 'failed session retried by an operator');
-    return this.#answers.fromRecovery(key, await this.#recovery.retry(key, retried, newRevision));
+    const outcome = await this.#recovery.retry(key, retried, newRevision);
+    resolved(outcome.state);
+    return this.#answers.fromRecovery(key, outcome);
   }
 
   instances(): Promise<InstanceView[]> {
@@ -326,9 +344,10 @@ export class Coordinator implements SessionCoordinator {
     await this.#stores.remove(name);
   }
 
+  /** Answers within {@link PROBE_DEADLINE_MS} whatever the KV does (a frozen etcd included). */
   async ready(): Promise<void> {
     try {
-      await this.#kv.ping();
+      await withDeadline(this.#kv.ping(), deadlineIn(PROBE_DEADLINE_MS).signal, () => new Error(`no answer within ${PROBE_DEADLINE_MS} ms`));
     } catch (err) {
       throw new ServiceUnavailableError('the coordinator KV is unreachable', 1, { cause: err });
     }

@@ -38,6 +38,17 @@ export class SessionBusyError extends CommitdError {
   }
 }
 
+/**
+ * The session is `failed`: a store rejected its roll-forward and it awaits an operator. A
+ * conflict (409 store_conflict) whose message carries what the store said; it names no store
+ * of its own, since the rejection may have come from any of the session's.
+ */
+export class SessionFailedError extends CommitdError {
+  constructor(key: string, error: string) {
+    super('STORE_CONFLICT', `session ${JSON.stringify(key)} failed and awaits an operator (retry or abandon): ${error}`);
+  }
+}
+
 /** A store rejected a change; `store` names it and `detail` carries what it said. */
 export class StoreConflictError extends CommitdError {
   readonly store: string;

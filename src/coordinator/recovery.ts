@@ -120,7 +120,8 @@ export class Recovery {
 
   /** An operator's retry of a `failed` session, already turned `committing` at `revision`. */
   retry(key: string, record: SessionRecord, revision: number): Promise<RecoveryOutcome> {
-    return this.#singleFlight(key, () => this.#rollForward(key, record, revision));
+    // Not a recovery outcome: the session's one was counted when it turned failed.
+    return this.#singleFlight(key, () => this.#rollForward(key, record, revision, false));
   }
 
   /** Schedules recovery of a key whose commit was interrupted past its commit point. */
@@ -189,30 +190,30 @@ export class Recovery {
   }
 
   /** Roll forward a `committing` session from its log: recover every store, re-apply, commit. */
-  async #rollForward(key: string, record: SessionRecord, revision: number): Promise<RecoveryOutcome> {
+  async #rollForward(key: string, record: SessionRecord, revision: number, countOutcome = true): Promise<RecoveryOutcome> {
     const { kv, table, stores, metrics, logger } = this.#deps;
     const missing = record.stores.filter((name) => !stores.get(name));
-    if (missing.length > 0) return this.#markFailed(key, record, revision, `store(s) ${missing.join(', ')} are not configured here`);
+    if (missing.length > 0) return this.#markFailed(key, record, revision, `store(s) ${missing.join(', ')} are not configured here`, countOutcome);
     const log = await loadLog(kv, key, record);
     const session = table.open({ key, names: record.stores, oneShot: record.oneShot ?? false, adopted: { record, revision }, recoverOnInterrupt: false });
     try {
       const result = await session.rollForward(log);
-      metrics?.sessionsRecovered.inc({ outcome: 'committed' });
+      if (countOutcome) metrics?.sessionsRecovered.inc({ outcome: 'committed' });
       metrics?.sessionsCommitted.inc();
       return { state: 'committed', result };
     } catch (err) {
       const cause = err instanceof SessionInterruptedError ? err.cause : err;
-      if (isRejection(cause)) return this.#markFailed(key, record, session.revision, errorMessage(cause));
+      if (isRejection(cause)) return this.#markFailed(key, record, session.revision, errorMessage(cause), countOutcome);
       logger.warn({ err: cause, key }, 'roll-forward did not finish; recovery retries it');
       return { state: 'pending', error: errorMessage(cause) };
     }
   }
 
-  async #markFailed(key: string, record: SessionRecord, revision: number, error: string): Promise<RecoveryOutcome> {
+  async #markFailed(key: string, record: SessionRecord, revision: number, error: string, countOutcome: boolean): Promise<RecoveryOutcome> {
     const failed: SessionRecord = { ...record, state: 'failed', error };
     await this.#deps.kv.update(recordKeys.session(key), JSON.stringify(failed), revision);
     this.#deps.logger.error({ key, error }, 'roll-forward rejected by a store: session failed, awaiting an operator');
-    this.#deps.metrics?.sessionsRecovered.inc({ outcome: 'failed' });
+    if (countOutcome) this.#deps.metrics?.sessionsRecovered.inc({ outcome: 'failed' });
     return { state: 'failed', error };
   }
 

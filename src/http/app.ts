@@ -16,6 +16,7 @@ import { AllowedMethods } from './allowed-methods.ts';
 import { JsonBodyError, parseJsonBody } from './json-body.ts';
 import { HttpProblem, MAX_PARAM_LENGTH, handleClientError, handleError, notFoundHandler } from './problems.ts';
 import { inspectRoutes } from './routes/inspect.ts';
+import { openapiOptions } from './openapi.ts';
 import { opsRoutes } from './routes/ops.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { storeRoutes } from './routes/stores.ts';
@@ -103,15 +104,27 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     app.addHook('onRequest', authenticate(tokens));
     app.addHook('preHandler', confineStores);
   }
+  app.addHook('onResponse', async (request, reply) => {
+    // The route pattern (`/v1/sessions/:key`), never the path: keys must not become label values.
+    const route = request.routeOptions.url ?? 'unmatched';
+    options.metrics.httpSeconds.observe({ method: request.method, route, status: String(reply.statusCode) }, reply.elapsedTime / 1000);
+  });
 
   await app.register(swagger, {
+    ...openapiOptions((schema) => app.addSchema(schema)),
     openapi: {
       openapi: '3.0.3',
       info: {
         title: 'commitd',
         version: '1',
-        description: 'Commits one unit of work to several datastores with an exactly-once effect. Errors are RFC 9457 application/problem+json.',
+        description:
+          'Commits one unit of work to several datastores with an exactly-once effect. Errors are RFC 9457 application/problem+json. This document is served at /docs/json; docs/api.md in the repository is the reference.',
+        contact: { name: 'commitd maintainers' },
+        // package.json is private with no licence; npm's documentation is where UNLICENSED is defined.
+        license: { name: 'UNLICENSED', url: 'https://docs.npmjs.com/cli/v11/configuring-npm/package-json#license' },
       },
+      // Relative: the document describes the commitd that serves it, wherever it listens.
+      servers: [{ url: '/', description: 'the commitd serving this document' }],
       components: {
         securitySchemes: {
           bearer: {

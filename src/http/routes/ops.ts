@@ -30,7 +30,7 @@ export const opsRoutes: FastifyPluginAsync<OpsRoutesOptions, RawServerDefault, T
     '/healthz',
     {
       config: { public: true },
-      schema: { tags, operationId: 'health', summary: 'Liveness: the process serves', security: [], response: { 200: HealthReply } },
+      schema: { tags, operationId: 'health', summary: 'Liveness: the process serves', security: [], response: { 200: HealthReply, ...problemResponses(400) } },
     },
     async () => ({ status: 'ok' as const }),
   );
