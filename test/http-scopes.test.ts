@@ -415,8 +415,8 @@ describe('route declarations', () => {
     const service = await startTestService({ kv: 'sqlite', token: ROOT });
     try {
       const doc = (await send(service.app, { method: 'GET', url: '/docs/json' }, ROOT)).json();
-      assert.equal(doc.paths['/v1/sessions/{key}/resolve'].post.description, 'Needs a token with the scope `operate`.');
-      assert.equal(doc.paths['/v1/sessions/{key}'].get.description, 'Needs a token with the scope `commit` or `read`.');
+      assert.match(doc.paths['/v1/sessions/{key}/resolve'].post.description, /\n\nNeeds a token with the scope `operate`\.$/);
+      assert.match(doc.paths['/v1/sessions/{key}'].get.description, /\n\nNeeds a token with the scope `commit` or `read`\.$/);
       assert.deepEqual(doc.paths['/readyz'].get.security, []);
       assert.deepEqual(doc.paths['/healthz'].get.security, []);
     } finally {

@@ -224,6 +224,8 @@ export const InstanceReply = Type.Object({
 
 export const InstanceListReply = Type.Object({ instances: Type.Array(InstanceReply) });
 
+export const MetricsJsonReply = Type.Array(Type.Unknown(), { description: 'prom-client’s JSON form of the registry: one entry per metric' });
+
 export const SessionLogReply = Type.Object({
   key: Type.String(),
   log: Type.Record(Type.String(), Type.Array(Type.Unknown()), { description: 'Changes by store, in order; credential-like members masked as ***' }),

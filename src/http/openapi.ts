@@ -30,6 +30,9 @@ const NAMED_SCHEMAS: Readonly<Record<string, object>> = {
   StoreInfoReply: contract.StoreInfoReply,
   StoreListReply: contract.StoreListReply,
   HealthReply: contract.HealthReply,
+  InstanceListReply: contract.InstanceListReply,
+  SessionLogReply: contract.SessionLogReply,
+  MetricsJsonReply: contract.MetricsJsonReply,
 };
 
 /** What each operation does, for readers of the document, and what its success answers mean. */
@@ -92,6 +95,15 @@ export const OPERATION_DOCS: Readonly<Record<string, { readonly description: str
     description:
       'Registers a store of a type already loaded (built in or a plugin); its options are checked against the type’s schema and the store must be reachable.',
     responses: { 201: 'Store registered' },
+  },
+  listInstances: {
+    description: 'The commitd instances whose lease in the coordinator KV is alive, sorted by id; `self` marks the one that answered.',
+    responses: { 200: 'The instances' },
+  },
+  getSessionLog: {
+    description:
+      'The change log the KV holds for a one-shot in flight, a committing or a failed session, credential-like members masked as ***. 404 when none is kept (committed, open on its instance, or unknown).',
+    responses: { 200: 'The change log, by store' },
   },
   removeStore: {
     description: 'Removes a store; refused (409) while an open, committing or failed session uses it.',
@@ -175,7 +187,8 @@ function transform({ schema, url, route }: { schema: Record<string, unknown> | u
     url,
     schema: {
       ...schema,
-      ...(docs ? { description: docs.description } : {}),
+      // The operation's own text first, then who may call it (added from the route's scopes).
+      ...(docs ? { description: typeof schema.description === 'string' ? `${docs.description}\n\n${schema.description}` : docs.description } : {}),
       ...(schema.body === undefined ? {} : { body: entry(schema.body) }),
       ...(response === undefined ? {} : { response }),
     },

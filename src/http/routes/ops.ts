@@ -10,7 +10,7 @@ import { ServiceUnavailableError } from '../../coordinator/errors.ts';
 import type { SessionCoordinator } from '../../coordinator/types.ts';
 import { CommitdError } from '../../errors/core.ts';
 import type { Metrics } from '../../metrics.ts';
-import { HealthReply, problemResponses } from '../../contract/schemas.ts';
+import { HealthReply, MetricsJsonReply, problemResponses } from '../../contract/schemas.ts';
 import type { TypeBoxProvider } from '../type-provider.ts';
 
 export interface OpsRoutesOptions {
@@ -45,7 +45,7 @@ export const opsRoutes: FastifyPluginAsync<OpsRoutesOptions, RawServerDefault, T
         operationId: 'ready',
         summary: 'Readiness: the coordinator KV answers',
         security: [],
-        response: { 200: HealthReply, ...problemResponses(503) },
+        response: { 200: HealthReply, ...problemResponses(400, 503) },
       },
     },
     async () => {
@@ -71,7 +71,7 @@ export const opsRoutes: FastifyPluginAsync<OpsRoutesOptions, RawServerDefault, T
         response: {
           200: {
             description: 'Metrics: the text exposition format, or prom-client’s JSON form with Accept: application/json',
-            content: { 'text/plain': { schema: Type.String() }, 'application/json': { schema: Type.Array(Type.Unknown()) } },
+            content: { 'text/plain': { schema: Type.String() }, 'application/json': { schema: MetricsJsonReply } },
           },
           ...problemResponses(401, 403),
         },
