@@ -10,7 +10,8 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import type { Kv, KvEntry, KvLease, KvOp, WriteOptions } from './kv.ts';
+import type { Kv, KvEntry, KvLease, KvOp, KvWatch, KvWatchEvent, WriteOptions } from './kv.ts';
+import { SqliteWatchHub } from './sqlite-watch.ts';
 import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
 import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from './errors.ts';
 import { CommitdError } from '../errors/core.ts';
@@ -113,6 +114,8 @@ export class SqliteKv implements Kv {
   private readonly onOperation: SqliteKvOptions['onOperation'];
   private readonly sweepTimer: NodeJS.Timeout;
   private readonly keptAlive = new Set<SqliteLease>();
+  /** Watches are compared in-process after each write, and polled for other processes' writes. */
+  private readonly watches: SqliteWatchHub;
   /** One transaction wrapper for every write; building one per operation showed in profiles. */
   private readonly inTransaction: Database.Transaction<(work: (now: number) => unknown) => unknown>;
 
@@ -130,6 +133,15 @@ export class SqliteKv implements Kv {
     this.onOperation = options.onOperation;
     this.sweepTimer = setInterval(() => this.sweep(), options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS);
     this.sweepTimer.unref();
+    this.watches = new SqliteWatchHub({
+      list: (prefix) => this.statements.list.all({ prefix, now: Date.now() }).map(toEntry),
+      currentRevision: () => this.statements.currentRevision.get()?.revision ?? 0,
+    });
+  }
+
+  /** {@inheritDoc Kv.watch} In-process and polled: see `sqlite-watch.ts`. */
+  watch(prefix: string, onEvent: (event: KvWatchEvent) => void, onError?: (err: Error) => void): KvWatch {
+    return this.watches.watch(prefix, onEvent, onError);
   }
 
   /** {@inheritDoc Kv.get} Always linearizable: there is only one copy. */
@@ -221,6 +233,7 @@ export class SqliteKv implements Kv {
   /** {@inheritDoc Kv.close} Stops the keep-alive of every lease and closes the file. */
   async close(): Promise<void> {
     clearInterval(this.sweepTimer);
+    this.watches.stop();
     for (const lease of this.keptAlive) lease.release();
     this.db.close();
   }
@@ -257,7 +270,9 @@ export class SqliteKv implements Kv {
 
   /** Runs `work` in a transaction that holds the write lock from its first statement. */
   private write<T>(work: (now: number) => T): T {
-    return this.inTransaction.immediate(work) as T;
+    const result = this.inTransaction.immediate(work) as T;
+    this.watches.changed();
+    return result;
   }
 
   private liveEntry(key: string, now: number): KvEntry | undefined {
