@@ -9,7 +9,7 @@ import { ServiceUnavailableError } from '../../coordinator/errors.ts';
 import type { SessionCoordinator } from '../../coordinator/types.ts';
 import { CommitdError } from '../../errors/core.ts';
 import type { Metrics } from '../../metrics.ts';
-import { HealthReply, problemResponses } from '../../contract/schemas.ts';
+import { HealthReply, ReadyReply, problemResponses } from '../../contract/schemas.ts';
 import type { TypeBoxProvider } from '../type-provider.ts';
 
 export interface OpsRoutesOptions {
@@ -35,19 +35,19 @@ export const opsRoutes: FastifyPluginAsync<OpsRoutesOptions, RawServerDefault, T
       schema: {
         tags,
         operationId: 'ready',
-        summary: 'Readiness: the coordinator KV answers',
-        response: { 200: HealthReply, ...problemResponses(401, 503) },
+        summary: 'Readiness: the coordinator KV answers; each store up or down',
+        response: { 200: ReadyReply, ...problemResponses(401, 503) },
       },
     },
     async () => {
       try {
-        await coordinator.ready();
+        const ready = await coordinator.ready();
+        return ready ?? { status: 'ok' as const };
       } catch (error) {
         // Whatever stops readiness means "not ready": a 503 (logged with its cause), never a 500.
         if (error instanceof CommitdError && error.code === 'UNAVAILABLE') throw error;
         throw new ServiceUnavailableError('the coordinator is not ready', 1, { cause: error });
       }
-      return { status: 'ok' as const };
     },
   );
 
