@@ -76,7 +76,7 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
   const failpoints = new Failpoints(options.failpoints);
   const kv = openKv(options, metrics);
   const registry = new StoreRegistry();
-  let closeCatalog = () => undefined as void;
+  let closeCatalog: () => void = () => undefined;
   const storeContext = (name: string): StoreContext => ({
     name,
     logger: logger.child({ store: name }),

@@ -196,10 +196,9 @@ export const HealthReply = Type.Object({ status: Type.Literal('ok') });
 export const ReadyReply = Type.Object({
   status: Type.Literal('ok'),
   stores: Type.Optional(
-    Type.Array(
-      Type.Object({ name: Type.String(), status: StringEnum(['up', 'down']), error: Type.Optional(Type.String()) }),
-      { description: 'Each store up or down; a down store does not make the instance unready' },
-    ),
+    Type.Array(Type.Object({ name: Type.String(), status: StringEnum(['up', 'down']), error: Type.Optional(Type.String()) }), {
+      description: 'Each store up or down; a down store does not make the instance unready',
+    }),
   ),
 });
 

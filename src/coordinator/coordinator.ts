@@ -33,17 +33,7 @@ import { SlotTakenError } from './record-slot.ts';
 import { Recovery, readKey } from './recovery.ts';
 import { SessionEndedError, type Session } from './session.ts';
 import { SessionTable } from './session-table.ts';
-import type {
-  ActiveView,
-  CommittedView,
-  ReadyView,
-  SessionCoordinator,
-  SessionView,
-  StoreDefinition,
-  StoreHealth,
-  StoreInfo,
-  StoreRemoval,
-} from './types.ts';
+import type { ActiveView, CommittedView, ReadyView, SessionCoordinator, SessionView, StoreDefinition, StoreHealth, StoreInfo, StoreRemoval } from './types.ts';
 
 /** The stores the coordinator can open sessions on (the store catalog, seen from here). */
 export interface StoreCatalog {

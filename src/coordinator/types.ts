@@ -104,5 +104,5 @@ export interface SessionCoordinator {
   /** Store removals within the retention period, newest first. */
   storeRemovals?(): Promise<StoreRemoval[]>;
   /** Resolves with each store up or down when the KV answers; rejects with ServiceUnavailableError otherwise. */
-  ready(): Promise<ReadyView | void>;
+  ready(): Promise<ReadyView>;
 }

@@ -217,7 +217,8 @@ export class StoreCatalog {
     if (this.#config.has(name)) {
       throw new InvalidStoreError(`${label}: a store of this name comes from the config file; a runtime registration cannot replace it`);
     }
-    if (this.#entries.has(name) || this.#registering.has(name) || this.get(name)) throw new InvalidStoreError(`${label}: a store with this name already exists`);
+    if (this.#entries.has(name) || this.#registering.has(name) || this.get(name))
+      throw new InvalidStoreError(`${label}: a store with this name already exists`);
     const secret = findLiteralSecret(definition.options);
     if (secret) throw new LiteralSecretError(secret);
     this.#registering.add(name);
@@ -278,9 +279,7 @@ export class StoreCatalog {
   /** Store removals within the retention period, newest first. */
   async removals(): Promise<StoreAuditRecord[]> {
     const entries = await this.#o.kv.list(catalogKeys.audit, { consistency: 'serializable' });
-    return entries
-      .map((entry) => JSON.parse(entry.value) as StoreAuditRecord)
-      .sort((a, b) => (a.at < b.at ? 1 : a.at > b.at ? -1 : 0));
+    return entries.map((entry) => JSON.parse(entry.value) as StoreAuditRecord).sort((a, b) => (a.at < b.at ? 1 : a.at > b.at ? -1 : 0));
   }
 
   /**
@@ -500,4 +499,3 @@ async function bounded(work: Promise<void> | undefined, timeoutMs: number, messa
     clearTimeout(timer);
   }
 }
-

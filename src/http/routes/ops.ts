@@ -41,8 +41,7 @@ export const opsRoutes: FastifyPluginAsync<OpsRoutesOptions, RawServerDefault, T
     },
     async () => {
       try {
-        const ready = await coordinator.ready();
-        return ready ?? { status: 'ok' as const };
+        return await coordinator.ready();
       } catch (error) {
         // Whatever stops readiness means "not ready": a 503 (logged with its cause), never a 500.
         if (error instanceof CommitdError && error.code === 'UNAVAILABLE') throw error;

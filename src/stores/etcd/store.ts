@@ -86,7 +86,10 @@ const ENDPOINT = /^(https?:\/\/[^\s/:]+(:\d+)?\/?|([^\s:/]+|\[[0-9a-fA-F:.]+\]):
 /** An endpoint that etcd3 cannot dial: refused at registration rather than retried forever. */
 export class InvalidEtcdEndpointError extends CommitdError {
   constructor(storeName: string, endpoint: string) {
-    super('INVALID_REQUEST', `etcd store ${storeName}: options.endpoints: ${JSON.stringify(endpoint)} is not an endpoint (expected http(s)://host:port or host:port)`);
+    super(
+      'INVALID_REQUEST',
+      `etcd store ${storeName}: options.endpoints: ${JSON.stringify(endpoint)} is not an endpoint (expected http(s)://host:port or host:port)`,
+    );
   }
 }
 
