@@ -62,6 +62,7 @@ export interface ProcessServiceOptions {
     readonly leaseTtl?: string;
     readonly recoveryInterval?: string;
     readonly sessionIdleTimeout?: string;
+    readonly storeRoots?: readonly string[];
   };
 }
 
