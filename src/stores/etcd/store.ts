@@ -81,7 +81,7 @@ export class TooManyOperationsError extends CommitdError {
 }
 
 /** `http(s)://host[:port]` or `host:port`, as etcd3 takes them. */
-const ENDPOINT = /^(https?:\/\/[^\s/:]+(:\d+)?\/?|([^\s:/]+|\[[0-9a-fA-F:.]+\]):\d+)$/;
+const ENDPOINT = /^(https?:\/\/(\[[0-9a-fA-F:.]+\]|[^\s/:[\]]+)(:\d+)?\/?|([^\s:/]+|\[[0-9a-fA-F:.]+\]):\d+)$/;
 
 /** An endpoint that etcd3 cannot dial: refused at registration rather than retried forever. */
 export class InvalidEtcdEndpointError extends CommitdError {
