@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
+import { freePort } from './harness/ports.ts';
 import { skipUnlessFound } from './harness/require.ts';
 import { startProcess, type ProcessService, type ProcessServiceOptions } from './support/process.ts';
 import { countRows, sqliteRun } from './support/rows.ts';
@@ -165,6 +166,25 @@ for (const kv of KV_BACKENDS) {
       });
       assert.equal(shown.body.state, 'committed');
       assert.equal(countRows(path, key), 1);
+    });
+
+    it('logs a config store that cannot be reached at once at start-up; the others serve', async () => {
+      const dir = join(root, 'unreachable');
+      const closedPort = await freePort();
+      const stores = [...sqliteStores(dir, ['main']), { name: 'cache', type: 'redis', options: { url: `redis://127.0.0.1:${closedPort}` } }];
+      const instance = await startProcess({ dir, stores, etcd: etcd && { ...etcd, namespace: `${etcd.namespace}unreachable/` } });
+      started.push(instance);
+      const logged = await instance.process.waitForLine(/store cannot be opened here/, { timeoutMs: 1000 });
+      assert.match(logged.input ?? '', /"store":"cache"/);
+      const ready = await instance.request('GET', '/readyz');
+      assert.equal(ready.status, 200);
+      assert.deepEqual(ready.body.stores, [
+        { name: 'cache', status: 'down', error: (ready.body.stores as { error?: string }[])[0]?.error },
+        { name: 'main', status: 'up' },
+      ]);
+      sqliteRun(join(dir, 'main.db'), 'CREATE TABLE t(k TEXT, n INTEGER)');
+      const key = `served-${randomUUID()}`;
+      assert.equal((await instance.request('POST', '/v1/commits', { key, changes: { main: [insert(key)] } })).status, 200);
     });
 
     if (kv === 'sqlite') {
