@@ -60,9 +60,11 @@ export class SqliteWatchHub {
     };
   }
 
-  /** A write of this process committed: compare soon (coalesced). */
-  changed(): void {
+  /** A write of this process committed (on `keys`, when known): compare soon, coalesced, if a watch covers it. */
+  changed(keys?: readonly string[]): void {
     if (this.#watchers.size === 0 || this.#scheduled) return;
+    const watched = [...this.#watchers].map((watcher) => watcher.prefix);
+    if (keys !== undefined && !keys.some((key) => watched.some((prefix) => key.startsWith(prefix)))) return;
     this.#scheduled = true;
     setImmediate(() => {
       this.#scheduled = false;

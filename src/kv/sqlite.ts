@@ -158,10 +158,13 @@ export class SqliteKv implements Kv {
   async create(key: string, value: string, options?: WriteOptions): Promise<number> {
     await yieldToEventLoop();
     return this.run('create', () =>
-      this.write((now) => {
-        if (this.liveEntry(key, now) !== undefined) throw new AlreadyExistsError(key);
-        return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
-      }),
+      this.write(
+        (now) => {
+          if (this.liveEntry(key, now) !== undefined) throw new AlreadyExistsError(key);
+          return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
+        },
+        [key],
+      ),
     );
   }
 
@@ -172,10 +175,13 @@ export class SqliteKv implements Kv {
   async update(key: string, value: string, revision: number, options?: WriteOptions): Promise<number> {
     await yieldToEventLoop();
     return this.run('update', () =>
-      this.write((now) => {
-        if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
-        return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
-      }),
+      this.write(
+        (now) => {
+          if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
+          return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
+        },
+        [key],
+      ),
     );
   }
 
@@ -183,11 +189,14 @@ export class SqliteKv implements Kv {
   async delete(key: string, revision: number): Promise<void> {
     await yieldToEventLoop();
     return this.run('delete', () =>
-      this.write((now) => {
-        if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
-        this.statements.remove.run({ key });
-        this.nextRevision();
-      }),
+      this.write(
+        (now) => {
+          if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
+          this.statements.remove.run({ key });
+          this.nextRevision();
+        },
+        [key],
+      ),
     );
   }
 
@@ -201,14 +210,17 @@ export class SqliteKv implements Kv {
     assertDistinctKeys(ops);
     await yieldToEventLoop();
     return this.run('txn', () =>
-      this.write((now) => {
-        if (!ops.every((op) => this.holds(op, now))) throw new ConstraintViolatedError(describeTxnFailure(ops));
-        const expiries = ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.expiryOf(op.options, now) : undefined));
-        if (!ops.some((op) => op.type !== 'check')) return this.statements.currentRevision.get()?.revision ?? 0;
-        const revision = this.nextRevision();
-        for (const [index, op] of ops.entries()) this.apply(op, revision, expiries[index]);
-        return revision;
-      }),
+      this.write(
+        (now) => {
+          if (!ops.every((op) => this.holds(op, now))) throw new ConstraintViolatedError(describeTxnFailure(ops));
+          const expiries = ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.expiryOf(op.options, now) : undefined));
+          if (!ops.some((op) => op.type !== 'check')) return this.statements.currentRevision.get()?.revision ?? 0;
+          const revision = this.nextRevision();
+          for (const [index, op] of ops.entries()) this.apply(op, revision, expiries[index]);
+          return revision;
+        },
+        ops.map((op) => op.key),
+      ),
     );
   }
 
@@ -269,9 +281,9 @@ export class SqliteKv implements Kv {
   }
 
   /** Runs `work` in a transaction that holds the write lock from its first statement. */
-  private write<T>(work: (now: number) => T): T {
+  private write<T>(work: (now: number) => T, keys?: readonly string[]): T {
     const result = this.inTransaction.immediate(work) as T;
-    this.watches.changed();
+    this.watches.changed(keys);
     return result;
   }
 
