@@ -51,6 +51,8 @@ export interface Config {
   /** `point=action;…`, parsed by the coordinator's failpoints; undefined → inert. */
   readonly failpoints?: string;
   readonly stores: readonly StoreDefinition[];
+  /** Folders (absolute) a runtime-registered sqlite store may live in besides the data dir. */
+  readonly storeRoots: readonly string[];
   /** Plugin modules: paths absolute, bare package names as given. */
   readonly plugins: readonly string[];
   /** The config file's directory (the working directory without a file): base of plugin paths. */
@@ -112,6 +114,7 @@ const ConfigFileSchema = Type.Object(
       ),
     ),
     plugins: Type.Optional(Type.Array(NonEmpty)),
+    storeRoots: Type.Optional(Type.Array(NonEmpty)),
     retention: Type.Optional(Duration),
     sessionIdleTimeout: Type.Optional(Duration),
     leaseTtl: Type.Optional(Duration),
@@ -269,6 +272,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: fromEnv('COMMITD_LOG_LEVEL', parseLogLevel) ?? DEFAULTS.logLevel,
     failpoints: envValue(env, 'COMMITD_FAILPOINTS'),
     stores,
+    // Like dataDir, relative to the working directory.
+    storeRoots: (file.storeRoots ?? []).map((root) => resolve(root)),
     plugins,
     pluginBaseDir,
     retentionSeconds: duration('retention') / 1000,

@@ -12,6 +12,7 @@ import { SqliteKv } from './kv/sqlite.ts';
 import { builtinStoreTypes } from './stores/index.ts';
 import { loadPlugin } from './stores/plugins.ts';
 import { StoreRegistry } from './stores/registry.ts';
+import { StoreCatalog } from './stores/catalog.ts';
 import type { StoreContext } from './stores/api.ts';
 import { Coordinator } from './coordinator/coordinator.ts';
 import { Failpoints } from './coordinator/failpoints.ts';
@@ -31,6 +32,8 @@ export interface ServiceOptions {
   /** Tokens of `auth.tokens` (see `src/http/tokens.ts`). */
   readonly tokens?: readonly AccessToken[];
   readonly stores: readonly StoreDefinition[];
+  /** Folders a runtime-registered sqlite store may live in besides the data dir (absolute). */
+  readonly storeRoots?: readonly string[];
   /** Plugin module paths, already resolved against the config file's directory. */
   readonly plugins: readonly string[];
   readonly pluginBaseDir?: string;
@@ -52,18 +55,22 @@ export interface Service {
   readonly app: FastifyInstance;
   readonly coordinator: Coordinator;
   readonly registry: StoreRegistry;
+  readonly catalog: StoreCatalog;
   readonly kv: Kv;
   readonly metrics: Metrics;
   /** Stops accepting, cancels open sessions, gives up the lease, closes stores and KV. */
   close(): Promise<void>;
 }
 
+/** The embedded KV's file in the data dir. */
+const EMBEDDED_KV_FILE = 'coordinator.db';
+
 function openKv(options: ServiceOptions, metrics: Metrics): Kv {
   const onOperation = (op: string, durationMs: number, ok: boolean) => metrics.kvSeconds.observe({ op, ok: String(ok) }, durationMs / 1000);
   if (options.etcd) {
     return new EtcdKv({ endpoints: options.etcd.endpoints, namespace: options.etcd.namespace, timeoutMs: options.kvTimeoutMs, onOperation });
   }
-  return new SqliteKv({ path: join(options.dataDir, 'coordinator.db'), onOperation });
+  return new SqliteKv({ path: join(options.dataDir, EMBEDDED_KV_FILE), onOperation });
 }
 
 /** Builds and starts a service; on failure releases what it opened and rethrows. */
@@ -72,6 +79,7 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
   const failpoints = new Failpoints(options.failpoints);
   const kv = openKv(options, metrics);
   const registry = new StoreRegistry();
+  let closeCatalog: () => void = () => undefined;
   const storeContext = (name: string): StoreContext => ({
     name,
     logger: logger.child({ store: name }),
@@ -82,16 +90,34 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
   try {
     for (const type of builtinStoreTypes()) registry.registerType(type);
     for (const plugin of options.plugins) registry.registerType(await loadPlugin(plugin, options.pluginBaseDir ?? process.cwd()));
-    for (const definition of options.stores) await registry.add(definition, storeContext(definition.name));
+    const catalog = new StoreCatalog({
+      kv,
+      registry,
+      context: storeContext,
+      logger: logger.child({ component: 'catalog' }),
+      configStores: options.stores,
+      confinement: {
+        dataDir: options.dataDir,
+        storeRoots: options.storeRoots ?? [],
+        reserved: [join(options.dataDir, EMBEDDED_KV_FILE), join(options.dataDir, 'instance-id')],
+      },
+      retentionSeconds: options.retentionSeconds,
+    });
+    closeCatalog = () => catalog.close();
     const coordinator = new Coordinator({
       kv,
       stores: {
-        get: (name) => registry.get(name),
-        list: () => registry.list(),
-        validateChange: (store, change) => registry.validateChange(store, change),
-        add: (definition) => registry.add(definition, storeContext(definition.name)),
-        remove: (name) => registry.remove(name),
+        get: (name) => catalog.get(name),
+        list: () => catalog.list(),
+        validateChange: (store, change) => catalog.validateChange(store, change),
+        add: (definition, by) => catalog.register(definition, by),
+        remove: (name, by) => catalog.remove(name, by),
+        isCatalogued: (name) => catalog.isCatalogued(name),
+        health: (timeoutMs) => catalog.health(timeoutMs),
+        removals: () => catalog.removals(),
       },
+      // Recovery runs once the catalog's stores were opened (or found down).
+      storesReady: () => catalog.start(),
       instanceId: stableInstanceId(options.dataDir, options.instanceId),
       logger,
       metrics,
@@ -116,11 +142,13 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
     const close = async () => {
       await app.close();
       await coordinator.shutdown();
+      catalog.close();
       await registry.closeAll();
       await kv.close();
     };
-    return { app, coordinator, registry, kv, metrics, close };
+    return { app, coordinator, registry, catalog, kv, metrics, close };
   } catch (err) {
+    closeCatalog();
     await registry.closeAll().catch(() => undefined);
     await kv.close().catch(() => undefined);
     throw err;

@@ -49,6 +49,7 @@ describe('loadConfig', () => {
       logLevel: 'info',
       failpoints: undefined,
       stores: [{ name: 'main', type: 'sqlite', options: { path: join(dataDir, 'main.db') } }],
+      storeRoots: [],
       plugins: [],
       pluginBaseDir: process.cwd(),
       retentionSeconds: 86400,

@@ -248,7 +248,10 @@ for (const kv of KV_BACKENDS) {
           await call(app, 'POST', '/v1/stores', { body: { name: 'extra', type: 'sqlite', options: { path: join(service.dir, 'extra.db') } } }),
           201,
         );
-        assert.deepEqual(added, { name: 'extra', type: 'sqlite' });
+        assert.equal(added.name, 'extra');
+        assert.equal(added.type, 'sqlite');
+        assert.equal(added.origin, 'runtime');
+        assert.equal(added.registeredBy, 'anonymous');
         assert.ok((body(await call(app, 'GET', '/v1/stores')).stores as { name: string }[]).some((store) => store.name === 'extra'));
         createTables(service, ['extra']);
 
@@ -274,7 +277,13 @@ for (const kv of KV_BACKENDS) {
     describe('operations', () => {
       it('GET /healthz and /readyz answer 200', async () => {
         assert.deepEqual(assertOk(await call(app, 'GET', '/healthz')), { status: 'ok' });
-        assert.deepEqual(assertOk(await call(app, 'GET', '/readyz')), { status: 'ok' });
+        assert.deepEqual(assertOk(await call(app, 'GET', '/readyz')), {
+          status: 'ok',
+          stores: [
+            { name: 'audit', status: 'up' },
+            { name: 'main', status: 'up' },
+          ],
+        });
       });
 
       it('GET /metrics serves Prometheus text', async () => {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import Database from 'better-sqlite3';
-import type { Kv } from '../src/kv/kv.ts';
+import type { Kv, KvWatchEvent } from '../src/kv/kv.ts';
 import { EtcdKv } from '../src/kv/etcd.ts';
 import { SqliteKv } from '../src/kv/sqlite.ts';
 import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from '../src/kv/errors.ts';
@@ -428,6 +428,35 @@ for (const backend of [etcdBackend, sqliteBackend]) {
       const kv = open(t);
       if (!kv) return;
       await kv.ping();
+    });
+
+    it('watch reports a snapshot of the prefix, then its puts and deletes, and nothing outside it', async (t) => {
+      const kv = open(t);
+      if (!kv) return;
+      await kv.create('w/before', 'old');
+      await kv.create('other', 'x');
+      const events: KvWatchEvent[] = [];
+      const watch = kv.watch('w/', (event) => events.push(event));
+      t.after(() => watch.close());
+      const until = async (what: string, done: () => boolean) => {
+        const deadline = Date.now() + 10_000;
+        while (!done()) {
+          if (Date.now() > deadline) assert.fail(`no ${what}: ${JSON.stringify(events)}`);
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+      };
+      await until('snapshot', () => events.length > 0);
+      assert.deepEqual(events[0], { type: 'snapshot', entries: [await kv.get('w/before')] });
+      const revision = await kv.create('w/new', 'v1');
+      await kv.create('outside', 'y');
+      const before = await kv.get('w/before');
+      assert.ok(before);
+      await kv.delete('w/before', before.revision);
+      await until('delete', () => events.some((event) => event.type === 'delete'));
+      assert.deepEqual(events.slice(1), [
+        { type: 'put', entry: { key: 'w/new', value: 'v1', revision } },
+        { type: 'delete', key: 'w/before' },
+      ]);
     });
   });
 }

@@ -209,9 +209,28 @@ export const AbandonedReply = Type.Object({ key: Type.String(), state: Type.Lite
 
 export const ResolveReply = Type.Union([SessionReply, AbandonedReply]);
 
-export const StoreInfoReply = Type.Object({ name: Type.String(), type: Type.String() });
+export const StoreInfoReply = Type.Object({
+  name: Type.String(),
+  type: Type.String(),
+  origin: Type.Optional(StringEnum(['config', 'runtime'], { description: 'config: from the config file; runtime: registered with POST /v1/stores' })),
+  options: Type.Optional(Type.Unknown({ description: 'As given: {"env": NAME} values shown as such, credentials redacted' })),
+  registeredBy: Type.Optional(Type.String({ description: 'Who registered it (token name)' })),
+  registeredAt: Type.Optional(Type.String({ description: 'ISO 8601' })),
+  status: Type.Optional(StringEnum(['open', 'down'], { description: 'down: not open on this instance (yet); error says why' })),
+  error: Type.Optional(Type.String()),
+});
 
-export const StoreListReply = Type.Object({ stores: Type.Array(StoreInfoReply) });
+export const StoreRemovalReply = Type.Object({
+  name: Type.String(),
+  type: Type.String(),
+  by: Type.String({ description: 'Who removed it (token name)' }),
+  at: Type.String({ description: 'ISO 8601' }),
+});
+
+export const StoreListReply = Type.Object({
+  stores: Type.Array(StoreInfoReply),
+  removed: Type.Optional(Type.Array(StoreRemovalReply, { description: 'Stores removed within the retention period, newest first' })),
+});
 
 export const HealthReply = Type.Object({ status: Type.Literal('ok') });
 
@@ -229,6 +248,15 @@ export const MetricsJsonReply = Type.Array(Type.Unknown(), { description: 'prom-
 export const SessionLogReply = Type.Object({
   key: Type.String(),
   log: Type.Record(Type.String(), Type.Array(Type.Unknown()), { description: 'Changes by store, in order; credential-like members masked as ***' }),
+});
+
+export const ReadyReply = Type.Object({
+  status: Type.Literal('ok'),
+  stores: Type.Optional(
+    Type.Array(Type.Object({ name: Type.String(), status: StringEnum(['up', 'down']), error: Type.Optional(Type.String()) }), {
+      description: 'Each store up or down; a down store does not make the instance unready',
+    }),
+  ),
 });
 
 // ---------------------------------------------------------------------------------------

@@ -36,16 +36,36 @@ import { SlotTakenError } from './record-slot.ts';
 import { Recovery, readKey } from './recovery.ts';
 import { SessionEndedError, type Session } from './session.ts';
 import { SessionTable } from './session-table.ts';
-import type { ActiveView, CommittedView, ListableState, SessionCoordinator, SessionPage, SessionView, StoreDefinition, StoreInfo } from './types.ts';
+import type {
+  ActiveView,
+  CommittedView,
+  ListableState,
+  ReadyView,
+  SessionCoordinator,
+  SessionPage,
+  SessionView,
+  StoreDefinition,
+  StoreHealth,
+  StoreInfo,
+  StoreRemoval,
+} from './types.ts';
 
-/** The stores the coordinator can open sessions on (the store registry, seen from here). */
+/** The stores the coordinator can open sessions on (the store catalog, seen from here). */
 export interface StoreCatalog {
+  /** The store, when it is open on this instance. */
   get(name: string): Store | undefined;
   list(): StoreInfo[];
   /** Throws an error with code INVALID_REQUEST when the change is outside the type's schema. */
   validateChange(store: string, change: unknown): void;
-  add(definition: StoreDefinition): Promise<StoreInfo>;
-  remove(name: string): Promise<void>;
+  /** Registers a store; `by` names who asked (audit). */
+  add(definition: StoreDefinition, by: string): Promise<StoreInfo>;
+  remove(name: string, by: string): Promise<void>;
+  /** True when the store is defined in the catalog, open here or not (yet). */
+  isCatalogued?(name: string): boolean;
+  /** Each store up or down, every probe within `timeoutMs`. */
+  health?(timeoutMs: number): Promise<StoreHealth[]>;
+  /** Store removals kept for the retention period, newest first. */
+  removals?(): Promise<StoreRemoval[]>;
 }
 
 /** Coordinator settings; durations in milliseconds unless named otherwise. */
@@ -65,10 +85,15 @@ export interface CoordinatorOptions {
   readonly maxLogBytes?: number;
   /** Largest total of the change logs all open sessions hold, in bytes of JSON (see `log-budget.ts` for what is counted). */
   readonly openLogBytes?: number;
+  /** Awaited after the instance registered and before the first recovery pass: the catalog's stores open. */
+  readonly storesReady?: () => Promise<void>;
 }
 
 /** Bound of the KV probes behind /readyz and the failed-sessions gauge: an answer within 1 s, whatever the KV does. */
 export const PROBE_DEADLINE_MS = 1_000;
+/** Bound of `/readyz`'s KV ping and of its store probes, in ms: it answers within 1 s. */
+const READY_KV_MS = 800;
+const READY_STORE_MS = 600;
 
 /** Defaults of {@link CoordinatorOptions}: the one place they are written. */
 export const COORDINATOR_DEFAULTS = {
@@ -98,11 +123,13 @@ export class Coordinator implements SessionCoordinator {
   readonly #recovery: Recovery;
   readonly #answers: KeyAnswers;
   readonly #timers: NodeJS.Timeout[] = [];
+  readonly #storesReady: (() => Promise<void>) | undefined;
 
   constructor(options: CoordinatorOptions) {
     const settings = { ...COORDINATOR_DEFAULTS, ...withoutUndefined(options) };
     this.#kv = options.kv;
     this.#stores = options.stores;
+    this.#storesReady = options.storesReady;
     this.instanceId = options.instanceId;
     this.#logger = options.logger.child({ instance: options.instanceId });
     this.#metrics = options.metrics;
@@ -152,6 +179,7 @@ export class Coordinator implements SessionCoordinator {
   /** Registers this instance, recovers what earlier runs left, and starts the timers. */
   async start(): Promise<void> {
     await this.#instance.register();
+    await this.#storesReady?.();
     await this.recoverOnce();
     const sweep = Math.max(50, Math.min(1000, Math.floor(this.#idleTimeoutMs / 4)));
     this.#timers.push(setInterval(() => this.#cancelIdle(), sweep).unref());
@@ -326,9 +354,9 @@ export class Coordinator implements SessionCoordinator {
     return this.#stores.list();
   }
 
-  async addStore(definition: StoreDefinition): Promise<StoreInfo> {
+  async addStore(definition: StoreDefinition, by = 'anonymous'): Promise<StoreInfo> {
     try {
-      return await this.#stores.add(definition);
+      return await this.#stores.add(definition, by);
     } catch (err) {
       // A store that cannot open (bad options, server unreachable) is the request's problem.
       if (err instanceof CommitdError && err.code === 'STORE_OPEN_FAILED') throw new InvalidRequestError(err.message);
@@ -336,21 +364,50 @@ export class Coordinator implements SessionCoordinator {
     }
   }
 
-  async removeStore(name: string): Promise<void> {
-    if (!this.#stores.get(name)) throw new StoreNotFoundError(name);
+  /**
+   * Removes a store unless a session needs it: one open here, or any session record in the
+   * KV (`committing` and `failed` ones must still reach it; an `active` one would lose it).
+   */
+  async removeStore(name: string, by = 'anonymous'): Promise<void> {
+    if (!this.#stores.get(name) && !this.#stores.isCatalogued?.(name)) throw new StoreNotFoundError(name);
     for (const session of this.#table.values()) {
       if (session.storeNames.includes(name)) throw new SessionBusyError(session.key, this.instanceId, `store ${name} is in use by an open session`);
     }
-    await this.#stores.remove(name);
+    for (const entry of await this.#kv.list(recordKeys.sessions)) {
+      const record = parseSession(entry.value);
+      if (record.stores.includes(name)) {
+        const key = entry.key.slice(recordKeys.sessions.length);
+        throw new SessionBusyError(key, record.owner, `store ${name} is needed by this ${record.state} session; it cannot be removed until the session ends`);
+      }
+    }
+    await this.#stores.remove(name, by);
   }
 
-  /** Answers within {@link PROBE_DEADLINE_MS} whatever the KV does (a frozen etcd included). */
-  async ready(): Promise<void> {
+  async storeRemovals(): Promise<StoreRemoval[]> {
+    return (await this.#stores.removals?.()) ?? [];
+  }
+
+  /**
+   * Ready when the KV answers (within {@link READY_KV_MS}); lists each store up or down,
+   * probed in parallel within {@link READY_STORE_MS}. A down store does not make the
+   * instance unready: the other stores serve.
+   */
+  async ready(): Promise<ReadyView> {
+    const stores = this.#stores.health?.(READY_STORE_MS) ?? Promise.resolve(this.#stores.list().map((s): StoreHealth => ({ name: s.name, status: 'up' })));
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await withDeadline(this.#kv.ping(), deadlineIn(PROBE_DEADLINE_MS).signal, () => new Error(`no answer within ${PROBE_DEADLINE_MS} ms`));
+      await Promise.race([
+        this.#kv.ping(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`the KV did not answer within ${READY_KV_MS} ms`)), READY_KV_MS);
+        }),
+      ]);
     } catch (err) {
       throw new ServiceUnavailableError('the coordinator KV is unreachable', 1, { cause: err });
+    } finally {
+      clearTimeout(timer);
     }
+    return { status: 'ok', stores: await stores };
   }
 
   /** SIGTERM: cancel open sessions, let committing ones finish, give up the lease. */
@@ -386,8 +443,10 @@ export class Coordinator implements SessionCoordinator {
     const names = stores ?? this.#stores.list().map((s) => s.name);
     if (names.length === 0) throw new InvalidRequestError('a session needs at least one store');
     if (new Set(names).size !== names.length) throw new InvalidRequestError('a store is named twice');
-    const unknown = names.filter((name) => !this.#stores.get(name));
+    const unknown = names.filter((name) => !this.#stores.get(name) && !this.#stores.isCatalogued?.(name));
     if (unknown.length > 0) throw new InvalidRequestError(`unknown store(s): ${unknown.join(', ')}`);
+    const down = names.filter((name) => !this.#stores.get(name));
+    if (down.length > 0) throw new ServiceUnavailableError(`store(s) ${down.join(', ')} are not open on this instance yet (see GET /v1/stores)`, 2);
     return [...names].sort(compareNames);
   }
 

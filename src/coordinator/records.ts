@@ -45,6 +45,11 @@ export interface ResultRecord {
 export interface InstanceRecord {
   readonly pid: number;
   readonly startedAt: string;
+  /** Which process registered: a random id per process, and where it runs (see `instance.ts` `holderOf`). */
+  readonly nonce?: string;
+  readonly host?: string;
+  readonly bootId?: string;
+  readonly processStart?: string;
 }
 
 /** KV key names of the records. Idempotency keys over HTTP never contain `/`. */

@@ -46,6 +46,8 @@ export async function readKey(kv: Kv, key: string): Promise<Existing> {
 export interface StoreCatalogView {
   get(name: string): Store | undefined;
   list(): readonly { readonly name: string }[];
+  /** True when the store is in the catalog, even if not open here (yet). */
+  isCatalogued?(name: string): boolean;
 }
 
 /** Recovery's collaborators. */
@@ -193,6 +195,12 @@ export class Recovery {
   async #rollForward(key: string, record: SessionRecord, revision: number, countOutcome = true): Promise<RecoveryOutcome> {
     const { kv, table, stores, metrics, logger } = this.#deps;
     const missing = record.stores.filter((name) => !stores.get(name));
+    // A store the catalog defines but that is not open here yet: wait for it, never fail.
+    const opening = missing.filter((name) => stores.isCatalogued?.(name));
+    if (opening.length > 0) {
+      logger.warn({ key, stores: opening }, 'roll-forward waits for catalog stores to open here');
+      return { state: 'pending', error: `store(s) ${opening.join(', ')} are not open here yet` };
+    }
     if (missing.length > 0) return this.#markFailed(key, record, revision, `store(s) ${missing.join(', ')} are not configured here`, countOutcome);
     const log = await loadLog(kv, key, record);
     const session = table.open({ key, names: record.stores, oneShot: record.oneShot ?? false, adopted: { record, revision }, recoverOnInterrupt: false });

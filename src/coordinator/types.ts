@@ -71,10 +71,40 @@ export interface SessionPage {
   readonly nextCursor?: string;
 }
 
-/** A configured store. */
+/** A catalogued store (DESIGN "Store catalog"). */
 export interface StoreInfo {
   readonly name: string;
   readonly type: string;
+  /** `config`: from the config file; `runtime`: registered with `POST /v1/stores`. */
+  readonly origin?: 'config' | 'runtime';
+  /** As given, `{"env": …}` values as such, credentials redacted. */
+  readonly options?: unknown;
+  readonly registeredBy?: string;
+  readonly registeredAt?: string;
+  /** `down`: not open on this instance (yet); `error` says why. */
+  readonly status?: 'open' | 'down';
+  readonly error?: string;
+}
+
+/** A store removal, kept for the retention period. */
+export interface StoreRemoval {
+  readonly name: string;
+  readonly type: string;
+  readonly by: string;
+  readonly at: string;
+}
+
+/** One store in `/readyz`. */
+export interface StoreHealth {
+  readonly name: string;
+  readonly status: 'up' | 'down';
+  readonly error?: string;
+}
+
+/** What `/readyz` answers when the KV is reachable. */
+export interface ReadyView {
+  readonly status: 'ok';
+  readonly stores: readonly StoreHealth[];
 }
 
 export type { StoreDefinition } from '../stores/registry.ts';
@@ -105,8 +135,11 @@ export interface SessionCoordinator {
   /** A session's change log as the KV holds it (secrets masked), or undefined. */
   sessionLog(key: string): Promise<ChangeLog | undefined>;
   listStores(): StoreInfo[];
-  addStore(definition: StoreDefinition): Promise<StoreInfo>;
-  removeStore(name: string): Promise<void>;
-  /** Resolves when the KV answers; rejects with ServiceUnavailableError otherwise. */
-  ready(): Promise<void>;
+  /** Registers a store in the catalog; `by` names who asked (audit). */
+  addStore(definition: StoreDefinition, by?: string): Promise<StoreInfo>;
+  removeStore(name: string, by?: string): Promise<void>;
+  /** Store removals within the retention period, newest first. */
+  storeRemovals?(): Promise<StoreRemoval[]>;
+  /** Resolves with each store up or down when the KV answers; rejects with ServiceUnavailableError otherwise. */
+  ready(): Promise<ReadyView>;
 }

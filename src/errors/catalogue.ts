@@ -59,6 +59,7 @@ export type ErrorCode =
   | 'FAILPOINT'
   // start-up
   | 'INVALID_CONFIG'
+  | 'INSTANCE_ID_IN_USE'
   | 'PLUGIN_LOAD_FAILED';
 
 /**
@@ -98,6 +99,8 @@ export const PROBLEM_OF: Readonly<Record<ErrorCode, ProblemCode>> = {
   // An injected fault: passing, like any other a retry can get past.
   FAILPOINT: 'unavailable',
   INVALID_CONFIG: 'internal',
+  // Start-up only: a second live process with this instance id refuses to start.
+  INSTANCE_ID_IN_USE: 'internal',
   PLUGIN_LOAD_FAILED: 'internal',
 };
 

@@ -33,6 +33,7 @@ const NAMED_SCHEMAS: Readonly<Record<string, object>> = {
   InstanceListReply: contract.InstanceListReply,
   SessionLogReply: contract.SessionLogReply,
   MetricsJsonReply: contract.MetricsJsonReply,
+  ReadyReply: contract.ReadyReply,
 };
 
 /** What each operation does, for readers of the document, and what its success answers mean. */
@@ -42,7 +43,8 @@ export const OPERATION_DOCS: Readonly<Record<string, { readonly description: str
     responses: { 200: 'The process serves' },
   },
   ready: {
-    description: 'Answers 200 when the coordinator KV answers within its deadline (at most 1 s), 503 with Retry-After otherwise.',
+    description:
+      'Answers 200 when the coordinator KV answers within its deadline, with each store up or down (a down store does not make the instance unready); 503 with Retry-After when the KV does not answer. The answer comes within 1 s. Needs no token.',
     responses: { 200: 'The coordinator KV answers' },
   },
   metrics: {

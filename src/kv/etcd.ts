@@ -7,7 +7,7 @@
  * @module
  */
 import { Etcd3, type ComparatorBuilder, type IKeyValue, type IRangeResponse, type Namespace, type PutBuilder, type DeleteBuilder } from 'etcd3';
-import type { Kv, KvEntry, KvLease, KvOp, ReadOptions, WriteOptions } from './kv.ts';
+import type { Kv, KvEntry, KvLease, KvOp, KvWatch, KvWatchEvent, ReadOptions, WriteOptions } from './kv.ts';
 import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
 import { deadlineIn, withDeadline, type Deadline } from './deadline.ts';
 import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from './errors.ts';
@@ -15,6 +15,7 @@ import { EtcdLease } from './etcd-lease.ts';
 import { RevisionFloor, orderedRead } from './etcd-ordering.ts';
 import { kvRpcRunner, type CallOptions, type EtcdKvOperation, type RpcRunner } from './etcd-rpc.ts';
 import { LeaseBuckets } from './lease-buckets.ts';
+import { EtcdPrefixWatch } from './etcd-watch.ts';
 
 /** Options of {@link EtcdKv}. */
 export interface EtcdKvOptions {
@@ -101,6 +102,7 @@ export class EtcdKv implements Kv {
   private readonly buckets: LeaseBuckets;
   private readonly keptAlive = new Set<EtcdLease>();
   private readonly floor: RevisionFloor;
+  private readonly watches = new Set<EtcdPrefixWatch>();
 
   constructor(options: EtcdKvOptions) {
     if (options.endpoints.length === 0) throw new RangeError('EtcdKv needs at least one endpoint');
@@ -177,6 +179,25 @@ export class EtcdKv implements Kv {
     return outcome.revision;
   }
 
+  /** {@inheritDoc Kv.watch} See `etcd-watch.ts`. */
+  watch(prefix: string, onEvent: (event: KvWatchEvent) => void, onError?: (err: Error) => void): KvWatch {
+    const source = {
+      listAt: async (watched: string) => {
+        const response = await this.read('list', undefined, () => (call) => this.ns.getAll().prefix(watched).sort('Key', 'Ascend').options(call).exec());
+        return { entries: response.kvs.map((kv) => toEntry(kv.key.toString(), kv)), revision: Number(response.header.revision) };
+      },
+      watcher: (watched: string, fromRevision: number) => this.ns.watch().prefix(watched).startRevision(String(fromRevision)).create(),
+    };
+    const watch = new EtcdPrefixWatch(source, prefix, onEvent, onError);
+    this.watches.add(watch);
+    return {
+      close: () => {
+        this.watches.delete(watch);
+        watch.close();
+      },
+    };
+  }
+
   /** {@inheritDoc Kv.grantLease} */
   async grantLease(ttlSeconds: number): Promise<KvLease> {
     return this.grantRaw(ttlSeconds, this.deadline());
@@ -191,6 +212,8 @@ export class EtcdKv implements Kv {
   async close(): Promise<void> {
     for (const lease of this.keptAlive) lease.release();
     this.keptAlive.clear();
+    for (const watch of this.watches) watch.close();
+    this.watches.clear();
     this.client.close();
   }
 

@@ -57,6 +57,21 @@ export type KvOp =
   /** Condition only: the key exists (`exists: true`) or not; optionally at `revision`. */
   | { readonly type: 'check'; readonly key: string; readonly exists: boolean; readonly revision?: number };
 
+/**
+ * What a watch reports about the keys under its prefix, in revision order. `snapshot` is
+ * the whole prefix: first, and again after the watch was lost (disconnected past what the
+ * KV keeps, compacted): the watcher then re-lists instead of missing changes.
+ */
+export type KvWatchEvent =
+  | { readonly type: 'snapshot'; readonly entries: readonly KvEntry[] }
+  | { readonly type: 'put'; readonly entry: KvEntry }
+  | { readonly type: 'delete'; readonly key: string };
+
+/** A running watch; `close` stops its events. */
+export interface KvWatch {
+  close(): void;
+}
+
 /** The coordinator's storage. Keys are plain strings; backends apply their namespace. */
 export interface Kv {
   /** Reads one key; `undefined` when absent. */
@@ -71,6 +86,12 @@ export interface Kv {
   delete(key: string, revision: number): Promise<void>;
   /** Applies all `ops` atomically or none (`ConstraintViolatedError`). Returns the revision. */
   txn(ops: readonly KvOp[]): Promise<number>;
+  /**
+   * Watches every key starting with `prefix`: `onEvent` gets a `snapshot` at once (the
+   * initial list), then each put and delete; a lost watch re-lists (another `snapshot`).
+   * `onError` hears why a watch was lost or a re-list failed; the watch retries on its own.
+   */
+  watch(prefix: string, onEvent: (event: KvWatchEvent) => void, onError?: (err: Error) => void): KvWatch;
   /** Grants a lease of `ttlSeconds`. */
   grantLease(ttlSeconds: number): Promise<KvLease>;
   /** Resolves when the KV answers a linearizable read; rejects with `UnavailableError`. */

@@ -10,7 +10,8 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import type { Kv, KvEntry, KvLease, KvOp, WriteOptions } from './kv.ts';
+import type { Kv, KvEntry, KvLease, KvOp, KvWatch, KvWatchEvent, WriteOptions } from './kv.ts';
+import { SqliteWatchHub } from './sqlite-watch.ts';
 import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
 import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from './errors.ts';
 import { CommitdError } from '../errors/core.ts';
@@ -113,6 +114,8 @@ export class SqliteKv implements Kv {
   private readonly onOperation: SqliteKvOptions['onOperation'];
   private readonly sweepTimer: NodeJS.Timeout;
   private readonly keptAlive = new Set<SqliteLease>();
+  /** Watches are compared in-process after each write, and polled for other processes' writes. */
+  private readonly watches: SqliteWatchHub;
   /** One transaction wrapper for every write; building one per operation showed in profiles. */
   private readonly inTransaction: Database.Transaction<(work: (now: number) => unknown) => unknown>;
 
@@ -130,6 +133,15 @@ export class SqliteKv implements Kv {
     this.onOperation = options.onOperation;
     this.sweepTimer = setInterval(() => this.sweep(), options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS);
     this.sweepTimer.unref();
+    this.watches = new SqliteWatchHub({
+      list: (prefix) => this.statements.list.all({ prefix, now: Date.now() }).map(toEntry),
+      currentRevision: () => this.statements.currentRevision.get()?.revision ?? 0,
+    });
+  }
+
+  /** {@inheritDoc Kv.watch} In-process and polled: see `sqlite-watch.ts`. */
+  watch(prefix: string, onEvent: (event: KvWatchEvent) => void, onError?: (err: Error) => void): KvWatch {
+    return this.watches.watch(prefix, onEvent, onError);
   }
 
   /** {@inheritDoc Kv.get} Always linearizable: there is only one copy. */
@@ -146,10 +158,13 @@ export class SqliteKv implements Kv {
   async create(key: string, value: string, options?: WriteOptions): Promise<number> {
     await yieldToEventLoop();
     return this.run('create', () =>
-      this.write((now) => {
-        if (this.liveEntry(key, now) !== undefined) throw new AlreadyExistsError(key);
-        return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
-      }),
+      this.write(
+        (now) => {
+          if (this.liveEntry(key, now) !== undefined) throw new AlreadyExistsError(key);
+          return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
+        },
+        [key],
+      ),
     );
   }
 
@@ -160,10 +175,13 @@ export class SqliteKv implements Kv {
   async update(key: string, value: string, revision: number, options?: WriteOptions): Promise<number> {
     await yieldToEventLoop();
     return this.run('update', () =>
-      this.write((now) => {
-        if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
-        return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
-      }),
+      this.write(
+        (now) => {
+          if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
+          return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
+        },
+        [key],
+      ),
     );
   }
 
@@ -171,11 +189,14 @@ export class SqliteKv implements Kv {
   async delete(key: string, revision: number): Promise<void> {
     await yieldToEventLoop();
     return this.run('delete', () =>
-      this.write((now) => {
-        if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
-        this.statements.remove.run({ key });
-        this.nextRevision();
-      }),
+      this.write(
+        (now) => {
+          if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
+          this.statements.remove.run({ key });
+          this.nextRevision();
+        },
+        [key],
+      ),
     );
   }
 
@@ -189,14 +210,17 @@ export class SqliteKv implements Kv {
     assertDistinctKeys(ops);
     await yieldToEventLoop();
     return this.run('txn', () =>
-      this.write((now) => {
-        if (!ops.every((op) => this.holds(op, now))) throw new ConstraintViolatedError(describeTxnFailure(ops));
-        const expiries = ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.expiryOf(op.options, now) : undefined));
-        if (!ops.some((op) => op.type !== 'check')) return this.statements.currentRevision.get()?.revision ?? 0;
-        const revision = this.nextRevision();
-        for (const [index, op] of ops.entries()) this.apply(op, revision, expiries[index]);
-        return revision;
-      }),
+      this.write(
+        (now) => {
+          if (!ops.every((op) => this.holds(op, now))) throw new ConstraintViolatedError(describeTxnFailure(ops));
+          const expiries = ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.expiryOf(op.options, now) : undefined));
+          if (!ops.some((op) => op.type !== 'check')) return this.statements.currentRevision.get()?.revision ?? 0;
+          const revision = this.nextRevision();
+          for (const [index, op] of ops.entries()) this.apply(op, revision, expiries[index]);
+          return revision;
+        },
+        ops.map((op) => op.key),
+      ),
     );
   }
 
@@ -221,6 +245,7 @@ export class SqliteKv implements Kv {
   /** {@inheritDoc Kv.close} Stops the keep-alive of every lease and closes the file. */
   async close(): Promise<void> {
     clearInterval(this.sweepTimer);
+    this.watches.stop();
     for (const lease of this.keptAlive) lease.release();
     this.db.close();
   }
@@ -256,8 +281,10 @@ export class SqliteKv implements Kv {
   }
 
   /** Runs `work` in a transaction that holds the write lock from its first statement. */
-  private write<T>(work: (now: number) => T): T {
-    return this.inTransaction.immediate(work) as T;
+  private write<T>(work: (now: number) => T, keys?: readonly string[]): T {
+    const result = this.inTransaction.immediate(work) as T;
+    this.watches.changed(keys);
+    return result;
   }
 
   private liveEntry(key: string, now: number): KvEntry | undefined {

@@ -63,6 +63,13 @@ export interface Store<Change = unknown> {
   readonly type: string;
   /** A new session on this store. */
   session(): StoreSession<Change>;
+  /**
+   * Resolves when the store's server answers (a round trip), rejects when it cannot be
+   * reached. commitd bounds it in time: at registration (an unreachable store is refused),
+   * at start-up (logged at once) and for `/readyz`. Optional: a store without it counts as
+   * up while open.
+   */
+  probe?(): Promise<void>;
   /** Resolves prepared transactions left by crashed instances (stores with a real prepare). */
   resolveOrphans?(decide: OrphanDecision): Promise<void>;
   /** Releases connections and files. */

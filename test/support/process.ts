@@ -64,6 +64,7 @@ export interface ProcessServiceOptions {
     readonly leaseTtl?: string;
     readonly recoveryInterval?: string;
     readonly sessionIdleTimeout?: string;
+    readonly storeRoots?: readonly string[];
   };
 }
 

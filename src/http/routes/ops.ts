@@ -10,7 +10,7 @@ import { ServiceUnavailableError } from '../../coordinator/errors.ts';
 import type { SessionCoordinator } from '../../coordinator/types.ts';
 import { CommitdError } from '../../errors/core.ts';
 import type { Metrics } from '../../metrics.ts';
-import { HealthReply, MetricsJsonReply, problemResponses } from '../../contract/schemas.ts';
+import { HealthReply, MetricsJsonReply, ReadyReply, problemResponses } from '../../contract/schemas.ts';
 import type { TypeBoxProvider } from '../type-provider.ts';
 
 export interface OpsRoutesOptions {
@@ -43,20 +43,19 @@ export const opsRoutes: FastifyPluginAsync<OpsRoutesOptions, RawServerDefault, T
       schema: {
         tags,
         operationId: 'ready',
-        summary: 'Readiness: the coordinator KV answers',
+        summary: 'Readiness: the coordinator KV answers; each store up or down',
         security: [],
-        response: { 200: HealthReply, ...problemResponses(400, 503) },
+        response: { 200: ReadyReply, ...problemResponses(400, 503) },
       },
     },
     async () => {
       try {
-        await coordinator.ready();
+        return await coordinator.ready();
       } catch (error) {
         // Whatever stops readiness means "not ready": a 503 (logged with its cause), never a 500.
         if (error instanceof CommitdError && error.code === 'UNAVAILABLE') throw error;
         throw new ServiceUnavailableError('the coordinator is not ready', 1, { cause: error });
       }
-      return { status: 'ok' as const };
     },
   );
 

@@ -8,6 +8,7 @@ import type { FastifyPluginAsync, RawServerDefault } from 'fastify';
 import type { SessionCoordinator } from '../../coordinator/types.ts';
 import { AddStoreBody, StoreInfoReply, StoreListReply, StoreParams, problemResponses } from '../../contract/schemas.ts';
 import type { TypeBoxProvider } from '../type-provider.ts';
+import { principalName } from '../principal.ts';
 
 export interface StoreRoutesOptions {
   readonly coordinator: SessionCoordinator;
@@ -27,7 +28,7 @@ export const storeRoutes: FastifyPluginAsync<StoreRoutesOptions, RawServerDefaul
         response: { 200: StoreListReply, ...problemResponses(401, 403) },
       },
     },
-    async () => ({ stores: coordinator.listStores() }),
+    async () => ({ stores: coordinator.listStores(), removed: (await coordinator.storeRemovals?.()) ?? [] }),
   );
 
   app.post(
@@ -44,7 +45,7 @@ export const storeRoutes: FastifyPluginAsync<StoreRoutesOptions, RawServerDefaul
     },
     async (request, reply) => {
       const { name, type, options } = request.body;
-      const store = await coordinator.addStore({ name, type, options: options ?? {} });
+      const store = await coordinator.addStore({ name, type, options: options ?? {} }, principalName(request));
       return reply.code(201).send(store);
     },
   );
@@ -62,7 +63,7 @@ export const storeRoutes: FastifyPluginAsync<StoreRoutesOptions, RawServerDefaul
       },
     },
     async (request, reply) => {
-      await coordinator.removeStore(request.params.name);
+      await coordinator.removeStore(request.params.name, principalName(request));
       return reply.code(204).send(null);
     },
   );

@@ -80,6 +80,19 @@ export class TooManyOperationsError extends CommitdError {
   }
 }
 
+/** `http(s)://host[:port]` or `host:port`, as etcd3 takes them. */
+const ENDPOINT = /^(https?:\/\/(\[[0-9a-fA-F:.]+\]|[^\s/:[\]]+)(:\d+)?\/?|([^\s:/]+|\[[0-9a-fA-F:.]+\]):\d+)$/;
+
+/** An endpoint that etcd3 cannot dial: refused at registration rather than retried forever. */
+export class InvalidEtcdEndpointError extends CommitdError {
+  constructor(storeName: string, endpoint: string) {
+    super(
+      'INVALID_REQUEST',
+      `etcd store ${storeName}: options.endpoints: ${JSON.stringify(endpoint)} is not an endpoint (expected http(s)://host:port or host:port)`,
+    );
+  }
+}
+
 /** The store has no endpoints: none in its options, and the coordinator does not run on etcd. */
 export class EtcdEndpointsMissingError extends CommitdError {
   constructor(storeName: string) {
@@ -250,11 +263,16 @@ export const etcdStoreType: StoreType<EtcdOptions, EtcdChange> = {
   create(options: EtcdOptions, ctx: StoreContext): Store<EtcdChange> {
     const endpoints = options.endpoints ?? ctx.etcdEndpoints;
     if (!endpoints || endpoints.length === 0) throw new EtcdEndpointsMissingError(ctx.name);
+    const malformed = endpoints.find((endpoint) => !ENDPOINT.test(endpoint));
+    if (malformed !== undefined) throw new InvalidEtcdEndpointError(ctx.name, malformed);
     const backend = new EtcdBackend(ctx.name, endpoints, options.prefix, ctx.retentionSeconds, statementTimeoutMs(options.statementTimeout));
     return {
       name: ctx.name,
       type: 'etcd',
       session: () => new HelperCommittable(ctx.name, new EtcdDriver(backend)),
+      probe: async () => {
+        await backend.rpc('probe', (call) => backend.ns.get(MARKER_DIR).options(call).exists());
+      },
       close: async () => backend.close(),
     };
   },

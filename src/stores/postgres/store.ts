@@ -77,6 +77,9 @@ export const postgresStoreType: StoreType<PostgresOptions, PostgresChange> = {
       name: ctx.name,
       type: 'postgres',
       session: () => new PostgresSession(ctx.name, new PostgresDriver(db)),
+      probe: async () => {
+        await db.query('SELECT 1');
+      },
       ...(twoPhase ? { resolveOrphans: (decide: OrphanDecision) => twoPhase.resolveOrphans(ctx.logger, decide) } : {}),
       close: () => db.close(),
     };

@@ -397,6 +397,25 @@ function describeFailures(failures: readonly CommandFailure[]): string {
   return failures.map((failure) => `command ${failure.index + 1} (${failure.command}: ${failure.message})`).join(', ');
 }
 
+/** The store's `url` is not a Redis URL (ioredis would take "notaurl" for a host name and retry forever). */
+export class InvalidRedisUrlError extends CommitdError {
+  constructor(storeName: string, url: string) {
+    super('INVALID_REQUEST', `redis store ${storeName}: options.url: ${JSON.stringify(url)} is not a redis:// or rediss:// URL`);
+  }
+}
+
+function assertRedisUrl(storeName: string, url: string): void {
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = undefined;
+  }
+  if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || parsed.hostname === '') {
+    throw new InvalidRedisUrlError(storeName, url.startsWith('redis') ? url.replace(/\/\/[^@/]*@/, '//…@') : url);
+  }
+}
+
 /**
  * The built-in `redis` store type.
  *
@@ -413,11 +432,17 @@ export const redisStoreType: StoreType<RedisOptions, RedisChange> = {
   optionsSchema,
   changeSchema,
   create(options: RedisOptions, ctx: StoreContext): Store<RedisChange> {
+    assertRedisUrl(ctx.name, options.url);
     const connections = new RedisConnections(options.url, ctx.name, ctx.logger, statementTimeoutMs(options.statementTimeout));
     return {
       name: ctx.name,
       type: 'redis',
       session: () => new HelperCommittable(ctx.name, new RedisDriver(connections, ctx.retentionSeconds, ctx.logger)),
+      probe: async () => {
+        await connections.shared.ping().catch((err: unknown) => {
+          throw connections.unavailable(err, 'ping');
+        });
+      },
       close: async () => connections.close(),
     };
   },
