@@ -258,10 +258,15 @@ describe('commitd executable against a real commitd', () => {
     assert.equal(human.stdout, 'NAME   TYPE\naudit  sqlite\nmain   sqlite\n');
     const json = await commitd(['stores', 'list', '--json'], { COMMITD_URL: url });
     assert.equal(json.code, 0, json.stderr);
-    assert.deepEqual(JSON.parse(json.stdout), [
-      { name: 'audit', type: 'sqlite' },
-      { name: 'main', type: 'sqlite' },
-    ]);
+    const listed = JSON.parse(json.stdout) as { name: string; type: string; origin: string; status: string }[];
+    assert.deepEqual(
+      listed.map(({ name, type, origin, status }) => ({ name, type, origin, status })),
+      [
+        { name: 'audit', type: 'sqlite', origin: 'config', status: 'open' },
+        { name: 'main', type: 'sqlite', origin: 'config', status: 'open' },
+      ],
+      'the listing as the server gives it',
+    );
   });
 
   it('sessions show: fields, or the session as JSON', async () => {

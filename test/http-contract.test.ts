@@ -711,7 +711,9 @@ for (const kv of KV_BACKENDS) {
 
     it('serves /healthz and /readyz without a token (probes carry none)', async () => {
       assert.deepEqual(assertOk(await call(app, 'GET', '/healthz')), { status: 'ok' });
-      assert.deepEqual(assertOk(await call(app, 'GET', '/readyz')), { status: 'ok' });
+      const ready = assertOk(await call(app, 'GET', '/readyz')) as { status: string; stores: { name: string; status: string }[] };
+      assert.equal(ready.status, 'ok');
+      assert.ok(ready.stores.length > 0 && ready.stores.every((store) => store.status === 'up'), JSON.stringify(ready));
     });
 
     it('answers 401 unauthorized without the token, or with a wrong one, on every other route', async () => {
