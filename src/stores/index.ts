@@ -4,6 +4,7 @@
  * @module
  */
 import { etcdStoreType } from './etcd/store.ts';
+import { mysqlStoreType } from './mysql/store.ts';
 import { postgresStoreType } from './postgres/store.ts';
 import { redisStoreType } from './redis/store.ts';
 import { sqliteStoreType } from './sqlite/store.ts';
@@ -21,6 +22,7 @@ export {
 export { sqliteStoreType, type SqliteChange, type SqliteOptions } from './sqlite/store.ts';
 export { loadPlugin, PluginLoadError } from './plugins.ts';
 export { etcdStoreType } from './etcd/store.ts';
+export { mysqlStoreType } from './mysql/store.ts';
 export { postgresStoreType } from './postgres/store.ts';
 export { redisStoreType } from './redis/store.ts';
 export {
@@ -37,5 +39,5 @@ export {
 
 /** The store types commitd ships with; register each in a `StoreRegistry`. */
 export function builtinStoreTypes(): StoreType[] {
-  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType];
+  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType, mysqlStoreType];
 }
