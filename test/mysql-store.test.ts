@@ -263,7 +263,7 @@ describe('mysql store', { skip: skipUnlessFound({ mariadbd: mariadbBinary(), 'ma
   });
 
   it('refuses a connection without a database at creation, naming the option', async () => {
-    await assert.rejects(mysqlStoreType.create({ connectionString: server.url }, ctx), { code: 'INVALID_REQUEST', message: /no database/ });
+    await assert.rejects(async () => mysqlStoreType.create({ connectionString: server.url }, ctx), { code: 'INVALID_REQUEST', message: /no database/ });
   });
 
   describe('xa', () => {
