@@ -1,6 +1,6 @@
 /**
- * A mixed session — postgres + redis + etcd + sqlite — SIGKILLed after the second of the
- * four stores committed: after a restart every store holds its data exactly once (a Redis
+ * A mixed session — postgres + redis + etcd + sqlite + mysql (XA mode, on MariaDB) —
+ * SIGKILLed after the second of the five stores committed: after a restart every store holds its data exactly once (a Redis
  * INCR included) and the session ID is the one its changes define. Both KV backends.
  */
 import assert from 'node:assert/strict';
@@ -11,6 +11,7 @@ import { Etcd3 } from 'etcd3';
 import { Redis } from 'ioredis';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
+import { mariadbBinary, mariadbInstallDb, mysqlRows, startMariadb, type MariadbServer } from './harness/mariadb.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
 import { skipUnlessFound } from './harness/require.ts';
@@ -18,19 +19,23 @@ import { startProcess } from './support/process.ts';
 import { postgresRows, sqliteRows } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, sharedEtcdServer } from './support/service.ts';
 
-describe('a mixed four-store session crashed after the second store', {
-  skip: skipUnlessFound({ PostgreSQL: postgresBinDir(), 'redis-server': redisBinary() }),
+describe('a mixed five-store session crashed after the second store', {
+  skip: skipUnlessFound({ PostgreSQL: postgresBinDir(), 'redis-server': redisBinary(), mariadbd: mariadbBinary(), 'mariadb-install-db': mariadbInstallDb() }),
 }, () => {
   let postgres: PostgresServer;
   let redis: RedisServer;
+  let mariadb: MariadbServer;
+  let warehouse: string;
   const root = makeTempDir('mixed');
 
   before(async () => {
-    [postgres, redis] = await Promise.all([startPostgres(), startRedis()]);
+    [postgres, redis, mariadb] = await Promise.all([startPostgres(), startRedis(), startMariadb()]);
     await postgresRows(postgres.connectionString, 'CREATE TABLE orders(k TEXT, total INTEGER)');
+    warehouse = await mariadb.createDatabase('warehouse');
+    await mysqlRows(warehouse, 'CREATE TABLE stock (k VARCHAR(200) NOT NULL, moved INT NOT NULL) ENGINE=InnoDB');
   });
   after(async () => {
-    await Promise.all([postgres?.cleanup(), redis?.cleanup()]);
+    await Promise.all([postgres?.cleanup(), redis?.cleanup(), mariadb?.cleanup()]);
     await removeTempDir(root);
   });
 
@@ -45,6 +50,7 @@ describe('a mixed four-store session crashed after the second store', {
         { name: 'flags', type: 'etcd', options: { endpoints: etcd.endpoints, prefix: flagsPrefix } },
         { name: 'ledger', type: 'sqlite', options: { path: ledger } },
         { name: 'orders', type: 'postgres', options: { connectionString: postgres.connectionString } },
+        { name: 'warehouse', type: 'mysql', options: { connectionString: warehouse, xa: true } },
       ];
       const options = { dir, stores, etcd: kv === 'etcd' ? { endpoints: etcd.endpoints, namespace: `/mixed-${randomUUID()}/` } : undefined };
       const setup = await startProcess(options);
@@ -62,6 +68,7 @@ describe('a mixed four-store session crashed after the second store', {
         flags: [{ op: 'put', key: `feature-${kv}`, value: 'on' }],
         ledger: [{ sql: 'INSERT INTO entries(k, amount) VALUES (?, ?)', params: [key, 5] }],
         orders: [{ sql: 'INSERT INTO orders(k, total) VALUES ($1, $2)', params: [key, 5] }],
+        warehouse: [{ sql: 'INSERT INTO stock (k, moved) VALUES (?, ?)', params: [key, -5] }],
       };
       const doomed = await startProcess(options, 'commit.afterStore.2=crash');
       await assert.rejects(doomed.request('POST', '/v1/commits', { key, changes }));
@@ -82,6 +89,8 @@ describe('a mixed four-store session crashed after the second store', {
         assert.equal(await etcdClient.get(`${flagsPrefix}feature-${kv}`).string(), 'on');
         assert.deepEqual(sqliteRows(ledger, 'SELECT count(*) AS n FROM entries WHERE k = ?', key), [{ n: 1 }]);
         assert.deepEqual(await postgresRows(postgres.connectionString, 'SELECT count(*)::int AS n FROM orders WHERE k = $1', [key]), [{ n: 1 }]);
+        assert.deepEqual(await mysqlRows(warehouse, 'SELECT count(*) AS n FROM stock WHERE k = ?', [key]), [{ n: 1 }]);
+        assert.deepEqual(await mysqlRows(warehouse, 'XA RECOVER'), [], 'nothing left prepared');
       } finally {
         redisClient.disconnect();
         etcdClient.close();
