@@ -252,6 +252,9 @@ function storeEndpoints(store: StoreEntry): { host: string; port: number }[] {
     case 'postgres':
       assert.equal(typeof options.connectionString, 'string', `store ${store.name}: options.connectionString must be a string`);
       return [hostAndPort(options.connectionString as string, 5432)];
+    case 'mysql':
+      assert.equal(typeof options.connectionString, 'string', `store ${store.name}: options.connectionString must be a string`);
+      return [hostAndPort(options.connectionString as string, 3306)];
     case 'redis':
       assert.equal(typeof options.url, 'string', `store ${store.name}: options.url must be a string`);
       return [hostAndPort(options.url as string, 6379)];
@@ -289,6 +292,7 @@ function listeningPorts(name: string): number[] {
   if (/(^|\/)postgres(:|@|$)/.test(image)) return [Number(postgresSettings(words).get('port') ?? 5432)];
   if (/(^|\/)redis(:|@|$)/.test(image)) return [Number(flagValues(words, '--port')[0] ?? 6379)];
   if (/(^|\/)nats(:|@|$)/.test(image)) return [Number(flagValues(words, '-p')[0] ?? 4222)];
+  if (/(^|\/)mariadb(:|@|$)/.test(image)) return [Number(flagValues(words, '--port')[0] ?? 3306)];
   if (name === COMMITD_SERVICE) return [Number(containerEnv().COMMITD_PORT ?? 8080)];
   return [];
 }

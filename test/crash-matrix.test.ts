@@ -1,8 +1,9 @@
 /**
- * The crash matrix: for every failpoint × 1, 2 and 3 stores, a one-shot commit and an
- * interactive session are SIGKILLed there; after a restart the session ends committed
- * exactly once with the session ID its changes define — or, when the crash came before
- * the commit point, absent, and a retry commits it. Both KV backends.
+ * The crash matrix: for every failpoint × 1, 2 and 3 sqlite stores, and two mysql stores
+ * (one in XA mode) on a throwaway MariaDB, a one-shot commit and an interactive session are
+ * SIGKILLed there; after a restart the session ends committed exactly once with the session
+ * ID its changes define — or, when the crash came before the commit point, absent, and a
+ * retry commits it. Both KV backends.
  *
  * The nats rows do the same with a `nats` store alone and after a sqlite store (so that
  * `commit.afterStore.1` falls once after and once before the publishes): the stream holds
@@ -14,9 +15,11 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { StoreDefinition } from '../src/coordinator/types.ts';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
 import { natsBinary, startNats, type NatsServer } from './harness/nats.ts';
+import { mariadbBinary, mariadbInstallDb, mysqlRows, startMariadb, type MariadbServer } from './harness/mariadb.ts';
 import { skipUnlessFound } from './harness/require.ts';
 import { natsReader, type NatsReader } from './support/nats.ts';
 import { startProcess, type ProcessServiceOptions } from './support/process.ts';
@@ -24,6 +27,55 @@ import { countRows, sqliteRun } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, sharedEtcdServer, sqliteStores } from './support/service.ts';
 
 type Mode = 'one-shot' | 'interactive';
+
+/** The stores of one row of the matrix, each with table `t(k, n)`, and how to count a key's rows in one. */
+interface StoreSet {
+  readonly label: string;
+  readonly names: readonly string[];
+  readonly needs: Readonly<Record<string, unknown>>;
+  setup(dir: string): Promise<{ stores: StoreDefinition[]; count(name: string, key: string): Promise<number> }>;
+  /** A change inserting row `(key, n)`. */
+  insert(key: string, n: number): { sql: string; params: unknown[] };
+}
+
+const sqliteSet = (storeCount: number): StoreSet => ({
+  label: `${storeCount} store(s)`,
+  names: ['s1', 's2', 's3'].slice(0, storeCount),
+  needs: {},
+  async setup(dir) {
+    const stores = sqliteStores(dir, this.names);
+    for (const { options } of stores) sqliteRun((options as { path: string }).path, 'CREATE TABLE t(k TEXT, n INTEGER)');
+    return { stores, count: async (name, key) => countRows(join(dir, `${name}.db`), key) };
+  },
+  insert: (key, n) => ({ sql: 'INSERT INTO t(k, n) VALUES (?, ?)', params: [key, n] }),
+});
+
+/** One MariaDB for the file's mysql rows; each row gets databases of its own. */
+let mariadb: Promise<MariadbServer> | undefined;
+after(async () => (await mariadb)?.cleanup());
+
+const mysqlSet: StoreSet = {
+  label: '2 mysql stores (m2 in XA mode)',
+  names: ['m1', 'm2'],
+  needs: { mariadbd: mariadbBinary(), 'mariadb-install-db': mariadbInstallDb() },
+  async setup() {
+    mariadb ??= startMariadb();
+    const server = await mariadb;
+    const urls = new Map<string, string>();
+    for (const name of this.names) {
+      const url = await server.createDatabase(`matrix_${name}`);
+      await mysqlRows(url, 'CREATE TABLE t (k VARCHAR(200) NOT NULL, n INT NOT NULL, INDEX (k)) ENGINE=InnoDB');
+      urls.set(name, url);
+    }
+    return {
+      stores: this.names.map((name) => ({ name, type: 'mysql', options: { connectionString: urls.get(name), xa: name === 'm2' } })),
+      count: async (name, key) => Number((await mysqlRows<{ n: number }>(urls.get(name) as string, 'SELECT count(*) AS n FROM t WHERE k = ?', [key]))[0]?.n),
+    };
+  },
+  insert: (key, n) => ({ sql: 'INSERT INTO t (k, n) VALUES (?, ?)', params: [key, n] }),
+};
+
+const STORE_SETS: readonly StoreSet[] = [sqliteSet(1), sqliteSet(2), sqliteSet(3), mysqlSet];
 
 function pointsFor(storeCount: number): string[] {
   const afterStores = Array.from({ length: storeCount }, (_, i) => `commit.afterStore.${i + 1}`);
@@ -54,18 +106,18 @@ for (const kv of KV_BACKENDS) {
     });
     after(() => removeTempDir(root));
 
-    for (const storeCount of [1, 2, 3]) {
-      for (const point of pointsFor(storeCount)) {
+    for (const set of STORE_SETS) {
+      for (const point of pointsFor(set.names.length)) {
         for (const mode of ['one-shot', 'interactive'] as const) {
-          it(`${storeCount} store(s), ${mode}, SIGKILL at ${point}`, async () => {
-            const dir = join(root, `${storeCount}-${point}-${mode}`);
+          it(`${set.label}, ${mode}, SIGKILL at ${point}`, { skip: skipUnlessFound(set.needs) }, async () => {
+            const slug = set.label.replace(/\W+/g, '-');
+            const dir = join(root, `${slug}-${point}-${mode}`);
             mkdirSync(dir, { recursive: true });
-            const names = ['s1', 's2', 's3'].slice(0, storeCount);
-            const stores = sqliteStores(dir, names);
-            for (const { options } of stores) sqliteRun((options as { path: string }).path, 'CREATE TABLE t(k TEXT, n INTEGER)');
-            const options: ProcessServiceOptions = { dir, stores, etcd: etcd && { ...etcd, namespace: `${etcd.namespace}${storeCount}/${point}/${mode}/` } };
-            const key = `m-${storeCount}-${mode}-${point}`;
-            const changes = Object.fromEntries(names.map((name, i) => [name, [{ sql: 'INSERT INTO t(k, n) VALUES (?, ?)', params: [key, i] }]]));
+            const names = set.names;
+            const { stores, count } = await set.setup(dir);
+            const options: ProcessServiceOptions = { dir, stores, etcd: etcd && { ...etcd, namespace: `${etcd.namespace}${slug}/${point}/${mode}/` } };
+            const key = `m-${names.join('')}-${mode}-${point}`;
+            const changes = Object.fromEntries(names.map((name, i) => [name, [set.insert(key, i)]]));
             const expectedId = sessionIdOfChanges(changes);
 
             // recovery.afterAdopt needs a session to adopt: crash it after its commit point first.
@@ -83,7 +135,7 @@ for (const kv of KV_BACKENDS) {
               let shown = await restarted.request('GET', `/v1/sessions/${key}`);
               if (endsAbsent(point, mode)) {
                 assert.equal(shown.status, 404, JSON.stringify(shown.body));
-                for (const name of names) assert.equal(countRows(join(dir, `${name}.db`), key), 0);
+                for (const name of names) assert.equal(await count(name, key), 0);
                 const retried = await runSession(restarted.request, mode, key, changes);
                 assert.equal(retried.status, 200, JSON.stringify(retried.body));
                 shown = await restarted.request('GET', `/v1/sessions/${key}`);
@@ -93,7 +145,7 @@ for (const kv of KV_BACKENDS) {
               assert.equal(shown.body.sessionId, expectedId);
               const again = await runSession(restarted.request, 'one-shot', key, changes);
               assert.equal(again.body.sessionId, expectedId, 'a retry answers the committed result');
-              for (const name of names) assert.equal(countRows(join(dir, `${name}.db`), key), 1, `${name} must hold the row exactly once`);
+              for (const name of names) assert.equal(await count(name, key), 1, `${name} must hold the row exactly once`);
             } finally {
               await restarted.process.stop();
             }

@@ -1,8 +1,8 @@
 /**
- * A mixed session — postgres + redis + etcd + sqlite + nats — SIGKILLed after the second of
- * the five stores committed: after a restart every store holds its data exactly once (a
- * Redis INCR included, and the NATS message, published by the recovery) and the session ID
- * is the one its changes define. Both KV backends.
+ * A mixed session — postgres + redis + etcd + sqlite + nats + mysql (XA mode, on MariaDB) —
+ * SIGKILLed after the second of the six stores committed: after a restart every store holds
+ * its data exactly once (a Redis INCR included, and the NATS message, published by the
+ * recovery) and the session ID is the one its changes define. Both KV backends.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -12,6 +12,7 @@ import { Etcd3 } from 'etcd3';
 import { Redis } from 'ioredis';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
+import { mariadbBinary, mariadbInstallDb, mysqlRows, startMariadb, type MariadbServer } from './harness/mariadb.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
 import { natsBinary, startNats, type NatsServer } from './harness/nats.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
@@ -21,25 +22,35 @@ import { natsReader, type NatsReader } from './support/nats.ts';
 import { postgresRows, sqliteRows } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, sharedEtcdServer } from './support/service.ts';
 
-describe('a mixed five-store session crashed after the second store', {
-  skip: skipUnlessFound({ PostgreSQL: postgresBinDir(), 'redis-server': redisBinary(), 'nats-server': natsBinary() }),
+describe('a mixed six-store session crashed after the second store', {
+  skip: skipUnlessFound({
+    PostgreSQL: postgresBinDir(),
+    'redis-server': redisBinary(),
+    'nats-server': natsBinary(),
+    mariadbd: mariadbBinary(),
+    'mariadb-install-db': mariadbInstallDb(),
+  }),
 }, () => {
   let postgres: PostgresServer;
   let redis: RedisServer;
   let nats: NatsServer;
   let reader: NatsReader;
+  let mariadb: MariadbServer;
+  let warehouse: string;
   const root = makeTempDir('mixed');
 
   before(async () => {
-    [postgres, redis, nats] = await Promise.all([startPostgres(), startRedis(), startNats()]);
+    [postgres, redis, nats, mariadb] = await Promise.all([startPostgres(), startRedis(), startNats(), startMariadb()]);
     await postgresRows(postgres.connectionString, 'CREATE TABLE orders(k TEXT, total INTEGER)');
     reader = await natsReader(nats.url);
     // commitd's default retention is a day: so must the duplicate window be.
     await reader.addStream('mixed', ['mixed.>'], 86_400);
+    warehouse = await mariadb.createDatabase('warehouse');
+    await mysqlRows(warehouse, 'CREATE TABLE stock (k VARCHAR(200) NOT NULL, moved INT NOT NULL) ENGINE=InnoDB');
   });
   after(async () => {
     await reader?.close();
-    await Promise.all([postgres?.cleanup(), redis?.cleanup(), nats?.cleanup()]);
+    await Promise.all([postgres?.cleanup(), redis?.cleanup(), nats?.cleanup(), mariadb?.cleanup()]);
     await removeTempDir(root);
   });
 
@@ -55,6 +66,7 @@ describe('a mixed five-store session crashed after the second store', {
         { name: 'ledger', type: 'sqlite', options: { path: ledger } },
         { name: 'orders', type: 'postgres', options: { connectionString: postgres.connectionString } },
         { name: 'outbox', type: 'nats', options: { servers: nats.url, stream: 'mixed' } },
+        { name: 'warehouse', type: 'mysql', options: { connectionString: warehouse, xa: true } },
       ];
       const options = { dir, stores, etcd: kv === 'etcd' ? { endpoints: etcd.endpoints, namespace: `/mixed-${randomUUID()}/` } : undefined };
       const setup = await startProcess(options);
@@ -73,6 +85,7 @@ describe('a mixed five-store session crashed after the second store', {
         ledger: [{ sql: 'INSERT INTO entries(k, amount) VALUES (?, ?)', params: [key, 5] }],
         orders: [{ sql: 'INSERT INTO orders(k, total) VALUES ($1, $2)', params: [key, 5] }],
         outbox: [{ subject: `mixed.order.${kv}`, data: { key, total: 5 } }],
+        warehouse: [{ sql: 'INSERT INTO stock (k, moved) VALUES (?, ?)', params: [key, -5] }],
       };
       const doomed = await startProcess(options, 'commit.afterStore.2=crash');
       await assert.rejects(doomed.request('POST', '/v1/commits', { key, changes }));
@@ -94,6 +107,8 @@ describe('a mixed five-store session crashed after the second store', {
         assert.deepEqual(sqliteRows(ledger, 'SELECT count(*) AS n FROM entries WHERE k = ?', key), [{ n: 1 }]);
         assert.deepEqual(await postgresRows(postgres.connectionString, 'SELECT count(*)::int AS n FROM orders WHERE k = $1', [key]), [{ n: 1 }]);
         assert.equal(await reader.count('mixed', `mixed.order.${kv}`), 1, 'the message published exactly once');
+        assert.deepEqual(await mysqlRows(warehouse, 'SELECT count(*) AS n FROM stock WHERE k = ?', [key]), [{ n: 1 }]);
+        assert.deepEqual(await mysqlRows(warehouse, 'XA RECOVER'), [], 'nothing left prepared');
       } finally {
         redisClient.disconnect();
         etcdClient.close();

@@ -75,3 +75,20 @@ export class StatementTimeoutError extends ChangeRejectedError {
     super(`the statement ran past the store's limit of ${timeoutMs} ms and was aborted`, { ...extra, code: 'STATEMENT_TIMEOUT', timeoutMs }, options);
   }
 }
+
+/**
+ * A change the store cannot run inside a session for a reason other than bookkeeping — it
+ * would commit or end the session's transaction half-way (mysql: DDL commits implicitly):
+ * `400 invalid_request`, naming the rule (`implicit-commit`, `transaction-control`).
+ * Nothing of the change is applied.
+ */
+export class StatementRefusedError extends CommitdError {
+  readonly rule: string;
+  readonly detail: Readonly<Record<string, unknown>>;
+
+  constructor(rule: string, message: string) {
+    super('INVALID_REQUEST', `${message} (rule ${rule})`);
+    this.rule = rule;
+    this.detail = { rule };
+  }
+}

@@ -5,6 +5,7 @@
  */
 import { etcdStoreType } from './etcd/store.ts';
 import { natsStoreType } from './nats/store.ts';
+import { mysqlStoreType } from './mysql/store.ts';
 import { postgresStoreType } from './postgres/store.ts';
 import { redisStoreType } from './redis/store.ts';
 import { sqliteStoreType } from './sqlite/store.ts';
@@ -23,6 +24,7 @@ export { sqliteStoreType, type SqliteChange, type SqliteOptions } from './sqlite
 export { loadPlugin, PluginLoadError } from './plugins.ts';
 export { etcdStoreType } from './etcd/store.ts';
 export { natsStoreType } from './nats/store.ts';
+export { mysqlStoreType } from './mysql/store.ts';
 export { postgresStoreType } from './postgres/store.ts';
 export { redisStoreType } from './redis/store.ts';
 export {
@@ -39,5 +41,5 @@ export {
 
 /** The store types commitd ships with; register each in a `StoreRegistry`. */
 export function builtinStoreTypes(): StoreType[] {
-  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType, natsStoreType];
+  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType, natsStoreType, mysqlStoreType];
 }
