@@ -15,6 +15,9 @@ import { checkChange } from './guard.ts';
 import { extendedQuery, isConnectionFailure, isTransientSqlstate, markerKeyText, QUERY_CANCELED, sqlstateOf, type PostgresChange } from './statements.ts';
 import { PreparedTransactionPendingError, TWO_PHASE_MAX_KEY_BYTES, type TwoPhase } from './two-phase.ts';
 
+/** The savepoint a request's changes run under (one request at a time per session). */
+const REQUEST_SAVEPOINT = 'commitd_request';
+
 /** The earlier statement failure that aborted a session's transaction. */
 interface Rejection {
   readonly sqlstate: string;
@@ -71,6 +74,32 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
     client.on('error', this.#onClientError);
     this.#client = client;
     await this.#run('BEGIN');
+  }
+
+  /** After a lost connection (`connectionLost`): a new connection and transaction, as `open` made; the helper re-applies the changes. */
+  async reopen(key: Uint8Array): Promise<void> {
+    await this.open(key);
+  }
+
+  /** One request's changes start: commitd's own savepoint, which no change can name (the guard refuses transaction statements). */
+  async savepoint(): Promise<void> {
+    await this.#run(`SAVEPOINT ${REQUEST_SAVEPOINT}`);
+  }
+
+  /** A request failed: back to its savepoint; the transaction goes on as before it. */
+  async rollbackToSavepoint(): Promise<void> {
+    if (this.#lost !== undefined) throw this.#lostError();
+    const client = this.#usableClientEvenIfAborted();
+    try {
+      await client.query(`ROLLBACK TO SAVEPOINT ${REQUEST_SAVEPOINT}`);
+    } catch (err) {
+      throw this.#failure(err, 'rollback to savepoint');
+    }
+    this.#rejected = undefined;
+  }
+
+  async releaseSavepoint(): Promise<void> {
+    await this.#run(`RELEASE SAVEPOINT ${REQUEST_SAVEPOINT}`);
   }
 
   async apply(change: PostgresChange): Promise<void> {
@@ -182,6 +211,11 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
         { sqlstate: '25P02', message: 'current transaction is aborted', cause: { ...this.#rejected } },
       );
     }
+    return this.#usableClientEvenIfAborted();
+  }
+
+  /** The session's client, even inside a transaction an earlier change aborted. */
+  #usableClientEvenIfAborted(): pg.PoolClient {
     if (!this.#client) throw new Error(`postgres store ${this.#db.name}: the session holds no connection (not begun, or already finished)`);
     return this.#client;
   }
@@ -209,9 +243,13 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
   #lostError(): StoreUnavailableError {
     const sqlstate = sqlstateOf(this.#lost);
     const reason = this.#db.redact(errorMessage(this.#lost)) + (sqlstate ? ` [${sqlstate}]` : '');
+    // Once PREPARE TRANSACTION was sent the work may outlive the connection: not reopenable.
+    const reopenable = !this.#prepareSent && !this.#commitAttempted;
     return new StoreUnavailableError(
-      `postgres store ${this.#db.name} lost the session's connection (${reason}); the server rolled back its open transaction — retry the session`,
+      `postgres store ${this.#db.name} lost the session's connection (${reason}); the server rolled back its open transaction` +
+        (reopenable ? "; commitd opens a new one and applies the session's changes again — retry the request" : ' — retry the session'),
       { sqlstate },
+      { connectionLost: reopenable },
     );
   }
 
