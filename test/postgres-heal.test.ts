@@ -113,9 +113,11 @@ describe('postgres: lost connections heal', { skip: skipUnlessFound({ postgres: 
         assert.equal((await post(`/v1/sessions/${key}/changes`, { store, changes: [insert(300)] })).statusCode, 200);
         const inFlight = send(`/v1/sessions/${key}/changes`, { store, changes: [insert(301), slow] });
         await waitFor('the slow change to run', async () =>
-          (await postgresRows(server.connectionString, "SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'SELECT pg_sleep%'", [
-            `commitd/${store}`,
-          ])).length > 0
+          (
+            await postgresRows(server.connectionString, "SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'SELECT pg_sleep%'", [
+              `commitd/${store}`,
+            ])
+          ).length > 0
             ? true
             : undefined,
         );

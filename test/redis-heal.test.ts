@@ -81,7 +81,7 @@ describe('redis: a restart between requests heals', { skip: skipUnlessFound({ 'r
     await server.stop();
     const refused = await changes(key, [{ command: ['SET', 'rheal-2:lost', 'v'] }]);
     assert.equal(refused.statusCode, 503, refused.body);
-    await server.start();
+    await server.restart(); // not running: starts it on the same port
     const view = await service.app.inject({ method: 'GET', url: `/v1/sessions/${key}` });
     assert.equal(JSON.parse(view.body).state, 'active', 'the session stays open');
     const next = await send(`/v1/sessions/${key}/changes`, { store: 'cache', changes: [incr('rheal-2:n')] });

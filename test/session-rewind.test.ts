@@ -71,7 +71,10 @@ describe('a rejected change does not end the session: sqlite', () => {
 
   before(async () => {
     service = await startTestService({ kv: 'sqlite' });
-    const created = await client(() => service).post('/v1/commits', { key: 'rw-schema', changes: { main: [{ sql: 'CREATE TABLE rw (id INTEGER PRIMARY KEY)' }] } });
+    const created = await client(() => service).post('/v1/commits', {
+      key: 'rw-schema',
+      changes: { main: [{ sql: 'CREATE TABLE rw (id INTEGER PRIMARY KEY)' }] },
+    });
     assert.equal(created.statusCode, 200, created.body);
   });
   after(async () => service?.dispose());
@@ -121,7 +124,11 @@ describe('a rejected change does not end the session: sqlite', () => {
 
   it('a one-shot commit with a rejected change is cancelled as a whole', async () => {
     const { post } = client(() => service);
-    problemOf(await post('/v1/commits', { key: 'rw-sqlite-4', changes: { main: [insert(31), { sql: 'INSERT INTO nowhere VALUES (1)' }] } }), 409, 'store_conflict');
+    problemOf(
+      await post('/v1/commits', { key: 'rw-sqlite-4', changes: { main: [insert(31), { sql: 'INSERT INTO nowhere VALUES (1)' }] } }),
+      409,
+      'store_conflict',
+    );
     assert.deepEqual(rows('SELECT id FROM rw WHERE id = 31'), []);
     const retried = await post('/v1/commits', { key: 'rw-sqlite-4', changes: { main: [insert(31)] } });
     assert.equal(retried.statusCode, 200, retried.body);
