@@ -274,12 +274,12 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
     const broken = this.#lost !== undefined || client.getTransactionStatus() !== 'I';
     const gid = this.#gid;
     if (broken || !this.#inFlightLock || !gid) {
-      client.release(broken ? new Error('session connection not reusable') : undefined);
+      this.#db.release(client, broken ? new Error('session connection not reusable') : undefined);
     } else {
       // Back to the pool once the lock is released; a connection that cannot release it is closed (which does).
       client.query(IN_FLIGHT_UNLOCK, inFlightLockParams(gid)).then(
-        () => client.release(),
-        (err: Error) => client.release(err),
+        () => this.#db.release(client),
+        (err: Error) => this.#db.release(client, err),
       );
     }
     this.#inFlightLock = false;

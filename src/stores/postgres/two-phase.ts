@@ -39,6 +39,7 @@ export interface TwoPhaseDatabase {
   readonly name: string;
   query<R extends pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>>;
   connect(): Promise<pg.PoolClient>;
+  release(client: pg.PoolClient, err?: Error): void;
 }
 
 /**
@@ -172,7 +173,7 @@ export class TwoPhase {
       broken ??= err instanceof Error ? err : new Error(String(err));
       throw err;
     } finally {
-      client.release(broken);
+      this.#db.release(client, broken);
     }
   }
 
