@@ -249,7 +249,8 @@ export class Session {
       } else {
         await target.applyAll(changes);
         this.#log[store] ??= [];
-        this.#log[store].push(...changes);
+        const logged = this.#log[store];
+        for (const change of changes) logged.push(change);
       }
     } catch (err) {
       this.#deps.logBudget.release(bytes);

@@ -152,7 +152,7 @@ export class HelperCommittable<Change> implements Committable {
       }
     }
     for (const line of lines) hasher.addLine(line);
-    this.#taken.push(...changes);
+    for (const change of changes) this.#taken.push(change);
   }
 
   /** Makes the session's changes ready to commit; fails now if they cannot. */
