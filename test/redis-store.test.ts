@@ -116,7 +116,8 @@ describe('redis store', () => {
     const session = await begun(store, 'rd-arity', [cmd('SET', 'rd-arity:a', '1'), cmd('SET', 'rd-arity:b')]);
     await assert.rejects(session.prepare(keyBytes('rd-arity')), (e: unknown) => {
       assert.ok(e instanceof ChangeRejectedError);
-      assert.match(e.message, /command 2 \(SET: ERR wrong number of arguments/);
+      assert.match(e.message, /changes\[1\] \(SET: ERR wrong number of arguments/);
+      assert.equal((e.detail.failed as { index: number }[])[0]?.index, 1, 'the detail counts changes as the message does, from 0');
       return true;
     });
     await session.cancel();

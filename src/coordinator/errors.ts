@@ -3,6 +3,7 @@
  * @module
  */
 import { CommitdError, errorMessage, type ErrorCode } from '../errors/catalogue.ts';
+import { SessionSpoiledError } from '../stores/errors.ts';
 
 /** The request names an unknown store, or a change outside its store type's schema. */
 export class InvalidRequestError extends CommitdError {
@@ -103,6 +104,8 @@ const PASSED_THROUGH: ReadonlySet<ErrorCode> = new Set([
  * passing failure worth a retry.
  */
 export function storeError(store: string, err: unknown): Error {
+  // The caller answers for what spoiled the session, not for the spoiling.
+  if (err instanceof SessionSpoiledError) return storeError(store, err.cause);
   if (err instanceof CommitdError) {
     if (err.code === 'CHANGE_REJECTED' || err.code === 'MARKER_CONFLICT') {
       const detail = 'detail' in err && typeof err.detail === 'object' && err.detail !== null ? (err.detail as Record<string, unknown>) : {};

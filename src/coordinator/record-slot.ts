@@ -57,14 +57,21 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
     return this.#revision;
   }
 
-  /** An adopted record holds the key already: the MultiCommitter then recovers. */
+  /**
+   * An adopted record past its commit point holds the key already: the MultiCommitter then
+   * recovers (`beginRecovery`: stores holding the marker skip, a two-phase store commits
+   * what was prepared). An adopted `active` record does not: nothing of it is decided, so
+   * its stores begin afresh and nothing prepared before the crash can commit with the
+   * resumed session (docs/recovery.md, gap 1).
+   */
   async read(): Promise<Uint8Array | undefined> {
-    return this.#start.adopted ? keyBytes(this.#start.key) : undefined;
+    const adopted = this.#start.adopted;
+    return adopted && adopted.record.state !== 'active' ? keyBytes(this.#start.key) : undefined;
   }
 
-  /** Interactive sessions create their record now; one-shot ones at the commit point. */
+  /** Interactive sessions create their record now (an adopted one exists already); one-shot ones at the commit point. */
   async claim(): Promise<void> {
-    if (this.#start.oneShot) return;
+    if (this.#start.oneShot || this.#start.adopted) return;
     await this.#create(this.#newRecord('active', {}));
     await this.#deps.failpoints.fire('begin.afterRecord');
   }

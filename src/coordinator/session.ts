@@ -15,6 +15,7 @@ import { MultiCommitter, compareNames } from '../core/multi-committer.ts';
 import { SessionHasher } from '../core/session-id.ts';
 import { errorMessage } from '../errors/catalogue.ts';
 import type { StoreSession } from '../stores/api.ts';
+import { atChange, SessionSpoiledError } from '../stores/errors.ts';
 import { PayloadTooLargeError, ServiceUnavailableError, storeError } from './errors.ts';
 import type { Failpoints } from './failpoints.ts';
 import type { LogBudget } from './log-budget.ts';
@@ -224,9 +225,11 @@ export class Session {
   }
 
   /**
-   * Step 3: hands changes to one store in order, logs and hashes them. `lines` are the
-   * changes' canonical lines, already checked against the store type. A store that
-   * rejects a change ends the session (before its commit point).
+   * Step 3: hands one request's changes to one store, all or nothing, then logs and hashes
+   * them. `lines` are the changes' canonical lines, already checked against the store type.
+   * A change the store refuses fails the request and leaves the session as it was before
+   * it — store, log and hash (DESIGN step 3) — so the session goes on; only a store that
+   * cannot undo the request (no `applyAll`, or `SessionSpoiledError`) ends the session.
    */
   async apply(store: string, changes: readonly unknown[], lines: readonly string[]): Promise<void> {
     if (!this.acceptsChanges) throw new SessionEndedError(this.key);
@@ -239,10 +242,22 @@ export class Session {
     this.#deps.logBudget.reserve(bytes, `a change to session ${this.key}`);
     this.#heldBytes += bytes;
     this.#lastTouched = Date.now();
+    const target = this.#stores.get(store) as StoreSession;
     try {
-      await this.#stage(store, changes);
+      if (!target.applyAll) {
+        await this.#stage(store, changes);
+      } else {
+        await target.applyAll(changes);
+        this.#log[store] ??= [];
+        const logged = this.#log[store];
+        for (const change of changes) logged.push(change);
+      }
     } catch (err) {
-      return this.#fail(err);
+      this.#deps.logBudget.release(bytes);
+      this.#heldBytes -= bytes;
+      if (!target.applyAll || err instanceof SessionSpoiledError) return this.#fail(storeError(store, err));
+      this.#lastTouched = Date.now();
+      throw storeError(store, err);
     }
     this.#hasher.addLines(store, lines);
     this.#logBytes += bytes;
@@ -326,11 +341,11 @@ export class Session {
     const store = this.#stores.get(storeName) as StoreSession;
     this.#log[storeName] ??= [];
     const logged = this.#log[storeName];
-    for (const change of changes) {
+    for (const [index, change] of changes.entries()) {
       try {
         await store.apply(change);
       } catch (err) {
-        throw storeError(storeName, err);
+        throw storeError(storeName, atChange(err, index));
       }
       logged.push(change);
     }

@@ -14,8 +14,11 @@ export {
   ChangeRejectedError,
   MarkerConflictError,
   MarkerExistsError,
+  SessionSpoiledError,
   StatementTimeoutError,
   StoreUnavailableError,
+  atChange,
+  isConnectionLost,
 } from './errors.ts';
 export { describeKey, fromHex, toHex } from '../core/keys.ts';
 
@@ -40,6 +43,15 @@ export interface StoreContext {
 export interface StoreSession<Change = unknown> extends Committable {
   /** Applies (or buffers) one change, already valid against the type's `changeSchema`. */
   apply(change: Change): Promise<void>;
+  /**
+   * Applies the changes of one `/changes` request all or nothing: when it throws, the
+   * session on this store is as it was before the call and goes on (DESIGN "Session
+   * lifecycle", step 3) — unless it throws `SessionSpoiledError`, which ends the session.
+   * A rejected change is named by its index (`atChange`). Optional: without it, a failed
+   * change ends the session. The committable helper implements it over the driver's
+   * optional `savepoint`/`rollbackToSavepoint`/`releaseSavepoint` and `reopen`.
+   */
+  applyAll?(changes: readonly Change[]): Promise<void>;
   /** Makes the changes ready to commit; fails now if they cannot (before the commit point). */
   prepare(key: Uint8Array): Promise<void>;
   /**

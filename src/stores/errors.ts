@@ -27,11 +27,47 @@ export class StoreUnavailableError extends CommitdError {
   readonly detail: Readonly<Record<string, unknown>>;
   /** Seconds a caller should wait before retrying. */
   readonly retryAfterSeconds = 1;
+  /**
+   * The session's own connection is gone, and the server discarded everything it held for
+   * the session (an open transaction): nothing of it can have committed. A driver with
+   * `reopen` sets it so that the committable helper opens the session again and re-applies
+   * its changes. Never set where the loss may have left work behind (PostgreSQL: once
+   * `PREPARE TRANSACTION` was sent).
+   */
+  readonly connectionLost: boolean;
 
-  constructor(message: string, detail: Readonly<Record<string, unknown>> = {}, options?: { cause?: unknown }) {
+  constructor(message: string, detail: Readonly<Record<string, unknown>> = {}, options?: { cause?: unknown; connectionLost?: boolean }) {
     super('UNAVAILABLE', message, options);
     this.detail = detail;
+    this.connectionLost = options?.connectionLost ?? false;
   }
+}
+
+/** True for a {@link StoreUnavailableError} that says the session's connection was lost (see `connectionLost`). */
+export function isConnectionLost(err: unknown): boolean {
+  return err instanceof StoreUnavailableError && err.connectionLost;
+}
+
+/**
+ * Thrown by `StoreSession.applyAll` when a request's changes failed and the store could not
+ * return to where the session was before them: the session cannot go on and is cancelled.
+ * `cause` is what the caller answers for.
+ */
+export class SessionSpoiledError extends Error {
+  constructor(storeName: string, cause: unknown) {
+    super(`store ${storeName} could not undo a failed request; the session cannot go on`, { cause });
+  }
+}
+
+/**
+ * A rejected change, named by its index: `changes[i]` in the message and `change: i` in the
+ * detail (the problem's member), counted the same way, from 0. A rejection that names its
+ * change already (sqlite at prepare counts the session's changes) is left as it is.
+ */
+export function atChange(err: unknown, index: number): unknown {
+  if (!(err instanceof ChangeRejectedError) || err.detail.change !== undefined) return err;
+  const named = new ChangeRejectedError(`changes[${index}]: ${err.message}`, { ...err.detail, change: index }, { cause: err });
+  return named;
 }
 
 /** Thrown by a driver when the marker for the key is already there (another committer won). */

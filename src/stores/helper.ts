@@ -8,8 +8,8 @@
 import type { Committable } from '../core/committable.ts';
 import { AlreadyCommittedError, NotWritableError } from '../errors/core.ts';
 import { describeKey, sameKey } from '../core/keys.ts';
-import { ChangeHasher } from '../core/session-id.ts';
-import { MarkerConflictError, MarkerExistsError } from './errors.ts';
+import { ChangeHasher, canonicalLine } from '../core/session-id.ts';
+import { atChange, isConnectionLost, MarkerConflictError, MarkerExistsError, SessionSpoiledError, StoreUnavailableError } from './errors.ts';
 
 export { ChangeRejectedError, MarkerConflictError, MarkerExistsError, StoreUnavailableError } from './errors.ts';
 
@@ -35,6 +35,24 @@ export interface StoreDriver<Change> {
   commit(key: Uint8Array, id: Uint8Array): Promise<void>;
   /** Discards everything since `open`. Safe in any state, called at most once per session. */
   rollback(): Promise<void>;
+  /**
+   * Optional, with `rollbackToSavepoint` and `releaseSavepoint`: one request's changes
+   * start. `rollbackToSavepoint` then discards every change applied since (and clears a
+   * failure they caused: the session goes on), `releaseSavepoint` keeps them. PostgreSQL:
+   * `SAVEPOINT`; a buffering driver remembers how much it holds. A driver without them but
+   * with `reopen` is undone by reopening and re-applying the changes before the request;
+   * a driver with neither cannot undo, and a failed request ends its session.
+   */
+  savepoint?(): Promise<void>;
+  rollbackToSavepoint?(): Promise<void>;
+  releaseSavepoint?(): Promise<void>;
+  /**
+   * Optional: opens the session again, as `open` did, after its connection was lost (the
+   * driver threw a `StoreUnavailableError` with `connectionLost`) — what the connection held
+   * is gone. The helper then re-applies every change the session took, in order. Only
+   * before `prepare` succeeded: past it the commit point may be written.
+   */
+  reopen?(key: Uint8Array): Promise<void>;
 }
 
 type Mode = 'idle' | 'writable' | 'prepared' | 'skip';
@@ -56,6 +74,12 @@ export class HelperCommittable<Change> implements Committable {
   /** This session's store ID, fixed at prepare: no change comes after it. */
   #preparedId: Uint8Array | undefined;
   #opened = false;
+  /** The key the session opened under: a lost connection reopens under it. */
+  #key: Uint8Array | undefined;
+  /** Every change the driver holds for this session, in order: re-applied after a reopen. */
+  #taken: Change[] = [];
+  /** The driver's connection was lost: reopen and re-apply before the next step. */
+  #lost = false;
 
   constructor(name: string, driver: StoreDriver<Change>) {
     this.name = name;
@@ -94,8 +118,41 @@ export class HelperCommittable<Change> implements Committable {
     if (this.#mode === 'skip') return;
     if (this.#mode !== 'writable') throw new NotWritableError(`${this.name} is not writable (${this.#mode})`);
     const hasher = this.#hashed();
-    await this.#driver.apply(change);
+    if (this.#lost) await this.#heal();
+    try {
+      await this.#driver.apply(change);
+    } catch (err) {
+      if (isConnectionLost(err)) this.#lost = true;
+      throw err;
+    }
     hasher.add(change);
+    this.#taken.push(change);
+  }
+
+  /**
+   * Applies the changes of one request, all or nothing: when it throws, the session is as
+   * it was before the call (and goes on), unless it throws {@link SessionSpoiledError}. A
+   * rejected change is named by its index in `changes`. A connection lost before or during
+   * the request is reopened and the session's earlier changes re-applied (drivers with
+   * `reopen`), then the request is tried once more; ignored in skip mode.
+   */
+  async applyAll(changes: readonly Change[]): Promise<void> {
+    if (this.#mode === 'skip') return;
+    if (this.#mode !== 'writable') throw new NotWritableError(`${this.name} is not writable (${this.#mode})`);
+    const hasher = this.#hashed();
+    const lines = changes.map((change) => canonicalLine(change));
+    for (let attempt = 1; ; attempt += 1) {
+      if (this.#lost) await this.#heal();
+      try {
+        await this.#applyRequest(changes);
+        break;
+      } catch (err) {
+        // Lost while the request ran: nothing of it stayed; heal and run it once more.
+        if (!isConnectionLost(err) || !this.#lost || attempt >= 2) throw err;
+      }
+    }
+    for (const line of lines) hasher.addLine(line);
+    for (const change of changes) this.#taken.push(change);
   }
 
   /** Makes the session's changes ready to commit; fails now if they cannot. */
@@ -103,7 +160,18 @@ export class HelperCommittable<Change> implements Committable {
     if (this.#mode === 'skip' || this.#mode === 'prepared') return;
     if (this.#mode !== 'writable') throw new NotWritableError(`${this.name} cannot prepare (${this.#mode})`);
     const id = this.#hashed().digest();
-    const skipped = await this.#guardMarker(key, id, () => this.#driver.prepare?.(key, id));
+    let skipped = false;
+    for (let attempt = 1; ; attempt += 1) {
+      if (this.#lost) await this.#heal();
+      try {
+        skipped = await this.#guardMarker(key, id, () => this.#driver.prepare?.(key, id));
+        break;
+      } catch (err) {
+        // Before the commit point, and the driver says nothing of the session survived: again, once.
+        if (!isConnectionLost(err) || !this.#driver.reopen || attempt >= 2) throw err;
+        this.#lost = true;
+      }
+    }
     if (skipped) return;
     this.#preparedId = id;
     this.#mode = 'prepared';
@@ -133,9 +201,81 @@ export class HelperCommittable<Change> implements Committable {
 
   async #open(key: Uint8Array): Promise<void> {
     this.#opened = true;
+    this.#key = key;
     this.#hasher = new ChangeHasher();
     await this.#driver.open(key);
     this.#mode = 'writable';
+  }
+
+  /** Runs one request's changes on the driver; on failure leaves the session as before them, or throws SessionSpoiledError. */
+  async #applyRequest(changes: readonly Change[]): Promise<void> {
+    const driver = this.#driver;
+    const undoable = driver.savepoint && driver.rollbackToSavepoint && driver.releaseSavepoint;
+    if (undoable) await this.#lossAware(() => driver.savepoint?.());
+    try {
+      for (const [index, change] of changes.entries()) {
+        try {
+          await driver.apply(change);
+        } catch (err) {
+          throw atChange(err, index);
+        }
+      }
+    } catch (err) {
+      if (isConnectionLost(err)) {
+        this.#lost = true;
+        if (driver.reopen) throw err;
+      }
+      if (undoable && !this.#lost) await this.#undo(() => driver.rollbackToSavepoint?.(), err);
+      else if (driver.reopen) {
+        this.#lost = true;
+        await this.#heal().catch((healErr: unknown) => {
+          if (healErr instanceof SessionSpoiledError) throw new SessionSpoiledError(this.name, err);
+        });
+      } else throw new SessionSpoiledError(this.name, err);
+      throw err;
+    }
+    if (undoable) await this.#lossAware(() => driver.releaseSavepoint?.());
+  }
+
+  /** Undoes a failed request with `step`; a failing undo spoils the session (unless the connection went: a reopen heals it). */
+  async #undo(step: () => Promise<void> | undefined, cause: unknown): Promise<void> {
+    try {
+      await step();
+    } catch (err) {
+      if (isConnectionLost(err) && this.#driver.reopen) {
+        this.#lost = true;
+        return;
+      }
+      throw new SessionSpoiledError(this.name, cause);
+    }
+  }
+
+  /** Runs a driver step; a lost connection marks the session for healing. */
+  async #lossAware(step: () => Promise<void> | undefined): Promise<void> {
+    try {
+      await step();
+    } catch (err) {
+      if (isConnectionLost(err)) this.#lost = true;
+      throw err;
+    }
+  }
+
+  /**
+   * The session's connection was lost: reopens it and re-applies every change taken, in
+   * order. While the store stays out of reach it throws that (`503`) and stays lost, so
+   * the next step tries again; a re-applied change the store now refuses spoils the session.
+   */
+  async #heal(): Promise<void> {
+    const driver = this.#driver;
+    if (!driver.reopen || !this.#key) throw new SessionSpoiledError(this.name, new StoreUnavailableError(`${this.name} lost the session's connection`));
+    try {
+      await driver.reopen(this.#key);
+      for (const change of this.#taken) await driver.apply(change);
+    } catch (err) {
+      if (err instanceof StoreUnavailableError) throw err;
+      throw new SessionSpoiledError(this.name, err);
+    }
+    this.#lost = false;
   }
 
   /**
@@ -170,6 +310,9 @@ export class HelperCommittable<Change> implements Committable {
   }
 
   #reset(): void {
+    this.#taken = [];
+    this.#lost = false;
+    this.#key = undefined;
     this.#mode = 'idle';
     this.#hasher = undefined;
     this.#storedId = undefined;

@@ -177,6 +177,24 @@ class EtcdDriver implements StoreDriver<EtcdChange> {
     this.#changes = new Map();
   }
 
+  /** The changes as they were when the current request started (copied: a later change of a key replaces its entry). */
+  #saved: Map<string, EtcdChange> | undefined;
+
+  /** One request's changes start (they are only buffered until commit). */
+  async savepoint(): Promise<void> {
+    this.#saved = new Map(this.#changes);
+  }
+
+  /** The request failed: back to the changes before it. */
+  async rollbackToSavepoint(): Promise<void> {
+    if (this.#saved) this.#changes = this.#saved;
+    this.#saved = undefined;
+  }
+
+  async releaseSavepoint(): Promise<void> {
+    this.#saved = undefined;
+  }
+
   async apply(change: EtcdChange): Promise<void> {
     // etcd keys are plain bytes (no `..`, no normalisation) and every op is one key under the
     // namespace (no ranges), so a key starting with the reserved prefix is the only way in.

@@ -44,6 +44,8 @@ export class PostgresDatabase {
   readonly #connectionString: string;
   #twoPhase: TwoPhase | undefined;
   #markerTable: Promise<void> | undefined;
+  /** Connections handed out by `connect` and not released yet. */
+  readonly #held = new Set<pg.PoolClient>();
 
   private constructor(name: string, pool: pg.Pool, statementTimeoutMs: number, connectionString: string) {
     this.name = name;
@@ -108,13 +110,22 @@ export class PostgresDatabase {
     }
   }
 
-  /** A connection of its own, for one session. */
+  /** A connection of its own, for one session (hand it back with {@link release}). */
   async connect(): Promise<pg.PoolClient> {
+    let client: pg.PoolClient;
     try {
-      return await this.pool.connect();
+      client = await this.pool.connect();
     } catch (err) {
       throw this.unavailable(err, 'connect');
     }
+    this.#held.add(client);
+    return client;
+  }
+
+  /** Back to the pool, or closed with `err` (pg destroys a client released with an error). */
+  release(client: pg.PoolClient, err?: Error): void {
+    if (!this.#held.delete(client)) return;
+    client.release(err);
   }
 
   /** Creates the marker table once per store; concurrent creators (other instances) are fine. */
@@ -144,6 +155,9 @@ export class PostgresDatabase {
   }
 
   async close(): Promise<void> {
+    // A session still holding its connection (two-phase: kept past PREPARE TRANSACTION for
+    // its in-flight lock) is abandoned as a crash would abandon it; the pool would wait for it.
+    for (const client of [...this.#held]) this.release(client, new Error(`postgres store ${this.name} is closing`));
     await this.pool.end();
   }
 }

@@ -13,7 +13,10 @@ import { HelperCommittable, type StoreDriver } from '../helper.ts';
 import type { PostgresDatabase } from './database.ts';
 import { checkChange } from './guard.ts';
 import { extendedQuery, isConnectionFailure, isTransientSqlstate, markerKeyText, QUERY_CANCELED, sqlstateOf, type PostgresChange } from './statements.ts';
-import { PreparedTransactionPendingError, TWO_PHASE_MAX_KEY_BYTES, type TwoPhase } from './two-phase.ts';
+import { IN_FLIGHT_LOCK, IN_FLIGHT_UNLOCK, inFlightLockParams, PreparedTransactionPendingError, TWO_PHASE_MAX_KEY_BYTES, type TwoPhase } from './two-phase.ts';
+
+/** The savepoint a request's changes run under (one request at a time per session). */
+const REQUEST_SAVEPOINT = 'commitd_request';
 
 /** The earlier statement failure that aborted a session's transaction. */
 interface Rejection {
@@ -37,6 +40,8 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
   /** Two-phase: the gid, and whether PREPARE TRANSACTION was sent (it may have succeeded even if the reply was lost). */
   #gid: string | undefined;
   #prepareSent = false;
+  /** Two-phase: this session's connection holds the gid's in-flight lock. */
+  #inFlightLock = false;
   /** Past `commit`, a cancel must leave a prepared transaction to the adopter, not roll it back. */
   #commitAttempted = false;
 
@@ -70,7 +75,36 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
     const client = await this.#db.connect();
     client.on('error', this.#onClientError);
     this.#client = client;
+    // Two-phase: the in-flight lock (two-phase.ts), held by this connection until the prepared
+    // transaction is finished. Not taken: another session of the key holds it, which covers the gid too.
+    if (this.#gid) this.#inFlightLock = (await this.#run(IN_FLIGHT_LOCK, inFlightLockParams(this.#gid))).rows[0]?.locked === true;
     await this.#run('BEGIN');
+  }
+
+  /** After a lost connection (`connectionLost`): a new connection and transaction, as `open` made; the helper re-applies the changes. */
+  async reopen(key: Uint8Array): Promise<void> {
+    await this.open(key);
+  }
+
+  /** One request's changes start: commitd's own savepoint, which no change can name (the guard refuses transaction statements). */
+  async savepoint(): Promise<void> {
+    await this.#run(`SAVEPOINT ${REQUEST_SAVEPOINT}`);
+  }
+
+  /** A request failed: back to its savepoint; the transaction goes on as before it. */
+  async rollbackToSavepoint(): Promise<void> {
+    if (this.#lost !== undefined) throw this.#lostError();
+    const client = this.#usableClientEvenIfAborted();
+    try {
+      await client.query(`ROLLBACK TO SAVEPOINT ${REQUEST_SAVEPOINT}`);
+    } catch (err) {
+      throw this.#failure(err, 'rollback to savepoint');
+    }
+    this.#rejected = undefined;
+  }
+
+  async releaseSavepoint(): Promise<void> {
+    await this.#run(`RELEASE SAVEPOINT ${REQUEST_SAVEPOINT}`);
   }
 
   async apply(change: PostgresChange): Promise<void> {
@@ -104,14 +138,20 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
       if (this.#lost === undefined) this.#prepareSent = false;
       throw err;
     }
-    // The prepared transaction no longer needs the connection.
-    this.#releaseClient();
+    // The prepared transaction no longer needs the connection; its in-flight lock does, so
+    // the connection is kept (idle, outside any transaction) until commit or rollback.
   }
 
   async commit(key: Uint8Array, id: Uint8Array): Promise<void> {
     if (!this.#markerWritten) await this.prepare(key, id);
     this.#commitAttempted = true;
-    if (this.#twoPhase && this.#gid) return this.#commitPrepared(this.#twoPhase, key, id, this.#gid);
+    if (this.#twoPhase && this.#gid) {
+      try {
+        return await this.#commitPrepared(this.#twoPhase, key, id, this.#gid);
+      } finally {
+        this.#releaseClient();
+      }
+    }
     let result: pg.QueryResult;
     try {
       result = await this.#run('COMMIT');
@@ -130,11 +170,12 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
   async rollback(): Promise<void> {
     try {
       // Straight on the client: #run would refuse an aborted transaction, which is what ROLLBACK ends.
-      if (this.#client && this.#lost === undefined) await this.#client.query('ROLLBACK').catch(() => undefined);
+      if (this.#client && this.#lost === undefined && this.#client.getTransactionStatus() !== 'I') await this.#client.query('ROLLBACK').catch(() => undefined);
+      // Before the in-flight lock goes with the connection.
+      if (this.#twoPhase && this.#gid && this.#prepareSent && !this.#commitAttempted) await this.#twoPhase.rollbackPrepared(this.#gid);
     } finally {
       this.#releaseClient();
     }
-    if (this.#twoPhase && this.#gid && this.#prepareSent && !this.#commitAttempted) await this.#twoPhase.rollbackPrepared(this.#gid);
     this.#resetState();
   }
 
@@ -164,10 +205,10 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
   }
 
   /** Runs one of commitd's own statements on the session's connection. */
-  async #run(sql: string): Promise<pg.QueryResult> {
+  async #run(sql: string, params?: unknown[]): Promise<pg.QueryResult> {
     const client = this.#usableClient();
     try {
-      return await client.query(sql);
+      return await client.query(sql, params);
     } catch (err) {
       throw this.#failure(err, sql.split(' ')[0]?.toLowerCase() ?? 'query');
     }
@@ -182,6 +223,11 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
         { sqlstate: '25P02', message: 'current transaction is aborted', cause: { ...this.#rejected } },
       );
     }
+    return this.#usableClientEvenIfAborted();
+  }
+
+  /** The session's client, even inside a transaction an earlier change aborted. */
+  #usableClientEvenIfAborted(): pg.PoolClient {
     if (!this.#client) throw new Error(`postgres store ${this.#db.name}: the session holds no connection (not begun, or already finished)`);
     return this.#client;
   }
@@ -209,9 +255,13 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
   #lostError(): StoreUnavailableError {
     const sqlstate = sqlstateOf(this.#lost);
     const reason = this.#db.redact(errorMessage(this.#lost)) + (sqlstate ? ` [${sqlstate}]` : '');
+    // Once PREPARE TRANSACTION was sent the work may outlive the connection: not reopenable.
+    const reopenable = !this.#prepareSent && !this.#commitAttempted;
     return new StoreUnavailableError(
-      `postgres store ${this.#db.name} lost the session's connection (${reason}); the server rolled back its open transaction — retry the session`,
+      `postgres store ${this.#db.name} lost the session's connection (${reason}); the server rolled back its open transaction` +
+        (reopenable ? "; commitd opens a new one and applies the session's changes again — retry the request" : ' — retry the session'),
       { sqlstate },
+      { connectionLost: reopenable },
     );
   }
 
@@ -222,7 +272,17 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
     this.#client = undefined;
     client.removeListener('error', this.#onClientError);
     const broken = this.#lost !== undefined || client.getTransactionStatus() !== 'I';
-    client.release(broken ? new Error('session connection not reusable') : undefined);
+    const gid = this.#gid;
+    if (broken || !this.#inFlightLock || !gid) {
+      this.#db.release(client, broken ? new Error('session connection not reusable') : undefined);
+    } else {
+      // Back to the pool once the lock is released; a connection that cannot release it is closed (which does).
+      client.query(IN_FLIGHT_UNLOCK, inFlightLockParams(gid)).then(
+        () => this.#db.release(client),
+        (err: Error) => this.#db.release(client, err),
+      );
+    }
+    this.#inFlightLock = false;
   }
 
   #resetState(): void {

@@ -130,6 +130,10 @@ const DENIED_FUNCTIONS = new Set([
   'pg_advisory_lock_shared',
   'pg_try_advisory_lock',
   'pg_try_advisory_lock_shared',
+  // Session-level unlocks would release commitd's in-flight lock of two-phase mode (two-phase.ts).
+  'pg_advisory_unlock',
+  'pg_advisory_unlock_shared',
+  'pg_advisory_unlock_all',
 ]);
 
 type Node = Record<string, unknown>;

@@ -34,11 +34,26 @@ export class PreparedTransactionPendingError extends CommitdError {
   }
 }
 
-/** What two-phase mode runs its statements through: the store's pool (autocommit). */
+/** What two-phase mode runs its statements through: the store's pool (autocommit), and a connection of its own for the in-flight lock. */
 export interface TwoPhaseDatabase {
   readonly name: string;
   query<R extends pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>>;
+  connect(): Promise<pg.PoolClient>;
+  release(client: pg.PoolClient, err?: Error): void;
 }
+
+/**
+ * The in-flight lock (docs/recovery.md, gap 2): a session-level advisory lock per gid, held
+ * by the connection of the session that may prepare the gid, from `open` until its prepared
+ * transaction is finished. A live session holds it — even between PREPARE TRANSACTION and
+ * its commit point, when a one-shot has no session record yet — so `resolveOrphans` leaves
+ * its transaction alone; a session whose process died lost its connection, and the lock
+ * with it. Two-key form (class, hashtext(gid)); changes cannot unlock it (guard.ts).
+ */
+const IN_FLIGHT_LOCK_CLASS = 0x636d7464; // 'cmtd'
+export const IN_FLIGHT_LOCK = 'SELECT pg_try_advisory_lock($1::int, hashtext($2)) AS locked';
+export const IN_FLIGHT_UNLOCK = 'SELECT pg_advisory_unlock($1::int, hashtext($2))';
+export const inFlightLockParams = (gid: string): unknown[] => [IN_FLIGHT_LOCK_CLASS, gid];
 
 /** The prepared transactions of one marker table. */
 export class TwoPhase {
@@ -119,10 +134,13 @@ export class TwoPhase {
       const key = this.keyOfGid(gid);
       if (!key) continue;
       try {
-        const decision = await decide(key);
-        if (decision === 'commit') await this.commitPrepared(gid);
-        else if (decision === 'rollback') await this.rollbackPrepared(gid);
-        if (decision !== 'keep') logger.info({ key: describeKey(key), gid, decision }, 'resolved a prepared transaction');
+        const unclaimed = await this.#unclaimed(gid, async () => {
+          const decision = await decide(key);
+          if (decision === 'commit') await this.commitPrepared(gid);
+          else if (decision === 'rollback') await this.rollbackPrepared(gid);
+          if (decision !== 'keep') logger.info({ key: describeKey(key), gid, decision }, 'resolved a prepared transaction');
+        });
+        if (!unclaimed) logger.debug({ key: describeKey(key), gid }, 'prepared transaction in flight on a live connection: kept');
       } catch (err) {
         logger.warn({ key: describeKey(key), gid, error: errorMessage(err) }, 'could not resolve a prepared transaction');
         failures.push(err);
@@ -131,6 +149,32 @@ export class TwoPhase {
     if (failures.length === 1) throw failures[0];
     if (failures.length > 1)
       throw new AggregateError(failures, `postgres store ${this.#db.name}: ${failures.length} prepared transactions could not be resolved`);
+  }
+
+  /**
+   * Runs `work` while holding `gid`'s in-flight lock, on a connection of its own; false,
+   * without running it, when a live session holds the lock (its transaction is in flight).
+   */
+  async #unclaimed(gid: string, work: () => Promise<void>): Promise<boolean> {
+    const client = await this.#db.connect();
+    let broken: Error | undefined;
+    try {
+      const { rows } = await client.query<{ locked: boolean }>(IN_FLIGHT_LOCK, inFlightLockParams(gid));
+      if (!rows[0]?.locked) return false;
+      try {
+        await work();
+      } finally {
+        await client.query(IN_FLIGHT_UNLOCK, inFlightLockParams(gid)).catch((err: Error) => {
+          broken = err;
+        });
+      }
+      return true;
+    } catch (err) {
+      broken ??= err instanceof Error ? err : new Error(String(err));
+      throw err;
+    } finally {
+      this.#db.release(client, broken);
+    }
   }
 
   async #finishPrepared(verb: 'COMMIT' | 'ROLLBACK', gid: string): Promise<boolean> {

@@ -285,6 +285,23 @@ class RedisDriver implements StoreDriver<RedisChange> {
     this.#commands = [];
   }
 
+  /** How many commands the session held when its current request started. */
+  #saved = 0;
+
+  /** One request's commands start (they are only buffered: nothing reached Redis yet). */
+  async savepoint(): Promise<void> {
+    this.#saved = this.#commands.length;
+  }
+
+  /** The request failed: drop the commands it added. */
+  async rollbackToSavepoint(): Promise<void> {
+    this.#commands.length = Math.min(this.#saved, this.#commands.length);
+  }
+
+  async releaseSavepoint(): Promise<void> {
+    this.#saved = this.#commands.length;
+  }
+
   async apply(change: RedisChange): Promise<void> {
     const [name] = change.command;
     if (typeof name !== 'string' || !REDIS_WRITE_COMMANDS.has(name.toUpperCase())) {
@@ -394,7 +411,7 @@ class RedisDriver implements StoreDriver<RedisChange> {
 }
 
 function describeFailures(failures: readonly CommandFailure[]): string {
-  return failures.map((failure) => `command ${failure.index + 1} (${failure.command}: ${failure.message})`).join(', ');
+  return failures.map((failure) => `changes[${failure.index}] (${failure.command}: ${failure.message})`).join(', ');
 }
 
 /** The store's `url` is not a Redis URL (ioredis would take "notaurl" for a host name and retry forever). */

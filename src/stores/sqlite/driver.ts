@@ -33,6 +33,23 @@ export class SqliteDriver implements StoreDriver<SqliteChange> {
     this.#statements = [];
   }
 
+  /** How many statements the session held when its current request started. */
+  #saved = 0;
+
+  /** One request's changes start. */
+  async savepoint(): Promise<void> {
+    this.#saved = this.#statements.length;
+  }
+
+  /** The request failed: drop the statements it added (nothing ran yet: they run at prepare). */
+  async rollbackToSavepoint(): Promise<void> {
+    this.#statements.length = Math.min(this.#saved, this.#statements.length);
+  }
+
+  async releaseSavepoint(): Promise<void> {
+    this.#saved = this.#statements.length;
+  }
+
   /** Compiles and checks the change now, so a bad statement fails at apply, not at commit. */
   async apply(change: SqliteChange): Promise<void> {
     const afterSchemaChange = this.#statements.some((checked) => checked.changesSchema);

@@ -14,7 +14,7 @@ export type DriverCall = { readonly id: number; readonly session: number } & (
   | { readonly method: 'open'; readonly args: [] }
   | { readonly method: 'apply'; readonly args: [SqliteChange] }
   | { readonly method: 'prepare' | 'commit'; readonly args: [Uint8Array, Uint8Array] }
-  | { readonly method: 'decide' | 'rollback' | 'close'; readonly args: [] }
+  | { readonly method: 'decide' | 'rollback' | 'close' | 'savepoint' | 'rollbackToSavepoint' | 'releaseSavepoint'; readonly args: [] }
 );
 
 /** The answer to call `id` (0: the thread's start-up). */

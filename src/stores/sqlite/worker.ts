@@ -36,6 +36,12 @@ async function serve(db: SqliteDatabase, markers: SqliteDriver, call: DriverCall
       return driver.open();
     case 'apply':
       return driver.apply(call.args[0]);
+    case 'savepoint':
+      return driver.savepoint();
+    case 'rollbackToSavepoint':
+      return driver.rollbackToSavepoint();
+    case 'releaseSavepoint':
+      return driver.releaseSavepoint();
     case 'prepare':
       return driver.prepare(call.args[0], call.args[1]);
     case 'decide':
