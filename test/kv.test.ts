@@ -378,7 +378,11 @@ for (const backend of [etcdBackend, sqliteBackend]) {
       const writes = 48;
       const outcomes = await Promise.allSettled(
         Array.from({ length: writes }, (_, i) => {
-          if (i % 8 === 3) return kv.txn([{ type: 'check', key: 'results/taken', exists: false }, { type: 'create', key: `sessions/x${i}`, value: 'c' }]);
+          if (i % 8 === 3)
+            return kv.txn([
+              { type: 'check', key: 'results/taken', exists: false },
+              { type: 'create', key: `sessions/x${i}`, value: 'c' },
+            ]);
           if (i % 8 === 5) return kv.update('sessions/moved', `lost ${i}`, stale);
           if (i % 8 === 7) return kv.create('results/taken', `again ${i}`);
           return kv.txn([
