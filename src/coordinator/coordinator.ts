@@ -194,6 +194,7 @@ export class Coordinator implements SessionCoordinator {
     const session = this.#table.owned(key);
     if (!session || session.oneShot) return this.#answers.commit(key);
     return session.run(async () => {
+      if (session.committedResult) return committedView(key, session.committedResult);
       if (!session.open) return this.#answers.commit(key);
       // DESIGN "The boundary" 6: the session stays open, changes may still come.
       if (session.acceptsChanges && !session.hasChanges) {
@@ -252,6 +253,7 @@ export class Coordinator implements SessionCoordinator {
 
   async get(key: string): Promise<SessionView | undefined> {
     const session = this.#table.owned(key);
+    if (session?.committedResult) return committedView(key, session.committedResult);
     if (session) return { key, state: session.state, stores: session.storeNames, owner: this.instanceId, startedAt: session.startedAt };
     const { record, result } = await readKey(this.#kv, key);
     if (result) return committedView(key, result);
@@ -329,9 +331,12 @@ export class Coordinator implements SessionCoordinator {
     this.#table.close();
     for (const timer of this.#timers) clearInterval(timer);
     const pending = this.#table.values().map((session) =>
-      session.run(async () => {
-        if (session.acceptsChanges) await session.cancel('shutdown');
-      }),
+      session
+        .run(async () => {
+          if (session.acceptsChanges) await session.cancel('shutdown');
+        })
+        // A committed session's result may still be on its way to the KV.
+        .then(() => session.ended),
     );
     const deadline = new Promise<void>((resolve) => setTimeout(resolve, timeoutMs).unref());
     await Promise.race([Promise.allSettled(pending), deadline]);
