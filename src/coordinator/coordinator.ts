@@ -158,6 +158,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async begin(key: string, stores?: readonly string[]): Promise<ActiveView | CommittedView> {
+    await this.#landed(key);
     const names = this.#resolveStores(stores);
     this.#table.assertFree(key);
     const session = this.#table.open({ key, names, oneShot: false, recoverOnInterrupt: true });
@@ -173,6 +174,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async apply(key: string, store: string, changes: readonly unknown[]): Promise<{ key: string; store: string; applied: number }> {
+    await this.#landed(key);
     const session = this.#table.owned(key);
     if (!session || session.oneShot) throw await this.#answers.notOpen(key);
     if (!session.storeNames.includes(store)) {
@@ -191,10 +193,10 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async commit(key: string): Promise<CommittedView> {
+    await this.#landed(key);
     const session = this.#table.owned(key);
     if (!session || session.oneShot) return this.#answers.commit(key);
     return session.run(async () => {
-      if (session.committedResult) return committedView(key, session.committedResult);
       if (!session.open) return this.#answers.commit(key);
       // DESIGN "The boundary" 6: the session stays open, changes may still come.
       if (session.acceptsChanges && !session.hasChanges) {
@@ -205,6 +207,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async cancel(key: string): Promise<{ key: string; state: 'cancelled' }> {
+    await this.#landed(key);
     const session = this.#table.owned(key);
     if (!session) return this.#answers.cancel(key);
     return session.run(async () => {
@@ -228,6 +231,7 @@ export class Coordinator implements SessionCoordinator {
     }
     if (bytes > this.#maxLogBytes) throw new PayloadTooLargeError(`the changes exceed the change log limit of ${this.#maxLogBytes} bytes`);
     const sessionId = hasher.sessionIdHex();
+    await this.#landed(key);
     const running = this.#table.owned(key);
     if (running?.oneShot && running.sessionId === sessionId) {
       // A retry while the first attempt, or the recovery rolling it forward, still runs
@@ -252,8 +256,8 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async get(key: string): Promise<SessionView | undefined> {
+    await this.#landed(key);
     const session = this.#table.owned(key);
-    if (session?.committedResult) return committedView(key, session.committedResult);
     if (session) return { key, state: session.state, stores: session.storeNames, owner: this.instanceId, startedAt: session.startedAt };
     const { record, result } = await readKey(this.#kv, key);
     if (result) return committedView(key, result);
@@ -342,6 +346,16 @@ export class Coordinator implements SessionCoordinator {
     await Promise.race([Promise.allSettled(pending), deadline]);
     await Promise.race([this.#recovery.close(), deadline]);
     await this.#instance.stop();
+  }
+
+  /**
+   * A commit answered before its result record landed (`RecordSlot.release`) keeps its
+   * session here until it has: a request for that key waits for it, so it sees the KV as
+   * the answer left it (the result written, the record gone).
+   */
+  async #landed(key: string): Promise<void> {
+    const session = this.#table.owned(key);
+    if (session?.committedResult) await session.ended;
   }
 
   /** Steps 4a–4e for a session this instance drives; the caller holds the session's turn. */
