@@ -28,6 +28,8 @@ export interface SqliteKvOptions {
   readonly sweepIntervalMs?: number;
   /** Called once per operation; `ok` is false only when the database did not answer. */
   readonly onOperation?: (op: SqliteKvOperation, durationMs: number, ok: boolean) => void;
+  /** Most writes in one SQLite transaction (group commit; default 256, `1`: each write alone). */
+  readonly maxGroup?: number;
 }
 
 const DEFAULT_TIMEOUT_MS = 5000;
@@ -106,7 +108,7 @@ interface PendingWrite {
 }
 
 /** Most writes in one SQLite transaction; the rest wait for the next turn of the event loop. */
-const MAX_GROUP = 256;
+const DEFAULT_MAX_GROUP = 256;
 
 /**
  * KV in one SQLite file. Methods return promises for the contract's sake; the work is
@@ -125,6 +127,7 @@ export class SqliteKv implements Kv {
   /** The same wrapper nested in a group's transaction: a SAVEPOINT per write. */
   private readonly inSavepoint: Database.Transaction<(work: (now: number) => unknown, now: number) => unknown>;
   private pending: PendingWrite[] = [];
+  private readonly maxGroup: number;
 
   constructor(options: SqliteKvOptions) {
     mkdirSync(dirname(options.path), { recursive: true });
@@ -139,6 +142,7 @@ export class SqliteKv implements Kv {
     this.inTransaction = this.db.transaction((work: (now: number) => unknown) => work(Date.now()));
     this.inSavepoint = this.db.transaction((work: (now: number) => unknown, now: number) => work(now));
     this.onOperation = options.onOperation;
+    this.maxGroup = Math.max(1, options.maxGroup ?? DEFAULT_MAX_GROUP);
     this.sweepTimer = setInterval(() => this.sweep(), options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS);
     this.sweepTimer.unref();
   }
@@ -269,7 +273,7 @@ export class SqliteKv implements Kv {
   }
 
   private readonly flushGroup = (): void => {
-    const group = this.pending.splice(0, MAX_GROUP);
+    const group = this.pending.splice(0, this.maxGroup);
     if (this.pending.length > 0) setImmediate(this.flushGroup);
     const settled: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
     const startedAt = performance.now();
