@@ -21,14 +21,10 @@ export class SqliteThread {
   #nextCall = 1;
   #nextSession = 1;
   #exited: Error | undefined;
-  /** Calls not sent yet: every call of one turn of the event loop leaves in one message. */
-  #outbox: DriverCall[] = [];
 
   private constructor(worker: Worker) {
     this.#worker = worker;
-    worker.on('message', (replies: DriverReply[]) => {
-      for (const reply of replies) this.#settle(reply);
-    });
+    worker.on('message', (reply: DriverReply) => this.#settle(reply));
     worker.on('error', (err) => this.#fail(err));
     worker.on('exit', (code) => this.#fail(new Error(`the sqlite store's thread exited (code ${code})`)));
   }
@@ -78,22 +74,9 @@ export class SqliteThread {
     const id = this.#nextCall++;
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
-      if (this.#outbox.length === 0) setImmediate(this.#flush);
-      this.#outbox.push({ id, session, method, args } as DriverCall);
+      this.#worker.postMessage({ id, session, method, args } as DriverCall);
     });
   }
-
-  /**
-   * One message per turn: each message costs a structured clone and a wake-up of the other
-   * thread, which showed as the largest frame (`postMessage`) in profiles with many sessions
-   * in flight; the sessions' calls of one turn, and the replies they wake, travel together.
-   */
-  readonly #flush = (): void => {
-    const calls = this.#outbox;
-    this.#outbox = [];
-    if (this.#exited) for (const call of calls) this.#settle({ id: call.id, error: { name: 'Error', message: this.#exited.message } });
-    else this.#worker.postMessage(calls);
-  };
 
   #settle(reply: DriverReply): void {
     const pending = this.#pending.get(reply.id);

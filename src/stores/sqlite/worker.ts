@@ -55,33 +55,19 @@ async function serve(db: SqliteDatabase, markers: SqliteDriver, call: DriverCall
   }
 }
 
-/** Replies not sent yet: the replies of one turn of this thread's loop leave in one message. */
-let outbox: DriverReply[] = [];
-function reply(answer: DriverReply): void {
-  if (outbox.length === 0) setImmediate(flush);
-  outbox.push(answer);
-}
-function flush(): void {
-  const replies = outbox;
-  outbox = [];
-  port?.postMessage(replies);
-}
-
 try {
   const db = await SqliteDatabase.open(workerData as SqliteOptions);
   const markers = new SqliteDriver(db);
-  port.on('message', (calls: DriverCall[]) => {
-    for (const call of calls) {
-      const answered = serve(db, markers, call).then(
-        (value) => reply({ id: call.id, value }),
-        (err: unknown) => reply({ id: call.id, error: serializeError(err) }),
-      );
-      if (call.method === 'close') continue;
-      inFlight.add(answered);
-      void answered.finally(() => inFlight.delete(answered));
-    }
+  port.on('message', (call: DriverCall) => {
+    const answered = serve(db, markers, call).then(
+      (value) => port.postMessage({ id: call.id, value } satisfies DriverReply),
+      (err: unknown) => port.postMessage({ id: call.id, error: serializeError(err) } satisfies DriverReply),
+    );
+    if (call.method === 'close') return;
+    inFlight.add(answered);
+    void answered.finally(() => inFlight.delete(answered));
   });
-  reply({ id: 0, value: 'ready' });
+  port.postMessage({ id: 0, value: 'ready' } satisfies DriverReply);
 } catch (err) {
-  reply({ id: 0, error: serializeError(err) });
+  port.postMessage({ id: 0, error: serializeError(err) } satisfies DriverReply);
 }
