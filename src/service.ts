@@ -82,6 +82,8 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
     for (const definition of options.stores) await registry.add(definition, storeContext(definition.name));
     const coordinator = new Coordinator({
       kv,
+      // One instance owns the embedded KV: nobody else can see a result that has not landed.
+      earlyReply: kv instanceof SqliteKv,
       stores: {
         get: (name) => registry.get(name),
         list: () => registry.list(),

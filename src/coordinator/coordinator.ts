@@ -54,6 +54,12 @@ export interface CoordinatorOptions {
   readonly metrics?: Metrics;
   readonly failpoints?: Failpoints;
   readonly retentionSeconds?: number;
+  /**
+   * Answer a commit once every store committed, before its result lands in the KV
+   * (`RecordSlot.release`). Only where no other instance can read the KV meanwhile (the
+   * embedded KV): another instance would see the `committing` record and answer busy.
+   */
+  readonly earlyReply?: boolean;
   readonly idleTimeoutMs?: number;
   readonly maxOpenSessions?: number;
   readonly leaseTtlSeconds?: number;
@@ -111,6 +117,7 @@ export class Coordinator implements SessionCoordinator {
         failpoints,
         instanceId: options.instanceId,
         retentionSeconds: settings.retentionSeconds,
+        earlyReply: options.earlyReply ?? false,
         logger: this.#logger,
         maxLogBytes: this.#maxLogBytes,
         logBudget: this.#logBudget,

@@ -18,6 +18,8 @@ export interface RecordDeps {
   readonly failpoints: Failpoints;
   readonly instanceId: string;
   readonly retentionSeconds: number;
+  /** Answer before the result write lands (single instance only: see `CoordinatorOptions.earlyReply`). */
+  readonly earlyReply?: boolean;
 }
 
 /** The record was created by someone else (another request, another instance) before ours. */
@@ -97,8 +99,9 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
 
   /**
    * Step 4d: write the result and delete the session record in one transaction. Every store
-   * has committed, so the answer is already certain: the returned result does not wait for
-   * the write (see {@link resultWritten}), which takes one KV round trip off the reply. A
+   * has committed, so the answer is already certain: with `earlyReply` (the embedded KV, one
+   * instance) the returned result does not wait for the write (see {@link resultWritten}),
+   * which takes one KV round trip off the reply. A
    * retry meanwhile finds the session still open here and waits for the write; a crash
    * before it lands leaves the `committing` record, whose roll-forward writes the same
    * result (the stores hold their markers and return the same IDs).
@@ -111,8 +114,9 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
       committedAt: new Date().toISOString(),
     };
     this.#resultWritten = this.#writeResult(value);
+    if (!this.#deps.earlyReply) await this.#resultWritten;
     // Observed by the session; a failure is its to report.
-    this.#resultWritten.catch(() => undefined);
+    else this.#resultWritten.catch(() => undefined);
     return value;
   }
 
