@@ -28,21 +28,26 @@ import { EtcdKv } from '../src/kv/etcd.ts';
 import { SqliteKv } from '../src/kv/sqlite.ts';
 import { startEtcd, type EtcdServer } from '../test/harness/etcd.ts';
 import { KeepAliveClient } from './client.ts';
-import { Floor, type FloorOrder } from './floor.ts';
+import { Floor } from './floor.ts';
 import { benchHashing, hashingSink, type HashingResult } from './hashing.ts';
 import { quantile, runClosedLoop, runCount, type LoadResult } from './load.ts';
 import { profileClockUs, summariseProfile, type ProfileSummary } from './profile.ts';
 import { startCommitd, type CommitdProcess } from './server.ts';
+import { chartSvg, type ChartPoint } from './chart.ts';
+import { ServicesFloor, serviceBody, serviceStoreDefinitions, startServices, type Services } from './services.ts';
 import { STORE_NAMES, createStoreFile, keyOf, oneShotBody, payloadOf } from './workload.ts';
 
 type Mode = 'etcd' | 'embedded';
 type Medium = 'disk' | 'tmpfs';
+/** What a session writes: two sqlite stores, or a PostgreSQL and a Redis store. */
+type Workload = 'sqlite' | 'services';
 
 /** One KV mode with its data (store files, embedded KV) on one medium. */
 interface Pass {
   readonly name: string;
   readonly mode: Mode;
   readonly medium: Medium;
+  readonly workload?: Workload;
 }
 
 const env = process.env;
@@ -64,6 +69,13 @@ const settings = {
   profileConcurrency: Number(env.BENCH_PROFILE_CONCURRENCY ?? 16),
   profileSeconds: 10,
   hashingPayloads: [100, 10_000, 1_000_000],
+  /** The realistic pass (etcd KV, a PostgreSQL and a Redis store); "0" skips it. */
+  services: env.BENCH_SERVICES !== '0',
+  /** Concurrencies of the two-instance cell (two commitd on one etcd); "" skips it. */
+  twoInstances: list(env.BENCH_TWO_INSTANCES ?? '64').map(Number),
+  /** A checkout of the code to compare against (A/B in the same run), e.g. a `git worktree`. */
+  baseline: env.BENCH_BASELINE,
+  chart: env.BENCH_CHART ?? new URL('../docs/performance.svg', import.meta.url).pathname,
   out: env.BENCH_OUT ?? new URL('./results.json', import.meta.url).pathname,
 };
 
@@ -125,6 +137,8 @@ interface Cell {
   readonly errors: number;
   /** Each round's sessions/s, in order: floor, floorHeld, commitd. */
   readonly rounds: readonly (readonly [number, number, number])[];
+  /** The baseline code (`BENCH_BASELINE`), run in the same rounds: sessions/s, p99, CPU µs. */
+  readonly baseline?: { readonly perSecond: number; readonly p99: number; readonly cpuUs: number; readonly ratio: number; readonly vsBaseline: number };
 }
 
 interface PassResult {
@@ -157,9 +171,10 @@ function perSession(before: Map<string, number>, after: Map<string, number>, ses
 function openFloorKv(mode: Mode, etcd: EtcdServer | undefined, dir: string, counter: OperationCounter): Kv {
   if (mode === 'etcd') {
     if (!etcd) throw new Error('etcd mode needs etcd');
-    return new EtcdKv({ endpoints: etcd.endpoints, namespace: `/bench-floor-${run}-${dir.split('/').at(-2)}/`, onOperation: counter.record });
+    // maxGroup 1: the floor is each session on its own (no group commit).
+    return new EtcdKv({ endpoints: etcd.endpoints, namespace: `/bench-floor-${run}-${dir.split('/').at(-2)}/`, onOperation: counter.record, maxGroup: 1 });
   }
-  return new SqliteKv({ path: join(dir, 'coordinator.db'), onOperation: counter.record });
+  return new SqliteKv({ path: join(dir, 'coordinator.db'), onOperation: counter.record, maxGroup: 1 });
 }
 
 function storeFiles(dir: string): Record<string, string> {
@@ -170,25 +185,43 @@ function storeFiles(dir: string): Record<string, string> {
 }
 
 let servers = 0;
-async function launchCommitd(mode: Mode, etcd: EtcdServer | undefined, dir: string, cpuProfileDir?: string): Promise<CommitdProcess> {
+interface LaunchOptions {
+  readonly cpuProfileDir?: string;
+  readonly services?: Services;
+  readonly sourceDir?: string;
+  readonly cpus?: string;
+}
+async function launchCommitd(mode: Mode, etcd: EtcdServer | undefined, dir: string, options: LaunchOptions = {}): Promise<CommitdProcess> {
   servers += 1;
+  mkdirSync(dir, { recursive: true });
   return startCommitd({
     dir,
-    stores: storeFiles(dir),
+    stores: options.services ? {} : storeFiles(dir),
+    ...(options.services ? { storeDefinitions: serviceStoreDefinitions(options.services) } : {}),
     ...(mode === 'etcd' && etcd ? { etcd: { endpoints: etcd.endpoints, namespace: `/bench-commitd-${run}-${servers}/` } } : {}),
-    ...(cpuProfileDir ? { cpuProfileDir } : {}),
+    ...(options.cpuProfileDir ? { cpuProfileDir: options.cpuProfileDir } : {}),
+    ...(options.sourceDir ? { sourceDir: options.sourceDir } : {}),
+    ...(options.cpus ? { cpus: options.cpus } : {}),
   });
 }
 
+type Body = (key: string, payload: string) => unknown;
+
 /** One session through commitd: `POST /v1/commits`, expecting 200 committed. */
-function commitdSession(client: KeepAliveClient, cell: string): (n: number) => Promise<void> {
+function commitdSession(client: KeepAliveClient, cell: string, body: Body = oneShotBody): (n: number) => Promise<void> {
   return async (n) => {
-    const reply = await client.post('/v1/commits', oneShotBody(keyOf(run, cell, n), payload));
+    const reply = await client.post('/v1/commits', body(keyOf(run, cell, n), payload));
     if (reply.status !== 200) throw new Error(`HTTP ${reply.status}: ${reply.body.slice(0, 300)}`);
   };
 }
 
-function floorSession(floor: Floor, cell: string): (n: number) => Promise<void> {
+/** Sessions spread over several instances, in turn. */
+function spreadSessions(clients: readonly KeepAliveClient[], cell: string, body: Body): (n: number) => Promise<void> {
+  const sessions = clients.map((client) => commitdSession(client, cell, body));
+  return (n) => (sessions[n % sessions.length] as (n: number) => Promise<void>)(n);
+}
+
+function floorSession(floor: { session(key: string, payload: string): Promise<void> }, cell: string): (n: number) => Promise<void> {
   return (n) => floor.session(keyOf(run, cell, n), payload);
 }
 
@@ -201,27 +234,96 @@ function describeLoad(result: LoadResult): string {
   return `${result.perSecond.toFixed(0).padStart(5)}/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms${errors}`;
 }
 
-async function benchPass(pass: Pass, etcd: EtcdServer | undefined): Promise<PassResult> {
-  const dir = join(roots[pass.medium], pass.mode);
+const benchCpu = () => {
+  const usage = process.cpuUsage();
+  return usage.user + usage.system;
+};
+
+/** One variant of a cell: how to run a session, and whose CPU to charge. */
+interface Variant {
+  readonly name: 'floor' | 'held' | 'commitd' | 'baseline';
+  readonly session: (cell: string) => (n: number) => Promise<void>;
+  /** CPU time so far of whoever does the work, µs. */
+  readonly cpu?: () => number;
+}
+
+/** Runs `variants` at every concurrency for the configured rounds, taking turns. */
+async function runRounds(label: string, concurrencies: readonly number[], variants: readonly Variant[], rssOf?: () => number) {
+  type Samples = { loads: LoadResult[]; cpu: number[]; client: number[] };
+  const results = new Map<number, Map<string, Samples>>(
+    concurrencies.map((c) => [c, new Map(variants.map((variant) => [variant.name, { loads: [], cpu: [], client: [] }]))]),
+  );
+  const rss = new Map<number, number>();
+  for (let round = 1; round <= settings.rounds; round++) {
+    for (const concurrency of concurrencies) {
+      // The variants take turns going first, so no one of them always runs after the same neighbour.
+      for (let turn = 0; turn < variants.length; turn++) {
+        const variant = variants[(turn + round - 1) % variants.length] as Variant;
+        const samples = results.get(concurrency)?.get(variant.name) as Samples;
+        const workBefore = variant.cpu?.();
+        const clientBefore = benchCpu();
+        const load = await cellLoad(concurrency, variant.session(`${keyPart(label)}-${variant.name}-c${concurrency}-r${round}`));
+        if (variant.cpu && workBefore !== undefined) samples.cpu.push((variant.cpu() - workBefore) / load.completed);
+        samples.client.push((benchCpu() - clientBefore) / load.completed);
+        progress(`${label} c=${concurrency} round ${round}/${settings.rounds} ${variant.name.padEnd(8)} ${describeLoad(load)}`);
+        samples.loads.push(load);
+      }
+      if (rssOf) rss.set(concurrency, rssOf());
+    }
+  }
+  return { results, rss };
+}
+
+async function benchPass(pass: Pass, etcd: EtcdServer | undefined, services: Services | undefined): Promise<PassResult> {
+  const dir = join(roots[pass.medium], keyPart(pass.name));
   const floorDir = join(dir, 'floor');
-  const floorStores = Object.values(storeFiles(floorDir));
   const counter = new OperationCounter();
   const kv = openFloorKv(pass.mode, etcd, floorDir, counter);
-  const floors: Record<FloorOrder, Floor> = {
-    'back-to-back': new Floor({ kv, storePaths: floorStores, order: 'back-to-back' }),
-    held: new Floor({ kv, storePaths: floorStores, order: 'held' }),
-  };
+  const workload = pass.workload ?? 'sqlite';
+  const body: Body = workload === 'services' ? serviceBody : oneShotBody;
+  const maxConcurrency = Math.max(...settings.concurrencies);
+  const closers: (() => unknown)[] = [() => kv.close()];
+  let floor: { session(key: string, payload: string): Promise<void> };
+  let held: Floor | undefined;
+  if (workload === 'services') {
+    const servicesFloor = new ServicesFloor(kv, services as Services, maxConcurrency);
+    closers.push(() => servicesFloor.close());
+    floor = servicesFloor;
+  } else {
+    const floorStores = Object.values(storeFiles(floorDir));
+    const backToBack = new Floor({ kv, storePaths: floorStores, order: 'back-to-back' });
+    held = new Floor({ kv, storePaths: floorStores, order: 'held' });
+    const heldFloor = held;
+    closers.push(
+      () => backToBack.close(),
+      () => heldFloor.close(),
+    );
+    floor = backToBack;
+  }
   progress(`${pass.name}: starting commitd`);
-  const server = await launchCommitd(pass.mode, etcd, join(dir, 'commitd'));
-  const client = new KeepAliveClient(server.url, Math.max(...settings.concurrencies));
+  const launch = (name: string, options: LaunchOptions = {}) =>
+    launchCommitd(pass.mode, etcd, join(dir, name), { ...options, ...(services && workload === 'services' ? { services } : {}) });
+  const server = await launch('commitd');
+  const client = new KeepAliveClient(server.url, maxConcurrency);
+  closers.push(
+    () => client.close(),
+    () => server.stop(),
+  );
   try {
+    const baseline = settings.baseline ? await launch('baseline', { sourceDir: settings.baseline }) : undefined;
+    const baselineClient = baseline ? new KeepAliveClient(baseline.url, maxConcurrency) : undefined;
+    if (baseline && baselineClient)
+      closers.push(
+        () => baselineClient.close(),
+        () => baseline.stop(),
+      );
     // Round trips per one-shot session, one session at a time so background work stands out.
     const sessions = settings.roundTripSessions;
     const serverBefore = await server.kvOperations();
-    const counted = await runCount({ concurrency: 1, total: sessions, session: commitdSession(client, `${keyPart(pass.name)}-rt`) });
+    const counted = await runCount({ concurrency: 1, total: sessions, session: commitdSession(client, `${keyPart(pass.name)}-rt`, body) });
     const commitdTrips = perSession(serverBefore, await server.kvOperations(), sessions);
     const floorBefore = counter.snapshot();
-    const floorCounted = await runCount({ concurrency: 1, total: sessions, session: floorSession(floors['back-to-back'], `${keyPart(pass.name)}-rtf`) });
+    const floorCounted = await runCount({ concurrency: 1, total: sessions, session: floorSession(floor, `${keyPart(pass.name)}-rtf`) });
     const floorTrips = perSession(floorBefore, counter.snapshot(), sessions);
     for (const outcome of [counted, floorCounted]) {
       if (outcome.errors > 0)
@@ -229,76 +331,113 @@ async function benchPass(pass: Pass, etcd: EtcdServer | undefined): Promise<Pass
     }
     progress(`${pass.name}: KV operations per one-shot session: commitd ${JSON.stringify(commitdTrips)}, floor ${JSON.stringify(floorTrips)}`);
 
-    const results = new Map<number, { floor: LoadResult[]; held: LoadResult[]; commitd: LoadResult[] }>(
-      settings.concurrencies.map((c) => [c, { floor: [], held: [], commitd: [] }]),
-    );
-    const rss = new Map<number, number>();
-    // CPU µs per session: the floor's in this process, commitd's in the server, and the client's.
-    const cpu = new Map<number, { floor: number[]; commitd: number[]; client: number[] }>(
-      settings.concurrencies.map((c) => [c, { floor: [], commitd: [], client: [] }]),
-    );
-    const benchCpu = () => {
-      const usage = process.cpuUsage();
-      return usage.user + usage.system;
-    };
-    for (let round = 1; round <= settings.rounds; round++) {
-      for (const concurrency of settings.concurrencies) {
-        const cell = (variant: string) => `${keyPart(pass.name)}-${variant}-c${concurrency}-r${round}`;
-        const label = `${pass.name} c=${concurrency} round ${round}/${settings.rounds}`;
-        const mine = results.get(concurrency) as { floor: LoadResult[]; held: LoadResult[]; commitd: LoadResult[] };
-        const cpuOf = cpu.get(concurrency) as { floor: number[]; commitd: number[]; client: number[] };
-        const variants = [
-          { name: 'floor     ', results: mine.floor, session: floorSession(floors['back-to-back'], cell('floor')), cpu: { work: benchCpu, into: cpuOf.floor } },
-          { name: 'floor held', results: mine.held, session: floorSession(floors.held, cell('held')) },
-          { name: 'commitd   ', results: mine.commitd, session: commitdSession(client, cell('commitd')), cpu: { work: server.cpuMicros, into: cpuOf.commitd } },
-        ];
-        // The variants take turns going first, so no one of them always runs after the same neighbour.
-        for (let turn = 0; turn < variants.length; turn++) {
-          const variant = variants[(turn + round - 1) % variants.length] as (typeof variants)[number];
-          const workBefore = variant.cpu?.work();
-          const clientBefore = benchCpu();
-          const load = await cellLoad(concurrency, variant.session);
-          if (variant.cpu && workBefore !== undefined) variant.cpu.into.push((variant.cpu.work() - workBefore) / load.completed);
-          if (variant.results === mine.commitd) cpuOf.client.push((benchCpu() - clientBefore) / load.completed);
-          progress(`${label} ${variant.name} ${describeLoad(load)}`);
-          variant.results.push(load);
-        }
-        rss.set(concurrency, server.rssBytes());
-      }
-    }
+    const variants: Variant[] = [
+      { name: 'floor', session: (cell) => floorSession(floor, cell), cpu: benchCpu },
+      ...(held ? [{ name: 'held' as const, session: (cell: string) => floorSession(held as Floor, cell) }] : []),
+      { name: 'commitd', session: (cell) => commitdSession(client, cell, body), cpu: server.cpuMicros },
+      ...(baseline && baselineClient
+        ? [{ name: 'baseline' as const, session: (cell: string) => commitdSession(baselineClient, cell, body), cpu: baseline.cpuMicros }]
+        : []),
+    ];
+    const { results, rss } = await runRounds(pass.name, settings.concurrencies, variants, () => server.rssBytes());
     const cells: Record<string, Cell> = {};
-    for (const [concurrency, mine] of results) {
+    for (const [concurrency, byVariant] of results) {
+      const of = (name: Variant['name']) => byVariant.get(name);
+      const floorLoads = of('floor')?.loads ?? [];
+      const heldLoads = of('held')?.loads ?? [];
+      const mine = of('commitd') as { loads: LoadResult[]; cpu: number[]; client: number[] };
       const rate = (loads: LoadResult[]) => median(loads.map((load) => load.perSecond));
-      const ratios = (base: LoadResult[]) => median(mine.commitd.map((load, i) => load.perSecond / (base[i] as LoadResult).perSecond));
-      const errors = [...mine.floor, ...mine.held, ...mine.commitd].reduce((sum, load) => sum + load.errors, 0);
+      const ratios = (loads: LoadResult[], base: LoadResult[]) => median(loads.map((load, i) => load.perSecond / (base[i] as LoadResult).perSecond));
+      const errors = [...byVariant.values()].reduce((sum, samples) => sum + samples.loads.reduce((n, load) => n + load.errors, 0), 0);
+      const base = of('baseline');
       cells[String(concurrency)] = {
-        floor: Math.round(rate(mine.floor)),
-        floorHeld: Math.round(rate(mine.held)),
-        commitd: Math.round(rate(mine.commitd)),
-        ratio: round2(ratios(mine.floor)),
-        ratioHeld: round2(ratios(mine.held)),
-        p50: round2(median(mine.commitd.map((load) => load.p50Ms))),
-        p99: round2(median(mine.commitd.map((load) => load.p99Ms))),
-        floorP50: round2(median(mine.floor.map((load) => load.p50Ms))),
-        floorP99: round2(median(mine.floor.map((load) => load.p99Ms))),
+        floor: Math.round(rate(floorLoads)),
+        floorHeld: heldLoads.length > 0 ? Math.round(rate(heldLoads)) : Number.NaN,
+        commitd: Math.round(rate(mine.loads)),
+        ratio: round2(ratios(mine.loads, floorLoads)),
+        ratioHeld: heldLoads.length > 0 ? round2(ratios(mine.loads, heldLoads)) : Number.NaN,
+        p50: round2(median(mine.loads.map((load) => load.p50Ms))),
+        p99: round2(median(mine.loads.map((load) => load.p99Ms))),
+        floorP50: round2(median(floorLoads.map((load) => load.p50Ms))),
+        floorP99: round2(median(floorLoads.map((load) => load.p99Ms))),
         rss: mib(rss.get(concurrency) ?? 0),
-        floorCpuUs: Math.round(median(cpu.get(concurrency)?.floor ?? [])),
-        commitdCpuUs: Math.round(median(cpu.get(concurrency)?.commitd ?? [])),
-        clientCpuUs: Math.round(median(cpu.get(concurrency)?.client ?? [])),
+        floorCpuUs: Math.round(median(of('floor')?.cpu ?? [])),
+        commitdCpuUs: Math.round(median(mine.cpu)),
+        clientCpuUs: Math.round(median(mine.client)),
         errors,
-        rounds: mine.commitd.map((load, i) => [
-          Math.round((mine.floor[i] as LoadResult).perSecond),
-          Math.round((mine.held[i] as LoadResult).perSecond),
+        rounds: mine.loads.map((load, i) => [
+          Math.round((floorLoads[i] as LoadResult).perSecond),
+          heldLoads[i] ? Math.round((heldLoads[i] as LoadResult).perSecond) : Number.NaN,
           Math.round(load.perSecond),
         ]),
+        ...(base
+          ? {
+              baseline: {
+                perSecond: Math.round(rate(base.loads)),
+                p99: round2(median(base.loads.map((load) => load.p99Ms))),
+                cpuUs: Math.round(median(base.cpu)),
+                ratio: round2(ratios(base.loads, floorLoads)),
+                vsBaseline: round2(ratios(mine.loads, base.loads)),
+              },
+            }
+          : {}),
       };
     }
     return { mode: pass.mode, medium: pass.medium, roundTrips: { commitd: commitdTrips, floor: floorTrips }, cells };
   } finally {
-    client.close();
-    await server.stop();
-    for (const floor of Object.values(floors)) floor.close();
-    await kv.close();
+    for (const close of closers.reverse()) await close();
+  }
+}
+
+/**
+ * Two commitd instances on one etcd, the realistic stores, against one instance, in the
+ * same rounds. With `taskset` and at least two CPUs each instance has a core of its own
+ * (the single one the first core); etcd, the servers and this process share both.
+ */
+async function benchTwoInstances(etcd: EtcdServer, services: Services) {
+  const dir = join(roots.disk, 'two-instances');
+  const pin = os.cpus().length >= 2 && existsSync('/usr/bin/taskset');
+  const launch = (name: string, cpus: string) => launchCommitd('etcd', etcd, join(dir, name), { services, ...(pin ? { cpus } : {}) });
+  const one = await launch('one', '0');
+  const pair = [await launch('pair-0', '0'), await launch('pair-1', '1')];
+  const maxConcurrency = Math.max(...settings.twoInstances);
+  const oneClient = new KeepAliveClient(one.url, maxConcurrency);
+  const pairClients = pair.map((server) => new KeepAliveClient(server.url, maxConcurrency));
+  try {
+    // Warm every server up (JIT, store connections) before the first measured round.
+    for (const [i, client] of [oneClient, ...pairClients].entries()) {
+      await runCount({ concurrency: 8, total: 200, session: commitdSession(client, `two-warm${i}`, serviceBody) });
+    }
+    const variants: Variant[] = [
+      { name: 'floor', session: (cell) => commitdSession(oneClient, cell, serviceBody), cpu: one.cpuMicros },
+      {
+        name: 'commitd',
+        session: (cell) => spreadSessions(pairClients, cell, serviceBody),
+        cpu: () => pair.reduce((sum, server) => sum + server.cpuMicros(), 0),
+      },
+    ];
+    const { results } = await runRounds('two instances', settings.twoInstances, variants);
+    const cells: Record<string, unknown> = {};
+    for (const [concurrency, byVariant] of results) {
+      const single = byVariant.get('floor')?.loads ?? [];
+      const double = byVariant.get('commitd')?.loads ?? [];
+      cells[String(concurrency)] = {
+        oneInstance: Math.round(median(single.map((load) => load.perSecond))),
+        twoInstances: Math.round(median(double.map((load) => load.perSecond))),
+        scaling: round2(median(double.map((load, i) => load.perSecond / (single[i] as LoadResult).perSecond))),
+        oneP99: round2(median(single.map((load) => load.p99Ms))),
+        twoP99: round2(median(double.map((load) => load.p99Ms))),
+        oneCpuUs: Math.round(median(byVariant.get('floor')?.cpu ?? [])),
+        twoCpuUs: Math.round(median(byVariant.get('commitd')?.cpu ?? [])),
+        errors: [...single, ...double].reduce((n, load) => n + load.errors, 0),
+        rounds: double.map((load, i) => [Math.round((single[i] as LoadResult).perSecond), Math.round(load.perSecond)]),
+      };
+    }
+    return { pinned: pin ? 'taskset -c 0 (one instance); -c 0 and -c 1 (two)' : 'not pinned (taskset or a second CPU missing)', cells };
+  } finally {
+    oneClient.close();
+    for (const client of pairClients) client.close();
+    await Promise.all([one, ...pair].map((server) => server.stop()));
   }
 }
 
@@ -367,7 +506,7 @@ async function benchProfile(pass: Pass, etcd: EtcdServer | undefined, concurrenc
   mkdirSync(profileDir, { recursive: true });
   const seconds = settings.profileSeconds;
   progress(`profile: commitd --cpu-prof, ${pass.name}, ${concurrency} in flight, ${seconds} s`);
-  const server = await launchCommitd(pass.mode, etcd, join(dir, 'commitd'), profileDir);
+  const server = await launchCommitd(pass.mode, etcd, join(dir, 'commitd'), { cpuProfileDir: profileDir });
   const client = new KeepAliveClient(server.url, concurrency);
   let load: LoadResult;
   const warmupMs = 1000;
@@ -499,10 +638,16 @@ async function main(): Promise<void> {
   if (hashingSink() === -1n) progress('unreachable');
   const passes: Pass[] = [
     ...settings.modes.map((mode): Pass => ({ name: mode, mode, medium: 'disk' })),
+    ...(settings.services ? [{ name: 'etcd, pg+redis', mode: 'etcd', medium: 'disk', workload: 'services' } satisfies Pass] : []),
     ...settings.tmpfsModes.map((mode): Pass => ({ name: `${mode} (tmpfs)`, mode, medium: 'tmpfs' })),
   ];
   let etcd: EtcdServer | undefined;
+  let services: Services | undefined;
   try {
+    if (settings.services || settings.twoInstances.length > 0) {
+      progress('starting PostgreSQL and Redis (test harness, durable settings)');
+      services = await startServices();
+    }
     if (passes.some((pass) => pass.mode === 'etcd') || settings.profile) {
       progress('starting etcd (test harness, data on disk)');
       // Room for a few hundred thousand sessions' revisions, compacted as the run goes.
@@ -511,7 +656,8 @@ async function main(): Promise<void> {
       });
     }
     const results: Record<string, PassResult> = {};
-    for (const pass of passes) results[pass.name] = await benchPass(pass, etcd);
+    for (const pass of passes) results[pass.name] = await benchPass(pass, etcd, services);
+    const twoInstances = etcd && services && settings.twoInstances.length > 0 ? await benchTwoInstances(etcd, services) : undefined;
     const profiles: ProfileResult[] = [];
     if (settings.profile) {
       profiles.push(await benchProfile({ name: 'etcd', mode: 'etcd', medium: 'disk' }, etcd));
@@ -523,6 +669,10 @@ async function main(): Promise<void> {
     const loadAfter = machineLoad();
 
     printTable(results);
+    if (twoInstances) {
+      process.stdout.write(`\ntwo instances on one etcd (pg+redis stores; ${twoInstances.pinned}):\n`);
+      for (const [c, cell] of Object.entries(twoInstances.cells)) process.stdout.write(`  c=${c}: ${JSON.stringify(cell)}\n`);
+    }
     printHashing(hashing);
     if (memory) {
       const at = Object.entries(memory.checkpoints).map(([n, sample]) => `${n}: ${sample.rssMiB} MiB (heap ${sample.heapUsedMiB})`);
@@ -561,11 +711,30 @@ async function main(): Promise<void> {
       goals,
       hashing,
       ...(memory ? { rss: memory } : {}),
+      ...(twoInstances ? { twoInstances } : {}),
       profiles,
     };
     writeFileSync(settings.out, formatJson(report));
     progress(`wrote ${settings.out}`);
+    const points: ChartPoint[] = Object.entries(results).flatMap(([pass, result]) =>
+      Object.entries(result.cells).flatMap(([c, cell]) => [
+        { pass, concurrency: Number(c), series: 'commitd', sessionsPerSecond: cell.commitd, p99Ms: cell.p99 },
+        { pass, concurrency: Number(c), series: 'floor', sessionsPerSecond: cell.floor, p99Ms: cell.floorP99 },
+        ...(cell.baseline ? [{ pass, concurrency: Number(c), series: 'baseline', sessionsPerSecond: cell.baseline.perSecond, p99Ms: cell.baseline.p99 }] : []),
+      ]),
+    );
+    if (settings.chart) {
+      writeFileSync(
+        settings.chart,
+        await chartSvg(
+          points,
+          `commitd against its floor, ${report.generatedAt.slice(0, 10)}, ${report.machine.cpus} vCPUs (${report.commit ?? 'unknown commit'})`,
+        ),
+      );
+      progress(`wrote ${settings.chart}`);
+    }
   } finally {
+    await services?.stop();
     await etcd?.cleanup();
     removeRoots();
   }

@@ -21,6 +21,12 @@ export interface CommitdOptions {
   readonly cpuProfileDir?: string;
   /** More node flags for the server process (e.g. `--heapsnapshot-signal=SIGUSR2`). */
   readonly nodeFlags?: readonly string[];
+  /** Store definitions of any type; replace `stores` when given. */
+  readonly storeDefinitions?: readonly { readonly name: string; readonly type: string; readonly options: Record<string, unknown> }[];
+  /** Another checkout of commitd to run instead of this one (the A/B baseline). */
+  readonly sourceDir?: string;
+  /** CPUs the server may run on (`taskset -c`), e.g. `"0"`. */
+  readonly cpus?: string;
 }
 
 /** A running commitd. */
@@ -86,7 +92,8 @@ function gauge(text: string, name: string): number {
 export async function startCommitd(options: CommitdOptions): Promise<CommitdProcess> {
   const port = await freePort();
   const config = join(options.dir, 'commitd.json');
-  writeFileSync(config, JSON.stringify({ stores: Object.entries(options.stores).map(([name, path]) => ({ name, type: 'sqlite', options: { path } })) }));
+  const stores = options.storeDefinitions ?? Object.entries(options.stores).map(([name, path]) => ({ name, type: 'sqlite', options: { path } }));
+  writeFileSync(config, JSON.stringify({ stores }));
   const env: Record<string, string> = {};
   for (const [name, value] of Object.entries(process.env)) if (value !== undefined && !name.startsWith('COMMITD_')) env[name] = value;
   Object.assign(env, {
@@ -97,8 +104,11 @@ export async function startCommitd(options: CommitdOptions): Promise<CommitdProc
     ...(options.etcd ? { COMMITD_ETCD_ENDPOINTS: options.etcd.endpoints.join(','), COMMITD_ETCD_NAMESPACE: options.etcd.namespace } : {}),
   });
   const profile = options.cpuProfileDir ? ['--cpu-prof', '--cpu-prof-dir', options.cpuProfileDir] : [];
-  const flags = [...profile, ...(options.nodeFlags ?? []), '--import', 'tsx', MAIN];
-  const child = await spawnTracked(process.execPath, flags, { name: 'commitd', env, tailLines: 200 });
+  const main = options.sourceDir ? join(options.sourceDir, 'src', 'main.ts') : MAIN;
+  const flags = [...profile, ...(options.nodeFlags ?? []), '--import', 'tsx', main];
+  // taskset execs node: the child's pid is the server's.
+  const [command, args] = options.cpus ? ['taskset', ['-c', options.cpus, process.execPath, ...flags]] : [process.execPath, flags];
+  const child = await spawnTracked(command, args, { name: 'commitd', env, tailLines: 200, ...(options.sourceDir ? { cwd: options.sourceDir } : {}) });
   try {
     const exited = child.exited.then((exit) => Promise.reject(new Error(`exited (${exit.signal ?? exit.code}) before listening`)));
     await Promise.race([waitForPort(port, { timeoutMs: 60_000 }), exited]);

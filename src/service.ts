@@ -106,6 +106,8 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
     closeCatalog = () => catalog.close();
     const coordinator = new Coordinator({
       kv,
+      // One instance owns the embedded KV: nobody else can see a result that has not landed.
+      earlyReply: kv instanceof SqliteKv,
       stores: {
         get: (name) => catalog.get(name),
         list: () => catalog.list(),

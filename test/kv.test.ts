@@ -367,6 +367,57 @@ for (const backend of [etcdBackend, sqliteBackend]) {
       assert.deepEqual(log, ['create', 'txn']);
     });
 
+    it('concurrent writes share transactions (group commit); a write whose condition fails fails alone', async (t) => {
+      const log: OperationLog = [];
+      const kv = open(t, log);
+      if (!kv) return;
+      await kv.create('results/taken', 'r');
+      const stale = await kv.create('sessions/moved', 'v1');
+      await kv.update('sessions/moved', 'v2', stale);
+      log.length = 0;
+      const writes = 48;
+      const outcomes = await Promise.allSettled(
+        Array.from({ length: writes }, (_, i) => {
+          if (i % 8 === 3)
+            return kv.txn([
+              { type: 'check', key: 'results/taken', exists: false },
+              { type: 'create', key: `sessions/x${i}`, value: 'c' },
+            ]);
+          if (i % 8 === 5) return kv.update('sessions/moved', `lost ${i}`, stale);
+          if (i % 8 === 7) return kv.create('results/taken', `again ${i}`);
+          return kv.txn([
+            { type: 'check', key: `results/s${i}`, exists: false },
+            { type: 'create', key: `sessions/s${i}`, value: `v${i}`, options: { ttlSeconds: 3600 } },
+          ]);
+        }),
+      );
+      for (const [i, outcome] of outcomes.entries()) {
+        const expected = i % 8 === 3 ? ConstraintViolatedError : i % 8 === 5 ? VersionMismatchError : i % 8 === 7 ? AlreadyExistsError : undefined;
+        if (expected === undefined) {
+          assert.equal(outcome.status, 'fulfilled', `write ${i}: ${outcome.status === 'rejected' ? outcome.reason : ''}`);
+          assert.equal((await kv.get(`sessions/s${i}`))?.value, `v${i}`);
+        } else {
+          assert.ok(outcome.status === 'rejected' && outcome.reason instanceof expected, `write ${i} fails with ${expected.name}`);
+        }
+      }
+      assert.equal((await kv.get('sessions/x3')) ?? 'absent', 'absent');
+      assert.equal((await kv.get('sessions/moved'))?.value, 'v2');
+      assert.equal((await kv.get('results/taken'))?.value, 'r');
+      if (backend.name === 'etcd') {
+        const sent = log.filter((op) => op !== 'lease' && op !== 'get').length;
+        assert.ok(sent < writes / 2, `${writes} concurrent writes took ${sent} etcd transactions`);
+      }
+    });
+
+    it('concurrent writes to one key are never in one group: the first create wins', async (t) => {
+      const kv = open(t);
+      if (!kv) return;
+      const outcomes = await Promise.allSettled(Array.from({ length: 6 }, (_, i) => kv.create('sessions/same', `v${i}`)));
+      assert.equal(outcomes.filter((outcome) => outcome.status === 'fulfilled').length, 1);
+      assert.ok(outcomes.every((outcome) => outcome.status === 'fulfilled' || outcome.reason instanceof AlreadyExistsError));
+      assert.equal((await kv.get('sessions/same'))?.value, `v${outcomes.findIndex((outcome) => outcome.status === 'fulfilled')}`);
+    });
+
     it('revoking a lease deletes the keys attached to it', async (t) => {
       const kv = open(t);
       if (!kv) return;

@@ -68,4 +68,10 @@ describe('the Promela model of the commit protocol', { concurrency: true, skip: 
     assert.ok(errors > 0, output);
     assert.match(output, /assertion violated .*commit_point&&adopter_done/, output);
   });
+
+  it('catches an early reply sent before every store committed (-DREPLY_BEFORE_STORES)', async () => {
+    const { output, errors } = await verify(['-DREPLY_BEFORE_STORES']);
+    assert.ok(errors > 0, output);
+    assert.match(output, /assertion violated \( ?!\(answered\)\|\|/, output);
+  });
 });

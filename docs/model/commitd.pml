@@ -5,6 +5,7 @@
  * Check:  spin -a commitd.pml && gcc -O2 -o pan pan.c && ./pan -m100000
  * Teeth:  spin -a -DNO_MARKER commitd.pml ...         (stores commit without the marker check)
  *         spin -a -DCANCEL_COMMITTING commitd.pml ... (recovery cancels committing records)
+ *         spin -a -DREPLY_BEFORE_STORES commitd.pml ... (the early reply leaves before the last store committed)
  * Each broken variant must end with "errors: 1" (or more); the real protocol with "errors: 0".
  * Size: about 2.4 million states, 2 s and 320 MB with the default bounds (test/model.test.ts
  * runs all three). Larger bounds verify too: -DMAXFAULT=2 (4.4 M states), -DMAXEXPIRY=2
@@ -63,7 +64,16 @@
  * - At the end (no process can move, `finale`): if the commit point was reached and the
  *   adopter finished its recovery passes (not crashed for good), then every store holds
  *   the data exactly once and the result is written.
- * - When the owner answers "committed" the result exists.
+ * - Early reply: the owner answers "committed" once every store committed, before the
+ *   result write (step 4d) lands (RecordSlot.release). When it answers, every store holds
+ *   the data exactly once (monitor), and at the end, if the adopter finished its passes,
+ *   the result exists (finale): a lost or failed result write, or a crash before it, is
+ *   finished by recovery. A retry on the owner meanwhile waits for the write. The code
+ *   replies early only with the embedded KV (one instance): elsewhere a retry would see the
+ *   `committing` record (busy), which this model, without workers, does not judge.
+ * - Group commit (several sessions' writes in one KV transaction, each with its own
+ *   conditions) is not a separate step: each write is still atomic and conditional on its
+ *   own, exactly as modelled; sessions of other keys do not share state here.
  */
 
 #define NSTORES 2
@@ -98,6 +108,7 @@ bool marker[NSTORES];  /* the unique marker for the key */
 
 /* ghosts */
 bool commit_point;     /* the record turned `committing` once */
+bool answered;         /* the owner answered "committed" to the worker */
 bool owner_quiet;      /* the owner stopped for good (finished, or dead) */
 bool adopter_done;     /* the adopter finished its recovery passes */
 bool dead[2];           /* crashed and stays down */
@@ -112,6 +123,8 @@ byte resolves;
 #define NOTHING_BEFORE_POINT  (commit_point || (applied[0] == 0 && applied[1] == 0))
 #define RESULT_MEANS_ALL      (!result || (applied[0] == 1 && applied[1] == 1 && rec_state == NONE))
 #define FINISHED_MEANS_ALL    (!(commit_point && adopter_done) || (result && applied[0] == 1 && applied[1] == 1))
+#define ANSWER_MEANS_ALL      (!answered || (applied[0] == 1 && applied[1] == 1))
+#define ANSWER_GETS_RESULT    (!(answered && adopter_done) || result)
 
 inline kv_write() {
   kv_rev++;
@@ -202,6 +215,9 @@ begin:
        rec_state = COMMITTING; rec_owner = id; kv_write(); myrev = rec_rev; commit_point = true }
   fi;
   CRASH_POINT;                                /* commit.afterIntent */
+#ifdef REPLY_BEFORE_STORES
+  answered = true;
+#endif
   /* step 4c: commit the stores in name order */
   s = 0;
   do
@@ -214,8 +230,10 @@ begin:
      s++
   :: else -> break
   od;
+  /* every store committed: the answer is certain and leaves now (early reply); then 4d */
+  answered = true;                            /* 200 committed */
   RELEASE(failed);
-  assert(result);                             /* 200 committed */
+  assert(result);
   goto done;
 
 failed:
@@ -340,13 +358,14 @@ end_monitor:
   :: !AT_MOST_ONCE -> assert(AT_MOST_ONCE)
   :: !NOTHING_BEFORE_POINT -> assert(NOTHING_BEFORE_POINT)
   :: !RESULT_MEANS_ALL -> assert(RESULT_MEANS_ALL)
+  :: !ANSWER_MEANS_ALL -> assert(ANSWER_MEANS_ALL)
   od
 }
 
 /* When nothing can move any more. */
 active proctype finale()
 {
-  timeout -> assert(FINISHED_MEANS_ALL)
+  timeout -> assert(FINISHED_MEANS_ALL && ANSWER_GETS_RESULT)
 }
 
 init

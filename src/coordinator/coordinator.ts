@@ -77,6 +77,12 @@ export interface CoordinatorOptions {
   readonly metrics?: Metrics;
   readonly failpoints?: Failpoints;
   readonly retentionSeconds?: number;
+  /**
+   * Answer a commit once every store committed, before its result lands in the KV
+   * (`RecordSlot.release`). Only where no other instance can read the KV meanwhile (the
+   * embedded KV): another instance would see the `committing` record and answer busy.
+   */
+  readonly earlyReply?: boolean;
   readonly idleTimeoutMs?: number;
   readonly maxOpenSessions?: number;
   readonly leaseTtlSeconds?: number;
@@ -146,6 +152,7 @@ export class Coordinator implements SessionCoordinator {
         failpoints,
         instanceId: options.instanceId,
         retentionSeconds: settings.retentionSeconds,
+        earlyReply: options.earlyReply ?? false,
         logger: this.#logger,
         maxLogBytes: this.#maxLogBytes,
         logBudget: this.#logBudget,
@@ -202,6 +209,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async begin(key: string, stores?: readonly string[]): Promise<ActiveView | CommittedView> {
+    await this.#landed(key);
     const names = this.#resolveStores(stores);
     this.#table.assertFree(key);
     const session = this.#table.open({ key, names, oneShot: false, recoverOnInterrupt: true });
@@ -217,6 +225,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async apply(key: string, store: string, changes: readonly unknown[]): Promise<{ key: string; store: string; applied: number }> {
+    await this.#landed(key);
     const session = this.#table.owned(key);
     if (!session || session.oneShot) throw await this.#answers.notOpen(key);
     if (!session.storeNames.includes(store)) {
@@ -235,6 +244,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async commit(key: string): Promise<CommittedView> {
+    await this.#landed(key);
     const session = this.#table.owned(key);
     if (!session || session.oneShot) return this.#answers.commit(key);
     return session.run(async () => {
@@ -248,6 +258,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async cancel(key: string): Promise<{ key: string; state: 'cancelled' }> {
+    await this.#landed(key);
     const session = this.#table.owned(key);
     if (!session) return this.#answers.cancel(key);
     return session.run(async () => {
@@ -271,6 +282,7 @@ export class Coordinator implements SessionCoordinator {
     }
     if (bytes > this.#maxLogBytes) throw new PayloadTooLargeError(`the changes exceed the change log limit of ${this.#maxLogBytes} bytes`);
     const sessionId = hasher.sessionIdHex();
+    await this.#landed(key);
     const running = this.#table.owned(key);
     if (running?.oneShot && running.sessionId === sessionId) {
       // A retry while the first attempt, or the recovery rolling it forward, still runs
@@ -295,6 +307,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async get(key: string): Promise<SessionView | undefined> {
+    await this.#landed(key);
     const session = this.#table.owned(key);
     if (session) return { key, state: session.state, stores: session.storeNames, owner: this.instanceId, startedAt: session.startedAt };
     const { record, result } = await readKey(this.#kv, key);
@@ -415,14 +428,27 @@ export class Coordinator implements SessionCoordinator {
     this.#table.close();
     for (const timer of this.#timers) clearInterval(timer);
     const pending = this.#table.values().map((session) =>
-      session.run(async () => {
-        if (session.acceptsChanges) await session.cancel('shutdown');
-      }),
+      session
+        .run(async () => {
+          if (session.acceptsChanges) await session.cancel('shutdown');
+        })
+        // A committed session's result may still be on its way to the KV.
+        .then(() => session.ended),
     );
     const deadline = new Promise<void>((resolve) => setTimeout(resolve, timeoutMs).unref());
     await Promise.race([Promise.allSettled(pending), deadline]);
     await Promise.race([this.#recovery.close(), deadline]);
     await this.#instance.stop();
+  }
+
+  /**
+   * A commit answered before its result record landed (`RecordSlot.release`) keeps its
+   * session here until it has: a request for that key waits for it, so it sees the KV as
+   * the answer left it (the result written, the record gone).
+   */
+  async #landed(key: string): Promise<void> {
+    const session = this.#table.owned(key);
+    if (session?.committedResult) await session.ended;
   }
 
   /** Steps 4a–4e for a session this instance drives; the caller holds the session's turn. */

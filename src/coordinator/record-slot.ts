@@ -18,6 +18,8 @@ export interface RecordDeps {
   readonly failpoints: Failpoints;
   readonly instanceId: string;
   readonly retentionSeconds: number;
+  /** Answer before the result write lands (single instance only: see `CoordinatorOptions.earlyReply`). */
+  readonly earlyReply?: boolean;
 }
 
 /** The record was created by someone else (another request, another instance) before ours. */
@@ -44,6 +46,7 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
   readonly #start: RecordStart;
   #record: SessionRecord | undefined;
   #revision: number;
+  #resultWritten: Promise<void> = Promise.resolve();
 
   constructor(deps: RecordDeps, start: RecordStart) {
     this.#deps = deps;
@@ -93,15 +96,39 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
     await this.#deps.failpoints.fire('commit.afterIntent');
   }
 
-  /** Step 4d: write the result and delete the session record in one transaction. */
+  /**
+   * Settles when the result written by {@link release} landed; rejects if it did not (the
+   * record then stays `committing`, and recovery writes the same result).
+   */
+  get resultWritten(): Promise<void> {
+    return this.#resultWritten;
+  }
+
+  /**
+   * Step 4d: write the result and delete the session record in one transaction. Every store
+   * has committed, so the answer is already certain: with `earlyReply` (the embedded KV, one
+   * instance) the returned result does not wait for the write (see {@link resultWritten}),
+   * which takes one KV round trip off the reply. A
+   * retry meanwhile finds the session still open here and waits for the write; a crash
+   * before it lands leaves the `committing` record, whose roll-forward writes the same
+   * result (the stores hold their markers and return the same IDs).
+   */
   async release(_key: Uint8Array, result: CommitResult): Promise<ResultRecord> {
     await this.#deps.failpoints.fire('commit.beforeResult');
-    const key = this.#start.key;
     const value: ResultRecord = {
       sessionId: toHex(result.sessionId),
       stores: Object.fromEntries([...result.stores].map(([name, id]) => [name, toHex(id)])),
       committedAt: new Date().toISOString(),
     };
+    this.#resultWritten = this.#writeResult(value);
+    if (!this.#deps.earlyReply) await this.#resultWritten;
+    // Observed by the session; a failure is its to report.
+    else this.#resultWritten.catch(() => undefined);
+    return value;
+  }
+
+  async #writeResult(value: ResultRecord): Promise<void> {
+    const key = this.#start.key;
     const ops: KvOp[] = [
       { type: 'create', key: recordKeys.result(key), value: JSON.stringify(value), options: { ttlSeconds: this.#deps.retentionSeconds } },
       ...(await deleteSessionOps(this.#deps.kv, key, this.#record as SessionRecord, this.#revision)),
@@ -115,7 +142,6 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
       if (!existing || parseResult(existing.value).sessionId !== value.sessionId) throw err;
     }
     this.#revision = 0;
-    return value;
   }
 
   /** Deletes the record (with its log chunks) after a cancel, if this session wrote one. */

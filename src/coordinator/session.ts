@@ -136,6 +136,8 @@ export class Session {
   readonly #onEnd: (session: Session, end: SessionEnd) => void;
   #markEnded: () => void = () => undefined;
   #phase: SessionPhase;
+  /** The result once every store committed, while (and after) it is written to the KV. */
+  #committed: ResultRecord | undefined;
   #logBytes = 0;
   /** Taken from the log budget, given back once when the session ends. */
   #heldBytes: number;
@@ -170,6 +172,14 @@ export class Session {
   /** `active` until the commit point is written, then `committing` (as clients see it). */
   get state(): 'active' | 'committing' {
     return this.#phase === 'active' ? 'active' : 'committing';
+  }
+
+  /**
+   * The session's result once every store committed: the answer to any retry, already
+   * before the result record has landed in the KV (the session stays in its table until then).
+   */
+  get committedResult(): ResultRecord | undefined {
+    return this.#committed;
   }
 
   /** True until the session has ended: committed, cancelled, or handed to recovery. */
@@ -325,16 +335,28 @@ export class Session {
    * Steps 4c–d. Every store first learns, in commit order, that the session will commit, so
    * a store that groups commits (sqlite) lets the next session in before any store waits
    * for its own commit to be durable; then the stores commit one by one, in that order, and
-   * the result is written.
+   * the result is written. The result is answered at once; the session ends when its record
+   * landed (`RecordSlot.release`), or goes to recovery if that write failed.
    */
   async #commitStores(): Promise<ResultRecord> {
     await this.#eachStore((store, key) => store.decide?.(key));
     const { receipt } = await this.#committer.commitWithDetails(this.key);
     this.#phase = 'ended';
+    this.#committed = receipt;
     this.#releaseLog();
-    this.#markEnded();
-    this.#onEnd(this, { outcome: 'committed', reason: 'committed' });
+    this.#slot.resultWritten.then(
+      () => this.#ended({ outcome: 'committed', reason: 'committed' }),
+      (err: unknown) => {
+        this.logger.warn({ err }, 'writing the result failed; recovery writes it');
+        this.#ended({ outcome: 'recover', reason: 'result write failed' });
+      },
+    );
     return receipt;
+  }
+
+  #ended(end: SessionEnd): void {
+    this.#markEnded();
+    this.#onEnd(this, end);
   }
 
   async #stage(storeName: string, changes: readonly unknown[]): Promise<void> {

@@ -6,12 +6,26 @@
  * `UnavailableError`, never as a hang.
  * @module
  */
-import { Etcd3, type ComparatorBuilder, type IKeyValue, type IRangeResponse, type Namespace, type PutBuilder, type DeleteBuilder } from 'etcd3';
+import {
+  CompareTarget as RpcCompareTarget,
+  Etcd3,
+  comparator,
+  compareTarget,
+  type ComparatorBuilder,
+  type DeleteBuilder,
+  type ICompare,
+  type IKeyValue,
+  type IRangeResponse,
+  type IRequestOp,
+  type Namespace,
+  type PutBuilder,
+} from 'etcd3';
 import type { Kv, KvEntry, KvLease, KvOp, KvWatch, KvWatchEvent, ReadOptions, WriteOptions } from './kv.ts';
 import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
 import { deadlineIn, withDeadline, type Deadline } from './deadline.ts';
 import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from './errors.ts';
 import { EtcdLease } from './etcd-lease.ts';
+import { GroupCommit, type Settled } from './group-commit.ts';
 import { RevisionFloor, orderedRead } from './etcd-ordering.ts';
 import { kvRpcRunner, type CallOptions, type EtcdKvOperation, type RpcRunner } from './etcd-rpc.ts';
 import { LeaseBuckets } from './lease-buckets.ts';
@@ -39,11 +53,22 @@ export interface EtcdKvOptions {
    * client already saw (the read is then repeated as a linearizable one).
    */
   readonly onStaleRead?: (op: 'get' | 'list', staleRevision: number, seenRevision: number) => void;
+  /**
+   * Most conditional writes that share one etcd transaction (group commit; default 64,
+   * `1` sends every write on its own). Writes issued while one is in flight wait for it
+   * and then leave together, each as a nested transaction with its own compares.
+   */
+  readonly maxGroup?: number;
+  /** Called with the number of writes in every etcd transaction sent. */
+  readonly onGroup?: (size: number) => void;
 }
 
 /** The default key prefix of the coordinator's records. */
 export const DEFAULT_ETCD_NAMESPACE = '/commitd/';
 const DEFAULT_TIMEOUT_MS = 5000;
+const DEFAULT_MAX_GROUP = 64;
+/** Below etcd's default `--max-request-bytes` (1.5 MiB): a group never exceeds what one write may. */
+const MAX_GROUP_BYTES = 1024 * 1024;
 /** Read by `ping`; it need not exist, the read only has to be answered. */
 const PING_KEY = '.ping';
 
@@ -62,6 +87,15 @@ interface TxnPlan {
 interface TxnOutcome {
   readonly succeeded: boolean;
   readonly revision: number;
+}
+
+/** One conditional write waiting for its group. */
+interface GroupedWrite {
+  readonly op: EtcdKvOperation;
+  readonly plan: TxnPlan;
+  readonly deadline: Deadline;
+  readonly keys: readonly string[];
+  readonly bytes: number;
 }
 
 /**
@@ -103,6 +137,8 @@ export class EtcdKv implements Kv {
   private readonly keptAlive = new Set<EtcdLease>();
   private readonly floor: RevisionFloor;
   private readonly watches = new Set<EtcdPrefixWatch>();
+  private readonly group: GroupCommit<GroupedWrite, TxnOutcome>;
+  private readonly prefix: Buffer;
 
   constructor(options: EtcdKvOptions) {
     if (options.endpoints.length === 0) throw new RangeError('EtcdKv needs at least one endpoint');
@@ -110,7 +146,15 @@ export class EtcdKv implements Kv {
     this.onStaleRead = options.onStaleRead;
     this.floor = new RevisionFloor();
     this.client = new Etcd3({ hosts: [...options.endpoints] });
+    this.prefix = Buffer.from(options.namespace ?? DEFAULT_ETCD_NAMESPACE);
     this.ns = this.client.namespace(options.namespace ?? DEFAULT_ETCD_NAMESPACE);
+    this.group = new GroupCommit({
+      send: (writes) => this.sendGroup(writes),
+      maxMembers: Math.max(1, options.maxGroup ?? DEFAULT_MAX_GROUP),
+      maxBytes: MAX_GROUP_BYTES,
+      maxInFlight: 1,
+      onGroup: options.onGroup,
+    });
     this.buckets = new LeaseBuckets((ttl, deadline) => this.grantRaw(ttl, deadline).then((lease) => lease.id));
     // A shared TTL lease that etcd no longer knows (e.g. its data was wiped) must not be reused.
     this.rpc = kvRpcRunner({ onOperation: options.onOperation, onLeaseInvalid: () => this.buckets.clear() });
@@ -238,12 +282,62 @@ export class EtcdKv implements Kv {
     );
   }
 
-  /** Builds and commits one etcd transaction for `ops` under one deadline. */
+  /** Builds the etcd transaction for `ops` under one deadline and commits it with the next group. */
   private async commit(op: EtcdKvOperation, ops: readonly KvOp[]): Promise<TxnOutcome> {
     const deadline = this.deadline();
     const plan = await this.plan(ops, deadline);
-    const response = await this.floor.observed(this.rpc(op, deadline, (call) => toComparatorBuilder(this.ns, plan).options(call).commit()));
+    let bytes = 0;
+    for (const write of ops) bytes += write.key.length + (write.type === 'create' || write.type === 'update' ? write.value.length : 0);
+    return this.group.submit({ op, plan, deadline, keys: ops.map((write) => write.key), bytes });
+  }
+
+  /** One write as its own etcd transaction. */
+  private async sendAlone(write: GroupedWrite): Promise<TxnOutcome> {
+    const response = await this.floor.observed(this.rpc(write.op, write.deadline, (call) => toComparatorBuilder(this.ns, write.plan).options(call).commit()));
     return { succeeded: response.succeeded, revision: Number(response.header.revision) };
+  }
+
+  /**
+   * A group as one etcd transaction without compares of its own, each write a nested
+   * transaction (etcd ≥ 3.3) with its compares: etcd evaluates every nested compare against
+   * the state before the transaction and applies the writes of those that hold, so a write
+   * whose condition fails fails alone. The group's keys are distinct (`GroupCommit`), so no
+   * write's compare depends on another's put. If etcd refuses the group as a whole (a lease
+   * it no longer knows, a limit), each write is sent alone and gets its own answer; a group
+   * that got no answer (`UnavailableError`) fails every write with that error, as each would
+   * have alone: its outcome is unknown.
+   */
+  private async sendGroup(writes: readonly GroupedWrite[]): Promise<readonly Settled<TxnOutcome>[]> {
+    const [only] = writes;
+    if (only !== undefined && writes.length === 1) return [await settle(this.sendAlone(only))];
+    const deadline = writes.reduce((earliest, write) => (write.deadline.at < earliest.deadline.at ? write : earliest)).deadline;
+    try {
+      const response = await this.floor.observed(
+        this.rpc('txn', deadline, async (call) => {
+          const success = await Promise.all(writes.map((write) => this.nestedTxn(write.plan)));
+          return this.ns.kv.txn({ compare: [], success, failure: [] }, call);
+        }),
+      );
+      const revision = Number(response.header.revision);
+      return writes.map((_, index) => ({ ok: true, value: { succeeded: response.responses[index]?.response_txn?.succeeded === true, revision } }));
+    } catch (error) {
+      if (error instanceof UnavailableError) throw error;
+      return Promise.all(writes.map((write) => settle(this.sendAlone(write))));
+    }
+  }
+
+  /** `plan` as a nested transaction: namespaced compares and the writes' request ops. */
+  private async nestedTxn(plan: TxnPlan): Promise<IRequestOp> {
+    const compare = plan.compares.map(
+      ([key, target, cmp, value]): ICompare => ({
+        key: Buffer.concat([this.prefix, Buffer.from(key)]),
+        result: comparator[cmp],
+        target: RpcCompareTarget[target],
+        [compareTarget[target]]: value,
+      }),
+    );
+    const success = await Promise.all(plan.writes.map((write) => write.op()));
+    return { request_txn: { compare, success, failure: [] } };
   }
 
   /** Maps `ops` to compares and writes; waits for the TTL leases the writes need. */
@@ -330,6 +424,13 @@ function toComparatorBuilder(ns: Namespace, plan: TxnPlan): ComparatorBuilder {
   const builder = ns.if(...first);
   for (const compare of rest) builder.and(...compare);
   return builder.then(...plan.writes);
+}
+
+function settle<T>(promise: Promise<T>): Promise<Settled<T>> {
+  return promise.then(
+    (value) => ({ ok: true, value }),
+    (error: unknown) => ({ ok: false, error }),
+  );
 }
 
 /** Revisions that a stored value can have: etcd's start at 1. */

@@ -29,6 +29,8 @@ export interface SqliteKvOptions {
   readonly sweepIntervalMs?: number;
   /** Called once per operation; `ok` is false only when the database did not answer. */
   readonly onOperation?: (op: SqliteKvOperation, durationMs: number, ok: boolean) => void;
+  /** Most writes in one SQLite transaction (group commit; default 256, `1`: each write alone). */
+  readonly maxGroup?: number;
 }
 
 const DEFAULT_TIMEOUT_MS = 5000;
@@ -90,17 +92,18 @@ interface Statements {
   readonly sweepLeases: Database.Statement<{ now: number }>;
 }
 
-/**
- * Lets timers and I/O run before a durable write. A write blocks the thread on its fsync
- * and answers through an already settled promise, so a burst of sessions, each awaiting its
- * next write, would run as one unbroken chain of microtasks: no timer fires, and the
- * instance lease goes unrenewed until the burst ends (seen: 500 concurrent one-shot commits
- * on a loaded machine lost the lease and answered 503). The etcd backend yields on its
- * network I/O anyway.
- */
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+/** A write waiting for the next group (`SqliteKv.grouped`). */
+interface PendingWrite {
+  readonly op: SqliteKvOperation;
+  readonly work: (now: number) => unknown;
+  /** The keys it writes: watchers compare only after writes under a watched prefix. */
+  readonly keys: readonly string[];
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (error: unknown) => void;
 }
+
+/** Most writes in one SQLite transaction; the rest wait for the next turn of the event loop. */
+const DEFAULT_MAX_GROUP = 256;
 
 /**
  * KV in one SQLite file. Methods return promises for the contract's sake; the work is
@@ -118,6 +121,10 @@ export class SqliteKv implements Kv {
   private readonly watches: SqliteWatchHub;
   /** One transaction wrapper for every write; building one per operation showed in profiles. */
   private readonly inTransaction: Database.Transaction<(work: (now: number) => unknown) => unknown>;
+  /** The same wrapper nested in a group's transaction: a SAVEPOINT per write. */
+  private readonly inSavepoint: Database.Transaction<(work: (now: number) => unknown, now: number) => unknown>;
+  private pending: PendingWrite[] = [];
+  private readonly maxGroup: number;
 
   constructor(options: SqliteKvOptions) {
     mkdirSync(dirname(options.path), { recursive: true });
@@ -130,7 +137,9 @@ export class SqliteKv implements Kv {
     this.db.exec(SCHEMA);
     this.statements = prepare(this.db);
     this.inTransaction = this.db.transaction((work: (now: number) => unknown) => work(Date.now()));
+    this.inSavepoint = this.db.transaction((work: (now: number) => unknown, now: number) => work(now));
     this.onOperation = options.onOperation;
+    this.maxGroup = Math.max(1, options.maxGroup ?? DEFAULT_MAX_GROUP);
     this.sweepTimer = setInterval(() => this.sweep(), options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS);
     this.sweepTimer.unref();
     this.watches = new SqliteWatchHub({
@@ -156,15 +165,13 @@ export class SqliteKv implements Kv {
 
   /** {@inheritDoc Kv.create} A value whose TTL or lease has run out counts as absent. */
   async create(key: string, value: string, options?: WriteOptions): Promise<number> {
-    await yieldToEventLoop();
-    return this.run('create', () =>
-      this.write(
-        (now) => {
-          if (this.liveEntry(key, now) !== undefined) throw new AlreadyExistsError(key);
-          return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
-        },
-        [key],
-      ),
+    return this.grouped(
+      'create',
+      (now) => {
+        if (this.liveEntry(key, now) !== undefined) throw new AlreadyExistsError(key);
+        return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
+      },
+      [key],
     );
   }
 
@@ -173,30 +180,26 @@ export class SqliteKv implements Kv {
    * As in etcd, the new value keeps no TTL or lease unless `options` gives one.
    */
   async update(key: string, value: string, revision: number, options?: WriteOptions): Promise<number> {
-    await yieldToEventLoop();
-    return this.run('update', () =>
-      this.write(
-        (now) => {
-          if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
-          return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
-        },
-        [key],
-      ),
+    return this.grouped(
+      'update',
+      (now) => {
+        if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
+        return this.put(key, value, this.expiryOf(options, now), this.nextRevision());
+      },
+      [key],
     );
   }
 
   /** {@inheritDoc Kv.delete} */
   async delete(key: string, revision: number): Promise<void> {
-    await yieldToEventLoop();
-    return this.run('delete', () =>
-      this.write(
-        (now) => {
-          if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
-          this.statements.remove.run({ key });
-          this.nextRevision();
-        },
-        [key],
-      ),
+    await this.grouped(
+      'delete',
+      (now) => {
+        if (this.liveEntry(key, now)?.revision !== revision) throw new VersionMismatchError(key, revision);
+        this.statements.remove.run({ key });
+        this.nextRevision();
+      },
+      [key],
     );
   }
 
@@ -208,19 +211,17 @@ export class SqliteKv implements Kv {
    */
   async txn(ops: readonly KvOp[]): Promise<number> {
     assertDistinctKeys(ops);
-    await yieldToEventLoop();
-    return this.run('txn', () =>
-      this.write(
-        (now) => {
-          if (!ops.every((op) => this.holds(op, now))) throw new ConstraintViolatedError(describeTxnFailure(ops));
-          const expiries = ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.expiryOf(op.options, now) : undefined));
-          if (!ops.some((op) => op.type !== 'check')) return this.statements.currentRevision.get()?.revision ?? 0;
-          const revision = this.nextRevision();
-          for (const [index, op] of ops.entries()) this.apply(op, revision, expiries[index]);
-          return revision;
-        },
-        ops.map((op) => op.key),
-      ),
+    return this.grouped(
+      'txn',
+      (now) => {
+        if (!ops.every((op) => this.holds(op, now))) throw new ConstraintViolatedError(describeTxnFailure(ops));
+        const expiries = ops.map((op) => (op.type === 'create' || op.type === 'update' ? this.expiryOf(op.options, now) : undefined));
+        if (!ops.some((op) => op.type !== 'check')) return this.statements.currentRevision.get()?.revision ?? 0;
+        const revision = this.nextRevision();
+        for (const [index, op] of ops.entries()) this.apply(op, revision, expiries[index]);
+        return revision;
+      },
+      ops.map((op) => op.key),
     );
   }
 
@@ -279,6 +280,54 @@ export class SqliteKv implements Kv {
       this.onOperation?.(op, performance.now() - startedAt, answered);
     }
   }
+
+  /**
+   * Group commit: writes issued in one turn of the event loop (every request handled in
+   * one poll phase) run as one SQLite transaction, made durable by one COMMIT (one fsync),
+   * at the end of that turn (`setImmediate`; a write alone waits for nothing else). Each
+   * write runs in its own SAVEPOINT: one whose condition fails is rolled back and fails
+   * alone, the others commit. A COMMIT that fails fails every write of the group.
+   */
+  private grouped<T>(op: SqliteKvOperation, work: (now: number) => T, keys: readonly string[]): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.pending.length === 0) setImmediate(this.flushGroup);
+      this.pending.push({ op, work, keys, resolve: resolve as (value: unknown) => void, reject });
+    });
+  }
+
+  private readonly flushGroup = (): void => {
+    const group = this.pending.splice(0, this.maxGroup);
+    if (this.pending.length > 0) setImmediate(this.flushGroup);
+    const settled: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
+    const startedAt = performance.now();
+    try {
+      // Watchers compare only when a write of the group falls under a watched prefix.
+      const keys = group.flatMap((write) => write.keys);
+      this.write((now) => {
+        for (const write of group) {
+          try {
+            settled.push({ ok: true, value: this.inSavepoint(write.work, now) });
+          } catch (error) {
+            settled.push({ ok: false, error: toKvError(error) });
+            // SQLite rolled the whole transaction back (I/O error, disk full): nothing of the group holds.
+            if (!this.db.inTransaction) throw error;
+          }
+        }
+      }, keys);
+    } catch (error) {
+      const mapped = toKvError(error);
+      for (let index = 0; index < group.length; index += 1) {
+        if (settled[index]?.ok !== false) settled[index] = { ok: false, error: mapped };
+      }
+    }
+    for (const [index, write] of group.entries()) {
+      const outcome = settled[index];
+      const answered = outcome?.ok === true || (outcome?.error instanceof CommitdError && !(outcome.error instanceof UnavailableError));
+      this.onOperation?.(write.op, performance.now() - startedAt, answered);
+      if (outcome?.ok) write.resolve(outcome.value);
+      else write.reject(outcome?.error);
+    }
+  };
 
   /** Runs `work` in a transaction that holds the write lock from its first statement. */
   private write<T>(work: (now: number) => T, keys?: readonly string[]): T {
