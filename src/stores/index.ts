@@ -4,12 +4,13 @@
  * @module
  */
 import { etcdStoreType } from './etcd/store.ts';
+import { httpStoreType } from './http/store.ts';
 import { postgresStoreType } from './postgres/store.ts';
 import { redisStoreType } from './redis/store.ts';
 import { sqliteStoreType } from './sqlite/store.ts';
 import type { StoreType } from './api.ts';
 
-export type { JsonSchema, OrphanDecision, Store, StoreContext, StoreSession, StoreType } from './api.ts';
+export type { JsonSchema, OrphanDecision, Store, StoreContext, StoreSession, StoreSessionContext, StoreType } from './api.ts';
 export {
   ChangeRejectedError,
   HelperCommittable,
@@ -23,6 +24,7 @@ export { loadPlugin, PluginLoadError } from './plugins.ts';
 export { etcdStoreType } from './etcd/store.ts';
 export { postgresStoreType } from './postgres/store.ts';
 export { redisStoreType } from './redis/store.ts';
+export { httpStoreType, type HttpChange, type HttpOptions } from './http/store.ts';
 export {
   createValidatorCompiler,
   describeSchemaError,
@@ -37,5 +39,5 @@ export {
 
 /** The store types commitd ships with; register each in a `StoreRegistry`. */
 export function builtinStoreTypes(): StoreType[] {
-  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType];
+  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType, httpStoreType];
 }
