@@ -33,6 +33,8 @@ export interface StockParticipant {
   readonly url: string;
   readonly dbPath: string;
   readonly journal: JournalEntry[];
+  /** Calls as they arrive (before any fault or answer); `status` is 0. */
+  readonly received: JournalEntry[];
   /** Injects a fault on a phase (replacing any earlier one). */
   fault(phase: ParticipantPhase, fault: Fault): void;
   /** Confirmed attempts under `key`: the effect a user relies on landing once. */
@@ -79,10 +81,16 @@ export async function startStockParticipant(dir: string, name = 'stock'): Promis
   await database.ensureSchema();
 
   const journal: JournalEntry[] = [];
+  const received: JournalEntry[] = [];
+  const entryOf = (request: { url: string; body: unknown }, status: number): JournalEntry => {
+    const body = request.body as { key?: string; attempt?: string } | undefined;
+    return { phase: request.url.split('/').pop() as ParticipantPhase, key: body?.key ?? '', attempt: body?.attempt ?? '', status, at: Date.now() };
+  };
   const faults = new Map<ParticipantPhase, { fault: Fault; left: number }>();
   const app = Fastify({ logger: false });
 
   app.addHook('preHandler', async (request, reply) => {
+    received.push(entryOf(request, 0));
     const phase = request.url.split('/').pop() as ParticipantPhase;
     const injected = faults.get(phase);
     if (!injected || injected.left <= 0) return;
@@ -96,15 +104,10 @@ export async function startStockParticipant(dir: string, name = 'stock'): Promis
     }
     await new Promise((resolve) => setTimeout(resolve, (injected.fault as { delayMs: number }).delayMs));
   });
-  app.addHook('onResponse', async (request, reply) => {
-    const body = request.body as { key?: string; attempt?: string } | undefined;
-    journal.push({
-      phase: request.url.split('/').pop() as ParticipantPhase,
-      key: body?.key ?? '',
-      attempt: body?.attempt ?? '',
-      status: reply.statusCode,
-      at: Date.now(),
-    });
+  // onSend, not onResponse: a call whose caller gave up (a timeout) is still answered, and journaled.
+  app.addHook('onSend', async (request, reply, payload) => {
+    journal.push(entryOf(request, reply.statusCode));
+    return payload;
   });
 
   await app.register(
@@ -151,6 +154,7 @@ export async function startStockParticipant(dir: string, name = 'stock'): Promis
     url: address,
     dbPath,
     journal,
+    received,
     fault: (phase, fault) => faults.set(phase, { fault, left: fault.times }),
     confirmed: (key) =>
       (read.prepare("SELECT count(DISTINCT attempt) AS n FROM reservations WHERE key = ? AND state = 'confirmed'").get(key) as { n: number }).n,

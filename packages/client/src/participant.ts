@@ -131,12 +131,15 @@ export function barrierSchema(dialect: BarrierSql['dialect']): string {
 /** Statements of one dialect. */
 function statements(dialect: BarrierSql['dialect']) {
   const p = dialect === 'postgres' ? (n: number) => `$${n}` : () => '?';
-  const where = `store = ${p(1)} AND key = ${p(2)} AND attempt = ${p(3)}`;
+  const where = (first: number) => `store = ${p(first)} AND key = ${p(first + 1)} AND attempt = ${p(first + 2)}`;
+  const now = dialect === 'postgres' ? 'now()' : "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
   return {
+    /** Parameters: store, key, attempt, state. */
     insert: `INSERT INTO ${BARRIER_TABLE} (store, key, attempt, state) VALUES (${p(1)}, ${p(2)}, ${p(3)}, ${p(4)}) ON CONFLICT DO NOTHING`,
-    // FOR UPDATE: a concurrent call for the same attempt waits for this transaction (sqlite's write lock does that already).
-    select: `SELECT state FROM ${BARRIER_TABLE} WHERE ${where}${dialect === 'postgres' ? ' FOR UPDATE' : ''}`,
-    update: `UPDATE ${BARRIER_TABLE} SET state = ${p(4)}, updated_at = ${dialect === 'postgres' ? 'now()' : "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"} WHERE ${where}`,
+    /** Parameters: store, key, attempt. FOR UPDATE: a concurrent call for the same attempt waits (sqlite's write lock does that already). */
+    select: `SELECT state FROM ${BARRIER_TABLE} WHERE ${where(1)}${dialect === 'postgres' ? ' FOR UPDATE' : ''}`,
+    /** Parameters: state, store, key, attempt (`?` placeholders are positional). */
+    update: `UPDATE ${BARRIER_TABLE} SET state = ${p(1)}, updated_at = ${now} WHERE ${where(2)}`,
   };
 }
 
@@ -152,7 +155,7 @@ export async function barrier(sql: BarrierSql, call: ParticipantCall, business: 
   const id = [call.store, call.key, call.attempt] as const;
   const current = async (): Promise<BarrierState | undefined> => (await sql.query(q.select, id)).rows[0]?.state as BarrierState | undefined;
   const move = async (state: BarrierState) => {
-    await sql.query(q.update, [...id, state]);
+    await sql.query(q.update, [state, ...id]);
     await business();
     return 'applied' as const;
   };
