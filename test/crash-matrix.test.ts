@@ -3,6 +3,11 @@
  * interactive session are SIGKILLed there; after a restart the session ends committed
  * exactly once with the session ID its changes define — or, when the crash came before
  * the commit point, absent, and a retry commits it. Both KV backends.
+ *
+ * The nats rows do the same with a `nats` store alone and after a sqlite store (so that
+ * `commit.afterStore.1` falls once after and once before the publishes): the stream holds
+ * one message per key. The embedded KV only: the rows are about the store, the KV's part is
+ * covered above.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -11,7 +16,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { makeTempDir, removeTempDir } from './harness/child.ts';
+import { natsBinary, startNats, type NatsServer } from './harness/nats.ts';
 import { skipUnlessFound } from './harness/require.ts';
+import { natsReader, type NatsReader } from './support/nats.ts';
 import { startProcess, type ProcessServiceOptions } from './support/process.ts';
 import { countRows, sqliteRun } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, sharedEtcdServer, sqliteStores } from './support/service.ts';
@@ -96,3 +103,72 @@ for (const kv of KV_BACKENDS) {
     }
   });
 }
+
+describe('crash matrix: nats rows (sqlite KV)', { skip: skipUnlessFound({ 'nats-server': natsBinary() }) }, () => {
+  const root = makeTempDir('matrix-nats');
+  const stream = 'matrix';
+  let nats: NatsServer;
+  let reader: NatsReader;
+  before(async () => {
+    nats = await startNats();
+    reader = await natsReader(nats.url);
+    // commitd's default retention is a day: so must the duplicate window be.
+    await reader.addStream(stream, ['matrix.>'], 86_400);
+  });
+  after(async () => {
+    await reader?.close();
+    await nats?.cleanup();
+    await removeTempDir(root);
+  });
+
+  for (const storeCount of [1, 2]) {
+    for (const point of pointsFor(storeCount)) {
+      for (const mode of ['one-shot', 'interactive'] as const) {
+        it(`nats${storeCount === 2 ? ' after sqlite' : ''}, ${mode}, SIGKILL at ${point}`, async () => {
+          const dir = join(root, `${storeCount}-${point}-${mode}`);
+          mkdirSync(dir, { recursive: true });
+          const key = `n-${storeCount}-${mode}-${point}`;
+          const subject = `matrix.${key.replaceAll('.', '_')}`;
+          const events = { name: storeCount === 2 ? 's2' : 's1', type: 'nats', options: { servers: nats.url, stream } };
+          const ledger = sqliteStores(dir, ['s1']);
+          const stores = storeCount === 2 ? [...ledger, events] : [events];
+          if (storeCount === 2) sqliteRun(join(dir, 's1.db'), 'CREATE TABLE t(k TEXT, n INTEGER)');
+          const changes: Record<string, unknown[]> = { [events.name]: [{ subject, data: { key, event: 'created' } }] };
+          if (storeCount === 2) changes.s1 = [{ sql: 'INSERT INTO t(k, n) VALUES (?, ?)', params: [key, 1] }];
+          const expectedId = sessionIdOfChanges(changes);
+          const options: ProcessServiceOptions = { dir, stores };
+
+          const firstPoint = point === 'recovery.afterAdopt' ? 'commit.afterIntent' : point;
+          const doomed = await startProcess(options, `${firstPoint}=crash`);
+          await assert.rejects(runSession(doomed.request, mode, key, changes), 'the request must die with the process');
+          assert.equal((await doomed.process.waitForExit(20_000)).signal, 'SIGKILL');
+          if (point === 'recovery.afterAdopt') {
+            const adopter = await startProcess(options, 'recovery.afterAdopt=crash', false);
+            assert.equal((await adopter.process.waitForExit(20_000)).signal, 'SIGKILL', 'recovery at start-up must reach the failpoint');
+          }
+
+          const restarted = await startProcess(options);
+          try {
+            let shown = await restarted.request('GET', `/v1/sessions/${key}`);
+            if (endsAbsent(point, mode)) {
+              assert.equal(shown.status, 404, JSON.stringify(shown.body));
+              assert.equal(await reader.count(stream, subject), 0, 'nothing is published before the commit point');
+              const retried = await runSession(restarted.request, mode, key, changes);
+              assert.equal(retried.status, 200, JSON.stringify(retried.body));
+              shown = await restarted.request('GET', `/v1/sessions/${key}`);
+            }
+            assert.equal(shown.status, 200, JSON.stringify(shown.body));
+            assert.equal(shown.body.state, 'committed');
+            assert.equal(shown.body.sessionId, expectedId);
+            const again = await runSession(restarted.request, 'one-shot', key, changes);
+            assert.equal(again.body.sessionId, expectedId, 'a retry answers the committed result');
+            assert.equal(await reader.count(stream, subject), 1, 'the stream holds one message for the key');
+            if (storeCount === 2) assert.equal(countRows(join(dir, 's1.db'), key), 1, 's1 must hold the row exactly once');
+          } finally {
+            await restarted.process.stop();
+          }
+        });
+      }
+    }
+  }
+});

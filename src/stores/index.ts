@@ -5,6 +5,7 @@
  */
 import { etcdStoreType } from './etcd/store.ts';
 import { httpStoreType } from './http/store.ts';
+import { natsStoreType } from './nats/store.ts';
 import { postgresStoreType } from './postgres/store.ts';
 import { redisStoreType } from './redis/store.ts';
 import { sqliteStoreType } from './sqlite/store.ts';
@@ -22,6 +23,7 @@ export {
 export { sqliteStoreType, type SqliteChange, type SqliteOptions } from './sqlite/store.ts';
 export { loadPlugin, PluginLoadError } from './plugins.ts';
 export { etcdStoreType } from './etcd/store.ts';
+export { natsStoreType } from './nats/store.ts';
 export { postgresStoreType } from './postgres/store.ts';
 export { redisStoreType } from './redis/store.ts';
 export { httpStoreType, type HttpChange, type HttpOptions } from './http/store.ts';
@@ -39,5 +41,5 @@ export {
 
 /** The store types commitd ships with; register each in a `StoreRegistry`. */
 export function builtinStoreTypes(): StoreType[] {
-  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType, httpStoreType];
+  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType, natsStoreType, httpStoreType];
 }
