@@ -76,9 +76,8 @@ describe('examples/order-flow: the order, its event and its reservation once, wh
     const events = (await reader.messages(EVENTS_STREAM.name, 'order.created')).filter(
       (message) => (JSON.parse(new TextDecoder().decode(message.data)) as { orderId: string }).orderId === order.id,
     ).length;
-    const confirmed = (
-      await stock.pool.query("SELECT count(*)::int AS n FROM commitd_barrier WHERE key = $1 AND state = 'confirmed'", [orderKey(order)])
-    ).rows[0].n as number;
+    const confirmed = (await stock.pool.query("SELECT count(*)::int AS n FROM commitd_barrier WHERE key = $1 AND state = 'confirmed'", [orderKey(order)]))
+      .rows[0].n as number;
     return { rows, events, confirmed };
   }
 

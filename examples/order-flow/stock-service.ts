@@ -70,14 +70,16 @@ export async function startStockService(options: {
             line.sku,
           ]);
           if (taken.rowCount !== 1) throw new ParticipantRefusal(`not enough ${line.sku} in stock for ${line.qty}`, { code: 'out_of_stock' });
-          await tx.query("INSERT INTO reservations (key, attempt, sku, qty, state) VALUES ($1, $2, $3, $4, 'reserved')", [call.key, call.attempt, line.sku, line.qty]);
+          await tx.query("INSERT INTO reservations (key, attempt, sku, qty, state) VALUES ($1, $2, $3, $4, 'reserved')", [
+            call.key,
+            call.attempt,
+            line.sku,
+            line.qty,
+          ]);
         }
       },
       async confirm(call, tx) {
-        await tx.query(
-          `UPDATE stock SET reserved = stock.reserved - r.qty FROM ${RESERVED_LINES} r WHERE r.sku = stock.sku`,
-          [call.key, call.attempt],
-        );
+        await tx.query(`UPDATE stock SET reserved = stock.reserved - r.qty FROM ${RESERVED_LINES} r WHERE r.sku = stock.sku`, [call.key, call.attempt]);
         await tx.query("UPDATE reservations SET state = 'confirmed' WHERE key = $1 AND attempt = $2", [call.key, call.attempt]);
       },
       async cancel(call, tx) {
