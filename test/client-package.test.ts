@@ -61,6 +61,14 @@ try {
 console.log(JSON.stringify({ committed, refused }));
 `;
 
+/** A participant's use of the barrier subpath, plain ESM, with no database driver installed. */
+const PARTICIPANT = `
+import { barrierSchema, parseParticipantCall, participantRoutes } from '@commitd/client/participant';
+
+const call = parseParticipantCall('try', { key: 'k', attempt: 'a', store: 'stock', changes: [{ action: 'reserve' }] }, 'k');
+console.log(JSON.stringify({ call, schema: barrierSchema('postgres').startsWith('CREATE TABLE IF NOT EXISTS commitd_barrier'), routes: typeof participantRoutes }));
+`;
+
 describe('@commitd/client packed and installed on its own', { timeout: 300_000 }, () => {
   let dir: string;
   let app: string;
@@ -78,6 +86,7 @@ describe('@commitd/client packed and installed on its own', { timeout: 300_000 }
     mkdirSync(app);
     writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'worker-app', version: '1.0.0', private: true, type: 'module' }));
     writeFileSync(join(app, 'worker.mjs'), WORKER);
+    writeFileSync(join(app, 'participant.mjs'), PARTICIPANT);
     // --prefer-offline: the SDK's few dependencies come from the npm cache when they are there.
     await npm(['install', '--prefer-offline', '--no-audit', '--no-fund', join(packed, filename)], app);
 
@@ -121,5 +130,14 @@ describe('@commitd/client packed and installed on its own', { timeout: 300_000 }
     } finally {
       db.close();
     }
+  });
+
+  it('serves the participant barrier as @commitd/client/participant', async () => {
+    const { stdout } = await run(process.execPath, ['participant.mjs'], { cwd: app, timeout: 60_000 });
+    assert.deepEqual(JSON.parse(stdout), {
+      call: { phase: 'try', key: 'k', attempt: 'a', store: 'stock', changes: [{ action: 'reserve' }] },
+      schema: true,
+      routes: 'function',
+    });
   });
 });

@@ -9,6 +9,12 @@
  * `commit.afterStore.1` falls once after and once before the publishes): the stream holds
  * one message per key. The embedded KV only: the rows are about the store, the KV's part is
  * covered above.
+ *
+ * The http rows do the same with an `http` participant (a stock service on the SDK's
+ * barrier, in this test process, outliving every kill) alone and after a sqlite store: the
+ * participant holds one confirmed reservation per key, no confirm came before its try and
+ * no cancel after a confirm. A session with a participant writes its record at begin, a
+ * one-shot too, so a crash at `begin.afterRecord` leaves it absent in both modes.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -23,6 +29,7 @@ import { mariadbBinary, mariadbInstallDb, mysqlRows, startMariadb, type MariadbS
 import { skipUnlessFound } from './harness/require.ts';
 import { natsReader, type NatsReader } from './support/nats.ts';
 import { startProcess, type ProcessServiceOptions } from './support/process.ts';
+import { protocolViolations, startStockParticipant, type StockParticipant } from './support/stock-participant.ts';
 import { countRows, sqliteRun } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, sharedEtcdServer, sqliteStores } from './support/service.ts';
 
@@ -215,6 +222,75 @@ describe('crash matrix: nats rows (sqlite KV)', { skip: skipUnlessFound({ 'nats-
             const again = await runSession(restarted.request, 'one-shot', key, changes);
             assert.equal(again.body.sessionId, expectedId, 'a retry answers the committed result');
             assert.equal(await reader.count(stream, subject), 1, 'the stream holds one message for the key');
+            if (storeCount === 2) assert.equal(countRows(join(dir, 's1.db'), key), 1, 's1 must hold the row exactly once');
+          } finally {
+            await restarted.process.stop();
+          }
+        });
+      }
+    }
+  }
+});
+
+describe('crash matrix: http rows (sqlite KV)', () => {
+  const root = makeTempDir('matrix-http');
+  let participant: StockParticipant;
+  before(async () => {
+    participant = await startStockParticipant(root);
+  });
+  after(async () => {
+    await participant?.close();
+    await removeTempDir(root);
+  });
+
+  for (const storeCount of [1, 2]) {
+    for (const point of pointsFor(storeCount)) {
+      for (const mode of ['one-shot', 'interactive'] as const) {
+        it(`http${storeCount === 2 ? ' after sqlite' : ''}, ${mode}, SIGKILL at ${point}`, async () => {
+          const dir = join(root, `${storeCount}-${point}-${mode}`);
+          mkdirSync(dir, { recursive: true });
+          const key = `h-${storeCount}-${mode}-${point}`;
+          const stock = {
+            name: storeCount === 2 ? 's2' : 's1',
+            type: 'http',
+            options: { baseUrl: participant.url, timeoutMs: 5000, retry: { attempts: 3, backoffMs: 50 } },
+          };
+          const stores = storeCount === 2 ? [...sqliteStores(dir, ['s1']), stock] : [stock];
+          if (storeCount === 2) sqliteRun(join(dir, 's1.db'), 'CREATE TABLE t(k TEXT, n INTEGER)');
+          const changes: Record<string, unknown[]> = { [stock.name]: [{ action: 'reserve', body: { sku: 'widget', qty: 1 } }] };
+          if (storeCount === 2) changes.s1 = [{ sql: 'INSERT INTO t(k, n) VALUES (?, ?)', params: [key, 1] }];
+          const expectedId = sessionIdOfChanges(changes);
+          const options: ProcessServiceOptions = { dir, stores };
+          const available = participant.available('widget');
+
+          const firstPoint = point === 'recovery.afterAdopt' ? 'commit.afterIntent' : point;
+          const doomed = await startProcess(options, `${firstPoint}=crash`);
+          await assert.rejects(runSession(doomed.request, mode, key, changes), 'the request must die with the process');
+          assert.equal((await doomed.process.waitForExit(20_000)).signal, 'SIGKILL');
+          if (point === 'recovery.afterAdopt') {
+            const adopter = await startProcess(options, 'recovery.afterAdopt=crash', false);
+            assert.equal((await adopter.process.waitForExit(20_000)).signal, 'SIGKILL', 'recovery at start-up must reach the failpoint');
+          }
+
+          const restarted = await startProcess(options);
+          try {
+            let shown = await restarted.request('GET', `/v1/sessions/${key}`);
+            if (point === 'begin.afterRecord') {
+              assert.equal(shown.status, 404, JSON.stringify(shown.body));
+              assert.equal(participant.confirmed(key), 0, 'nothing is confirmed before the commit point');
+              const retried = await runSession(restarted.request, mode, key, changes);
+              assert.equal(retried.status, 200, JSON.stringify(retried.body));
+              shown = await restarted.request('GET', `/v1/sessions/${key}`);
+            }
+            assert.equal(shown.status, 200, JSON.stringify(shown.body));
+            assert.equal(shown.body.state, 'committed');
+            assert.equal(shown.body.sessionId, expectedId);
+            const again = await runSession(restarted.request, 'one-shot', key, changes);
+            assert.equal(again.body.sessionId, expectedId, 'a retry answers the committed result');
+            assert.equal(participant.confirmed(key), 1, 'the participant holds one confirmed effect for the key');
+            assert.equal(participant.available('widget'), available - 1, 'the stock was taken once');
+            assert.equal(participant.reserved('widget'), 0, 'no reservation is left pending');
+            assert.deepEqual(protocolViolations(participant.journal, key), []);
             if (storeCount === 2) assert.equal(countRows(join(dir, 's1.db'), key), 1, 's1 must hold the row exactly once');
           } finally {
             await restarted.process.stop();

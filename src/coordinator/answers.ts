@@ -74,8 +74,9 @@ export class KeyAnswers {
     }
     if (record.state !== 'active') return this.fromRecovery(key, await recovery.recoverKey(key));
     if (!sameNames(record.stores, names)) throw new KeyReusedError(key, `with stores ${record.stores.join(', ')}`);
-    const adopted = await recovery.adopt(key, record, revision);
-    if (!adopted) throw new SessionBusyError(key, record.owner, 'another instance adopted it first');
+    const taken = await recovery.adopt(key, record, revision);
+    if (!taken) throw new SessionBusyError(key, record.owner, 'another instance adopted it first');
+    const adopted = await recovery.renewAttempt(key, taken);
     // Work a dead owner prepared before its commit point must not commit with the resumed session.
     await recovery.resolveOrphans();
     table.assertFree(key);
@@ -95,7 +96,11 @@ export class KeyAnswers {
     }
     if (!record) throw new KeyReusedError(key, 'and committed; its result is no longer retained');
     if (record.sessionId !== sessionId) throw new KeyReusedError(key, 'with other stores or changes');
-    return this.fromRecovery(key, await this.#deps.recovery.recoverKey(key));
+    const outcome = await this.#deps.recovery.recoverKey(key);
+    // The early record of a one-shot with participants, left before its commit point.
+    if (outcome.state === 'cancelled')
+      throw new ServiceUnavailableError(`an earlier attempt of ${key} stopped before its commit point and was cancelled; retry`, 1);
+    return this.fromRecovery(key, outcome);
   }
 
   /** A commit of a key with no session open here: whatever recovery makes of it. */

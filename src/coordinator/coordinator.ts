@@ -297,7 +297,8 @@ export class Coordinator implements SessionCoordinator {
       try {
         await session.begin();
       } catch (err) {
-        if (err instanceof AlreadyCommittedError) return this.#answers.oneShot(key, sessionId);
+        // SlotTakenError: the early record of a one-shot with participants was there first.
+        if (err instanceof AlreadyCommittedError || err instanceof SlotTakenError) return this.#answers.oneShot(key, sessionId);
         throw err;
       }
       this.#metrics?.sessionsBegun.inc();

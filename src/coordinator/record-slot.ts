@@ -38,6 +38,16 @@ export interface RecordStart {
   readonly startedAt: string;
   /** The record of a crashed session this one resumes (adopted by this instance). */
   readonly adopted?: { readonly record: SessionRecord; readonly revision: number };
+  /** The attempt of the key the session's participants see (kept in every record written). */
+  readonly attempt: string;
+  /**
+   * The session's participants (stores with \`cancelAttempt\`), which the result lists as
+   * confirmed. With any, a one-shot writes its record at begin too: recovery must find the
+   * attempt of a try sent before the commit point, to cancel it.
+   */
+  readonly participants: readonly string[];
+  /** A one-shot's session ID, known from the start (its early record carries it). */
+  readonly sessionId?: string;
 }
 
 /** One session's record in the coordinator KV. */
@@ -72,10 +82,14 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
     return adopted && adopted.record.state !== 'active' ? keyBytes(this.#start.key) : undefined;
   }
 
-  /** Interactive sessions create their record now (an adopted one exists already); one-shot ones at the commit point. */
+  /**
+   * Interactive sessions create their record now (an adopted one exists already); one-shot
+   * ones at the commit point, unless they have participants.
+   */
   async claim(): Promise<void> {
-    if (this.#start.oneShot || this.#start.adopted) return;
-    await this.#create(this.#newRecord('active', {}));
+    const { oneShot, participants, sessionId, adopted } = this.#start;
+    if (adopted || (oneShot && participants.length === 0)) return;
+    await this.#create({ ...this.#newRecord('active', {}), ...(oneShot && sessionId ? { sessionId } : {}) });
     await this.#deps.failpoints.fire('begin.afterRecord');
   }
 
@@ -119,6 +133,7 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
       sessionId: toHex(result.sessionId),
       stores: Object.fromEntries([...result.stores].map(([name, id]) => [name, toHex(id)])),
       committedAt: new Date().toISOString(),
+      ...(this.#start.participants.length > 0 ? { confirmed: this.#start.participants } : {}),
     };
     this.#resultWritten = this.#writeResult(value);
     if (!this.#deps.earlyReply) await this.#resultWritten;
@@ -158,6 +173,7 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
       owner: this.#deps.instanceId,
       startedAt: this.#start.startedAt,
       ...(this.#start.oneShot ? { oneShot: true } : {}),
+      attempt: this.#start.attempt,
       ...logFields,
     };
   }

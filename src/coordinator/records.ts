@@ -27,6 +27,11 @@ export interface SessionRecord {
    */
   readonly sessionId?: string;
   readonly oneShot?: boolean;
+  /**
+   * Names this attempt of the key for participants (the \`http\` protocol's \`attempt\`): kept
+   * across adoption and roll-forward, new when the key begins afresh.
+   */
+  readonly attempt?: string;
   /** The change log, inline when small. */
   readonly log?: ChangeLog;
   readonly logChunks?: LogChunks;
@@ -39,6 +44,8 @@ export interface ResultRecord {
   readonly sessionId: string;
   readonly stores: Readonly<Record<string, string>>;
   readonly committedAt: string;
+  /** The participants (\`http\` stores) that confirmed: their marker is this list. */
+  readonly confirmed?: readonly string[];
 }
 
 /** `instances/<id>`: a running commitd, attached to its lease. */

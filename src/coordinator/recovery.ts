@@ -5,8 +5,9 @@
  * store rejects into `failed`, and resolves prepared transactions left without a session.
  * @module
  */
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import { describeKey } from '../core/keys.ts';
+import { describeKey, keyBytes } from '../core/keys.ts';
 import { errorMessage } from '../errors/catalogue.ts';
 import type { Kv } from '../kv/kv.ts';
 import { VersionMismatchError } from '../kv/errors.ts';
@@ -98,7 +99,7 @@ export class Recovery {
   /** Recovers one key (single flight: concurrent callers share the run). */
   recoverKey(key: string): Promise<RecoveryOutcome> {
     return this.#singleFlight(key, async () => {
-      const { kv, table, instance } = this.#deps;
+      const { kv, table, instance, logger } = this.#deps;
       const { record, revision, result } = await readKey(kv, key);
       if (result) return { state: 'committed', result };
       if (!record) return { state: 'absent' };
@@ -111,13 +112,48 @@ export class Recovery {
       if (!adopted) return { state: 'busy', owner: record.owner, why: 'another instance adopted it first' };
       await this.#deps.failpoints.fire('recovery.afterAdopt');
       if (record.state === 'active') {
-        // Nothing of an active session reached any store: cancel it; a retry starts afresh.
+        // Nothing of an active session was committed anywhere: cancel it; a retry starts
+        // afresh. A participant may hold its try: it hears cancel before the record goes,
+        // and while it cannot be reached the record stays for the next pass.
+        try {
+          await this.cancelParticipants(key, record);
+        } catch (err) {
+          logger.warn({ err, key }, 'a participant did not accept the cancel of an abandoned session; the next pass retries');
+          return { state: 'pending', error: errorMessage(err) };
+        }
         await kv.txn(await deleteSessionOps(kv, key, record, adopted.revision));
         this.#deps.metrics?.sessionsRecovered.inc({ outcome: 'cancelled' });
         return { state: 'cancelled' };
       }
       return this.#rollForward(key, adopted.record, adopted.revision);
     });
+  }
+
+  /**
+   * Sends cancel, for the record's attempt, to each of its stores that is a participant:
+   * an `active` record of a dead instance may have sent a try before it died.
+   */
+  async cancelParticipants(key: string, record: SessionRecord): Promise<void> {
+    if (record.attempt === undefined) return;
+    for (const name of record.stores) {
+      const store = this.#deps.stores.get(name);
+      if (store?.cancelAttempt) await store.cancelAttempt(keyBytes(key), record.attempt);
+      else if (!store) this.#deps.logger.warn({ key, store: name }, 'a store of an abandoned session is not configured here: it is not cancelled');
+    }
+  }
+
+  /**
+   * A worker resumes the `active` record of a dead instance: the dead one's try (if any) is
+   * cancelled and the resumed session gets an attempt of its own, written before it begins,
+   * so its try is never taken for the dead one's.
+   */
+  async renewAttempt(key: string, adopted: { record: SessionRecord; revision: number }): Promise<{ record: SessionRecord; revision: number }> {
+    const participants = adopted.record.stores.some((name) => this.#deps.stores.get(name)?.cancelAttempt !== undefined);
+    if (!participants) return adopted;
+    await this.cancelParticipants(key, adopted.record);
+    const record: SessionRecord = { ...adopted.record, attempt: randomUUID() };
+    const revision = await this.#deps.kv.update(recordKeys.session(key), JSON.stringify(record), adopted.revision);
+    return { record, revision };
   }
 
   /** An operator's retry of a `failed` session, already turned `committing` at `revision`. */

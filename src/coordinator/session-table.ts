@@ -4,6 +4,7 @@
  * and forgetting them when they end.
  * @module
  */
+import { randomUUID } from 'node:crypto';
 import type { SessionHasher } from '../core/session-id.ts';
 import type { Metrics } from '../metrics.ts';
 import type { Store, StoreSession } from '../stores/api.ts';
@@ -99,10 +100,14 @@ export class SessionTable {
     this.#deps.session.logBudget.reserve(heldBytes, `the changes of session ${request.key}`);
     let session: Session;
     try {
-      const stores = new Map<string, StoreSession>(request.names.map((name) => [name, (this.#deps.stores.get(name) as Store).session()]));
+      const attempt = request.adopted?.record.attempt ?? randomUUID();
+      const opened = request.names.map((name) => [name, this.#deps.stores.get(name) as Store] as const);
+      const stores = new Map<string, StoreSession>(opened.map(([name, store]) => [name, store.session({ attempt })]));
       session = new Session(this.#deps.session, {
         key: request.key,
         stores,
+        attempt,
+        participants: opened.filter(([, store]) => store.cancelAttempt !== undefined).map(([name]) => name),
         oneShot: request.oneShot,
         hasher: request.hasher,
         adopted: request.adopted,

@@ -52,6 +52,10 @@ export interface SessionStart {
   readonly hasher?: SessionHasher;
   /** The record of a crashed session this one resumes (adopted by this instance). */
   readonly adopted?: { readonly record: SessionRecord; readonly revision: number };
+  /** The attempt of the key the stores' sessions were opened with. */
+  readonly attempt: string;
+  /** Names of the stores that are participants (see \`Store.cancelAttempt\`). */
+  readonly participants: readonly string[];
   /** Bytes already taken from the log budget for this session (a one-shot's changes); given back when it ends. */
   readonly heldBytes?: number;
   /** Called once, when the session ends in any way. */
@@ -85,15 +89,18 @@ export class SessionInterruptedError extends ServiceUnavailableError {
 }
 
 /**
- * One store as the MultiCommitter sees it: names the store in its errors, and fires
- * `commit.afterStore.N` after the N-th store (in commit order) committed.
+ * One store as the MultiCommitter sees it: names the store in its errors, fires
+ * `commit.afterStore.N` after the N-th store (in commit order) committed, and turns the
+ * committer's cancel into a release once the session may have passed its commit point
+ * (a participant must never hear `cancel` for a session that will commit).
  */
 class StoreStep implements Committable {
   constructor(
     readonly name: string,
-    readonly inner: Committable,
+    readonly inner: StoreSession,
     readonly point: string,
     readonly failpoints: Failpoints,
+    readonly mayHaveCommitted: () => boolean,
   ) {}
 
   async begin(key: Uint8Array): Promise<void> {
@@ -111,7 +118,8 @@ class StoreStep implements Committable {
   }
 
   async cancel(): Promise<void> {
-    await this.inner.cancel().catch((err: unknown) => Promise.reject(storeError(this.name, err)));
+    const stop = this.mayHaveCommitted() && this.inner.release ? this.inner.release() : this.inner.cancel();
+    await stop.catch((err: unknown) => Promise.reject(storeError(this.name, err)));
   }
 }
 
@@ -138,6 +146,8 @@ export class Session {
   #phase: SessionPhase;
   /** The result once every store committed, while (and after) it is written to the KV. */
   #committed: ResultRecord | undefined;
+  /** From the moment the commit point is written (or its write is attempted) on. */
+  #mayHaveCommitted: boolean;
   #logBytes = 0;
   /** Taken from the log budget, given back once when the session ends. */
   #heldBytes: number;
@@ -158,13 +168,23 @@ export class Session {
     this.logger = deps.logger.child({ key: start.key });
     this.startedAt = start.adopted?.record.startedAt ?? new Date().toISOString();
     this.#phase = start.adopted?.record.state === 'committing' ? 'committing' : 'active';
+    this.#mayHaveCommitted = this.#phase === 'committing';
     this.ended = new Promise((resolve) => {
       this.#markEnded = resolve;
     });
-    this.#slot = new RecordSlot(deps, { key: start.key, stores: this.storeNames, oneShot: start.oneShot, startedAt: this.startedAt, adopted: start.adopted });
+    this.#slot = new RecordSlot(deps, {
+      key: start.key,
+      stores: this.storeNames,
+      oneShot: start.oneShot,
+      startedAt: this.startedAt,
+      adopted: start.adopted,
+      attempt: start.attempt,
+      participants: start.participants,
+      sessionId: start.oneShot && start.hasher ? this.#hasher.sessionIdHex() : undefined,
+    });
     const committables = this.storeNames.map((name, i) => {
       const store = start.stores.get(name) as StoreSession;
-      return [name, new StoreStep(name, store, `commit.afterStore.${i + 1}`, deps.failpoints)] as const;
+      return [name, new StoreStep(name, store, `commit.afterStore.${i + 1}`, deps.failpoints, () => this.#mayHaveCommitted)] as const;
     });
     this.#committer = new MultiCommitter(this.#slot, committables, { logger: this.logger });
   }
@@ -293,6 +313,7 @@ export class Session {
       if (this.#phase === 'active') {
         await this.#eachStore((store, key) => store.prepare(key));
         this.#phase = 'deciding';
+        this.#mayHaveCommitted = true;
         await this.#slot.writeCommitPoint(this.#log, this.sessionId);
         this.#phase = 'committing';
       }

@@ -62,8 +62,24 @@ export interface StoreSession<Change = unknown> extends Committable {
    * Optional: without it, `commit` does it all.
    */
   decide?(key: Uint8Array): Promise<void>;
+  /**
+   * The session stops at or past its commit point, where it may already be committed:
+   * free what this process holds, undo nothing — whoever recovers the session finishes it.
+   * Optional: without it `cancel` is called (a database rolls back its open transaction;
+   * recovery re-applies the logged changes).
+   */
+  release?(): Promise<void>;
   /** True when recovery found this store already committed (applies are ignored). */
   readonly skipping: boolean;
+}
+
+/** What commitd tells a store about the session it opens. */
+export interface StoreSessionContext {
+  /**
+   * Names this attempt of the key: the same across retries and recoveries of the attempt,
+   * a new one whenever the key begins afresh after a cancel (kept in the session record).
+   */
+  readonly attempt: string;
 }
 
 /** Decides the fate of a prepared transaction found without its session (two-phase stores). */
@@ -82,6 +98,14 @@ export interface Store<Change = unknown> {
    * up while open.
    */
   probe?(): Promise<void>;
+  session(context?: StoreSessionContext): StoreSession<Change>;
+  /**
+   * Present on participants (stores that hold a reservation between prepare and commit,
+   * such as `http`): undoes what a session under `key` and `attempt` may have left before
+   * its commit point, when recovery deletes the `active` record of a dead instance. A
+   * session on such a store writes its record before prepare, one-shots included.
+   */
+  cancelAttempt?(key: Uint8Array, attempt: string): Promise<void>;
   /** Resolves prepared transactions left by crashed instances (stores with a real prepare). */
   resolveOrphans?(decide: OrphanDecision): Promise<void>;
   /** Releases connections and files. */

@@ -4,6 +4,7 @@
  * @module
  */
 import { etcdStoreType } from './etcd/store.ts';
+import { httpStoreType } from './http/store.ts';
 import { natsStoreType } from './nats/store.ts';
 import { mysqlStoreType } from './mysql/store.ts';
 import { postgresStoreType } from './postgres/store.ts';
@@ -11,7 +12,7 @@ import { redisStoreType } from './redis/store.ts';
 import { sqliteStoreType } from './sqlite/store.ts';
 import type { StoreType } from './api.ts';
 
-export type { JsonSchema, OrphanDecision, Store, StoreContext, StoreSession, StoreType } from './api.ts';
+export type { JsonSchema, OrphanDecision, Store, StoreContext, StoreSession, StoreSessionContext, StoreType } from './api.ts';
 export {
   ChangeRejectedError,
   HelperCommittable,
@@ -27,6 +28,7 @@ export { natsStoreType } from './nats/store.ts';
 export { mysqlStoreType } from './mysql/store.ts';
 export { postgresStoreType } from './postgres/store.ts';
 export { redisStoreType } from './redis/store.ts';
+export { httpStoreType, type HttpChange, type HttpOptions } from './http/store.ts';
 export {
   createValidatorCompiler,
   describeSchemaError,
@@ -41,5 +43,5 @@ export {
 
 /** The store types commitd ships with; register each in a `StoreRegistry`. */
 export function builtinStoreTypes(): StoreType[] {
-  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType, natsStoreType, mysqlStoreType];
+  return [sqliteStoreType, postgresStoreType, redisStoreType, etcdStoreType, natsStoreType, mysqlStoreType, httpStoreType];
 }

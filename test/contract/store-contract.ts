@@ -40,6 +40,13 @@ export interface StoreTypeUnderTest<Change> {
   readonly name: string;
   /** Why the datastore cannot run here (a server binary missing), if it cannot. */
   unavailable(): string | undefined;
+  /**
+   * `coordinator`: the type keeps no marker commitd can read in the datastore (a participant
+   * whose confirm is idempotent; commitd's result record is its marker). Its begin does not
+   * refuse a committed key and its recovery does not skip: recovery commits again, with the
+   * same ID, and the effect still lands once.
+   */
+  readonly marker?: 'datastore' | 'coordinator';
   start(): Promise<ContractDatastore<Change>>;
 }
 
@@ -49,6 +56,9 @@ export function storeContract<Change>(type: StoreTypeUnderTest<Change>): void {
     let datastore: ContractDatastore<Change> | undefined;
     let opened: Store<Change>[] = [];
     const reason = type.unavailable();
+    const markerInCoordinator = type.marker === 'coordinator';
+    // Every session of one key's attempt shares it, as commitd's session record makes them.
+    const attemptOf = (key: string) => ({ attempt: `${key}-attempt` });
     // Keys and tags of this run: datastores may be shared with other runs (a marker table, a server).
     const run = randomUUID().slice(0, 8);
     const keyOf = (name: string) => `contract-${run}-${name}`;
@@ -126,9 +136,17 @@ export function storeContract<Change>(type: StoreTypeUnderTest<Change>): void {
       if (!ds) return;
       const [first, second] = [await open(ds), await open(ds)];
       const key = keyOf('marker');
-      await commitOnce(first, key, ds.changes(key));
-      await assert.rejects(first.session().begin(keyBytes(key)), AlreadyCommittedError);
-      await assert.rejects(second.session().begin(keyBytes(key)), AlreadyCommittedError);
+      const id = await commitOnce(first, key, ds.changes(key), attemptOf(key));
+      if (markerInCoordinator) {
+        // No store-side marker to refuse with: a second instance's recovery commits again, idempotently.
+        const again = second.session(attemptOf(key));
+        await again.beginRecovery(keyBytes(key));
+        for (const change of ds.changes(key)) await again.apply(change);
+        assert.equal(toHex(await again.commit(keyBytes(key))), toHex(id));
+      } else {
+        await assert.rejects(first.session().begin(keyBytes(key)), AlreadyCommittedError);
+        await assert.rejects(second.session().begin(keyBytes(key)), AlreadyCommittedError);
+      }
       assert.equal(await ds.applied(key), 1);
     });
 
@@ -137,10 +155,10 @@ export function storeContract<Change>(type: StoreTypeUnderTest<Change>): void {
       if (!ds) return;
       const store = await open(ds);
       const key = keyOf('skip');
-      const id = await commitOnce(store, key, ds.changes(key));
-      const recovery = store.session();
+      const id = await commitOnce(store, key, ds.changes(key), attemptOf(key));
+      const recovery = store.session(attemptOf(key));
       await recovery.beginRecovery(keyBytes(key));
-      assert.equal(recovery.skipping, true);
+      assert.equal(recovery.skipping, !markerInCoordinator);
       for (const change of ds.changes(key)) await recovery.apply(change);
       assert.equal(toHex(await recovery.commit(keyBytes(key))), toHex(id));
       assert.equal(await ds.applied(key), 1);
@@ -172,25 +190,29 @@ export function storeContract<Change>(type: StoreTypeUnderTest<Change>): void {
       if (!ds) return;
       const crashed = await open(ds);
       const [done, cut] = [keyOf('crash-done'), keyOf('crash-cut')];
-      const id = await commitOnce(crashed, done, ds.changes(done));
+      const id = await commitOnce(crashed, done, ds.changes(done), attemptOf(done));
       // The crashed instance is never heard from again; its open session is cancelled only
       // at the end, so that its connections can be closed.
-      const abandoned = await begun(crashed, cut, ds.changes(cut));
+      const abandoned = await begun(crashed, cut, ds.changes(cut), attemptOf(cut));
+      // A participant's roll-forward follows a commit point, so a try that was accepted.
+      if (markerInCoordinator) await abandoned.prepare(keyBytes(cut));
       try {
         const restarted = await open(ds);
-        await assert.rejects(restarted.session().begin(keyBytes(done)), AlreadyCommittedError);
-        const skipped = restarted.session();
+        if (!markerInCoordinator) await assert.rejects(restarted.session().begin(keyBytes(done)), AlreadyCommittedError);
+        const skipped = restarted.session(attemptOf(done));
         await skipped.beginRecovery(keyBytes(done));
-        assert.equal(skipped.skipping, true);
+        assert.equal(skipped.skipping, !markerInCoordinator);
+        if (markerInCoordinator) for (const change of ds.changes(done)) await skipped.apply(change);
         assert.equal(toHex(await skipped.commit(keyBytes(done))), toHex(id));
 
-        const recovery = restarted.session();
+        const recovery = restarted.session(attemptOf(cut));
         await recovery.beginRecovery(keyBytes(cut));
         assert.equal(recovery.skipping, false);
         for (const change of ds.changes(cut)) await recovery.apply(change);
         assert.equal(toHex(await recovery.commit(keyBytes(cut))), toHex(storeId(ds.changes(cut))));
       } finally {
-        await abandoned.cancel();
+        // Released, not cancelled, where the type can: the session was recovered past its commit point.
+        await (abandoned.release ? abandoned.release() : abandoned.cancel());
       }
       assert.equal(await ds.applied(done), 1);
       assert.equal(await ds.applied(cut), 1);
