@@ -89,8 +89,6 @@ export type OrphanDecision = (key: Uint8Array) => Promise<'commit' | 'rollback' 
 export interface Store<Change = unknown> {
   readonly name: string;
   readonly type: string;
-  /** A new session on this store. */
-  session(): StoreSession<Change>;
   /**
    * Resolves when the store's server answers (a round trip), rejects when it cannot be
    * reached. commitd bounds it in time: at registration (an unreachable store is refused),
@@ -98,6 +96,7 @@ export interface Store<Change = unknown> {
    * up while open.
    */
   probe?(): Promise<void>;
+  /** A new session on this store. */
   session(context?: StoreSessionContext): StoreSession<Change>;
   /**
    * Present on participants (stores that hold a reservation between prepare and commit,
