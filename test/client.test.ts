@@ -615,10 +615,10 @@ describe('client against a real commitd', () => {
 
     it('lists the configured stores', async () => {
       assert.deepEqual(
-        (await client.listStores()).sort((a, b) => a.name.localeCompare(b.name)),
+        (await client.listStores()).sort((a, b) => a.name.localeCompare(b.name)).map(({ name, type, origin }) => ({ name, type, origin })),
         [
-          { name: 'audit', type: 'sqlite' },
-          { name: 'main', type: 'sqlite' },
+          { name: 'audit', type: 'sqlite', origin: 'config' },
+          { name: 'main', type: 'sqlite', origin: 'config' },
         ],
       );
     });

@@ -51,6 +51,8 @@ describe('a concurrent duplicate of an in-flight commit', () => {
     assert.equal(duplicate.statusCode, 200, duplicate.body);
     assert.equal(duplicate.json().sessionId, original.json().sessionId);
     assert.equal(duplicate.json().state, 'committed');
+    assert.equal(duplicate.headers['idempotent-replayed'], 'true', 'the duplicate is a replay');
+    assert.equal(original.headers['idempotent-replayed'], undefined);
   });
 
   it('one-shot: the duplicate with the same changes waits and gets the same answer', async () => {

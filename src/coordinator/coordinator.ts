@@ -15,7 +15,7 @@ import { canonicalLine, SessionHasher } from '../core/session-id.ts';
 import { errorMessage } from '../errors/catalogue.ts';
 import type { Store } from '../stores/api.ts';
 import type { Metrics } from '../metrics.ts';
-import { KeyAnswers, committedView, recordView } from './answers.ts';
+import { KeyAnswers, committedView, recordView, replayedView } from './answers.ts';
 import {
   InvalidRequestError,
   KeyReusedError,
@@ -248,7 +248,10 @@ export class Coordinator implements SessionCoordinator {
     const session = this.#table.owned(key);
     if (!session || session.oneShot) return this.#answers.commit(key);
     return session.run(async () => {
-      if (!session.open) return this.#answers.commit(key);
+      // A duplicate that waited for the first commit's turn: with the early reply the result
+      // write may still be on its way, so the answer comes from the session itself.
+      const committed = session.committedResult;
+      if (!session.open) return committed ? replayedView(key, committed) : this.#answers.commit(key);
       // DESIGN "The boundary" 6: the session stays open, changes may still come.
       if (session.acceptsChanges && !session.hasChanges) {
         throw new InvalidRequestError(`session ${JSON.stringify(key)} has no change to commit: a session that changes nothing is refused; it stays open`);
