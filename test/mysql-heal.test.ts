@@ -1,7 +1,8 @@
 /**
  * DESIGN "Session lifecycle", step 3, and docs/recovery.md: a MySQL/MariaDB connection lost
  * before the commit point heals. The connection of an open session is killed (`KILL
- * <thread>` from another session) or the server restarts, between requests; commitd opens
+ * <thread>` from another session) or the server restarts, between requests or while a request
+ * runs; commitd opens
  * a new connection (XA mode: a new attempt of the xid) and applies the session's logged
  * changes again. The worker sees at most one `503`, the session goes on and commits with
  * the session ID of an undisturbed run, every change applied once. Plain and XA mode, over
@@ -14,6 +15,7 @@ import { sessionIdOfChanges } from '../src/core/session-id.ts';
 import { mariadbBinary, mariadbInstallDb, mysqlRows, startMariadb, type MariadbServer } from './harness/mariadb.ts';
 import { skipUnlessFound } from './harness/require.ts';
 import { startTestService, type TestService } from './support/service.ts';
+import { waitFor } from './support/wait.ts';
 
 const MODES = [
   { store: 'plain', xa: false },
@@ -100,6 +102,31 @@ describe('mysql: lost connections heal', { skip: skipUnlessFound({ mariadbd: mar
       it('a server restart between requests: the session heals, at most one 503', async () => {
         const seen = await healedSession(mode.store, `heal-${mode.store}-restart`, 200, () => server.restart());
         assert.ok(seen <= 1, `the worker saw ${seen} 503s`);
+      });
+
+      it('KILL of the session connection while a request runs: the request is run again on a new connection', async () => {
+        const { store } = mode;
+        const key = `heal-${store}-inflight`;
+        const slow = { sql: 'SELECT SLEEP(1) AS s, ? AS n', params: [1] };
+        assert.equal((await post('/v1/sessions', { key, stores: [store] })).statusCode, 201);
+        assert.equal((await post(`/v1/sessions/${key}/changes`, { store, changes: [insert(300)] })).statusCode, 200);
+        const inFlight = send(`/v1/sessions/${key}/changes`, { store, changes: [insert(301), slow] });
+        const sleeping = await waitFor('the slow change to run', async () => {
+          const rows = await mysqlRows<{ id: number }>(
+            server.url,
+            "SELECT ID AS id FROM information_schema.PROCESSLIST WHERE DB = ? AND INFO LIKE 'SELECT SLEEP%'",
+            [databaseOf(store)],
+          );
+          return rows[0]?.id;
+        });
+        await mysqlRows(server.url, `KILL ${Number(sleeping)}`);
+        const { response, unavailable } = await inFlight;
+        assert.equal(response.statusCode, 200, response.body);
+        assert.ok(unavailable <= 1, `the worker saw ${unavailable} 503s`);
+        const committed = await send(`/v1/sessions/${key}/commit`, {});
+        assert.equal(committed.response.statusCode, 200, committed.response.body);
+        assert.equal(JSON.parse(committed.response.body).sessionId, sessionIdOfChanges({ [store]: [insert(300), insert(301), slow] }));
+        assert.deepEqual(await ids(store, 300), [300, 301]);
       });
 
       it('a lost connection and a rejected change in one session: both undone, the session commits', async () => {
