@@ -334,10 +334,13 @@ export class MysqlDriver implements StoreDriver<MysqlChange> {
     const e = asMysqlError(err);
     this.#rejected = { errno: e.errno, message: e.message };
     if (isTransient(err)) {
-      return new StoreUnavailableError(`mysql store ${this.#db.name}: ${step} failed for a passing reason (${e.errno}: ${e.message}); retry the session`, {
-        errno: e.errno,
-        sqlstate: e.sqlState,
-      });
+      return new StoreUnavailableError(
+        `mysql store ${this.#db.name}: ${step} failed for a passing reason (${e.errno}: ${e.message}); ${step === 'apply' ? 'retry the request' : 'retry the session'}`,
+        {
+          errno: e.errno,
+          sqlstate: e.sqlState,
+        },
+      );
     }
     return new ChangeRejectedError(`mysql rejected the change: ${e.message}`, { errno: e.errno, sqlstate: e.sqlState, message: e.message }, { cause: err });
   }
