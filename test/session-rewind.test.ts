@@ -5,7 +5,9 @@
  * stay in the store, in commitd's log and in the session hash, the session stays open, the
  * next good change and the commit succeed, with the session ID of a run that never sent the
  * bad request. One request is all or nothing. Over HTTP, against sqlite, PostgreSQL (plain
- * and two-phase: a savepoint per request) and Redis (buffered commands dropped).
+ * and two-phase: a savepoint per request), MySQL/MariaDB (plain and XA: a savepoint per
+ * request; a deadlock, which rolls back the whole transaction, rebuilt by reopening and
+ * re-applying) and Redis (buffered commands dropped).
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -13,11 +15,13 @@ import { after, before, describe, it } from 'node:test';
 import type { LightMyRequestResponse } from 'fastify';
 import { Redis } from 'ioredis';
 import { sessionIdOfChanges } from '../src/core/session-id.ts';
+import { mariadbBinary, mariadbInstallDb, mysqlRows, startMariadb, type MariadbServer } from './harness/mariadb.ts';
 import { postgresBinDir, startPostgres, type PostgresServer } from './harness/postgres.ts';
 import { redisBinary, startRedis, type RedisServer } from './harness/redis.ts';
 import { skipUnlessFound } from './harness/require.ts';
 import { postgresRows, sqliteRows } from './support/rows.ts';
 import { startTestService, type TestService } from './support/service.ts';
+import { waitFor } from './support/wait.ts';
 
 type Body = Record<string, unknown>;
 
@@ -192,6 +196,101 @@ describe('a rejected change does not end the session: postgres', { skip: skipUnl
       assert.equal(committed.statusCode, 200, committed.body);
       assert.equal(JSON.parse(committed.body).sessionId, sessionIdOfChanges({ [mode.store]: [insert(200), insert(203)] }));
       assert.deepEqual(await ids(mode.database, 200), [200, 203]);
+    });
+  }
+});
+
+const MYSQL_MODES = [
+  { store: 'myplain', xa: false },
+  { store: 'myxa', xa: true },
+] as const;
+
+describe('a rejected change does not end the session: mysql', {
+  skip: skipUnlessFound({ mariadbd: mariadbBinary(), 'mariadb-install-db': mariadbInstallDb() }),
+}, () => {
+  let server: MariadbServer;
+  let service: TestService;
+  const urls = new Map<string, string>();
+  const urlOf = (store: string) => urls.get(store) as string;
+  const ids = async (store: string, from: number) =>
+    (await mysqlRows<{ id: number }>(urlOf(store), 'SELECT id FROM items WHERE id >= ? AND id < ? ORDER BY id', [from, from + 100])).map((r) => r.id);
+  const insert = (id: number) => ({ sql: 'INSERT INTO items (id) VALUES (?)', params: [id] });
+
+  before(async () => {
+    server = await startMariadb();
+    for (const mode of MYSQL_MODES) {
+      const url = await server.createDatabase(`rewind_${mode.store}`);
+      urls.set(mode.store, url);
+      await mysqlRows(url, 'CREATE TABLE items (id INT PRIMARY KEY) ENGINE=InnoDB');
+    }
+    service = await startTestService({
+      kv: 'sqlite',
+      stores: MYSQL_MODES.map((mode) => ({ name: mode.store, type: 'mysql', options: { connectionString: urlOf(mode.store), xa: mode.xa } })),
+    });
+  });
+  after(async () => {
+    await service?.dispose();
+    await server?.cleanup();
+  });
+
+  for (const mode of MYSQL_MODES) {
+    it(`${mode.store}: a duplicate key rolls back to the request's savepoint; earlier and later changes commit`, async () => {
+      await rejectedRequestKeepsSession(() => service, {
+        key: `rw-${mode.store}-1`,
+        store: mode.store,
+        a: insert(100),
+        b: insert(102),
+        bad: insert(100),
+        d: insert(104),
+        status: 409,
+        code: 'store_conflict',
+      });
+      assert.deepEqual(await ids(mode.store, 100), [100, 104]);
+    });
+
+    it(`${mode.store}: refused changes (400) and a failing statement (409) leave the session open`, async () => {
+      const { post, changes } = client(() => service);
+      const key = `rw-${mode.store}-2`;
+      assert.equal((await post('/v1/sessions', { key, stores: [mode.store] })).statusCode, 201);
+      assert.equal((await changes(key, mode.store, [insert(200)])).statusCode, 200);
+      problemOf(await changes(key, mode.store, [insert(201), { sql: 'DELETE FROM commitd_sessions' }]), 400, 'invalid_request');
+      problemOf(await changes(key, mode.store, [insert(202), { sql: 'ROLLBACK TO SAVEPOINT commitd_request' }]), 400, 'invalid_request');
+      problemOf(await changes(key, mode.store, [insert(203), { sql: 'INSERT INTO nowhere VALUES (1)' }]), 409, 'store_conflict');
+      assert.equal((await changes(key, mode.store, [insert(204)])).statusCode, 200);
+      const committed = await post(`/v1/sessions/${key}/commit`, {});
+      assert.equal(committed.statusCode, 200, committed.body);
+      assert.equal(JSON.parse(committed.body).sessionId, sessionIdOfChanges({ [mode.store]: [insert(200), insert(204)] }));
+      assert.deepEqual(await ids(mode.store, 200), [200, 204]);
+    });
+
+    it(`${mode.store}: a deadlock rolls back the whole transaction; commitd rebuilds it and the session commits`, async () => {
+      const { post, changes } = client(() => service);
+      const [k1, k2] = [`rw-${mode.store}-3a`, `rw-${mode.store}-3b`];
+      for (const key of [k1, k2]) assert.equal((await post('/v1/sessions', { key, stores: [mode.store] })).statusCode, 201);
+      assert.equal((await changes(k1, mode.store, [insert(300)])).statusCode, 200);
+      assert.equal((await changes(k2, mode.store, [insert(301)])).statusCode, 200);
+      // Each waits for the other's row: InnoDB picks a victim and rolls back its whole transaction.
+      const crossed = await Promise.all([changes(k1, mode.store, [insert(301)]), changes(k2, mode.store, [insert(300)])]);
+      const statuses = crossed.map((r) => r.statusCode).sort();
+      assert.equal(statuses.includes(503) || statuses.includes(409), true, `one of them fails: ${statuses}`);
+      const victim = crossed[0]?.statusCode === 200 ? k2 : k1;
+      const survivor = victim === k1 ? k2 : k1;
+      // The survivor holds both rows now; cancel it so that the victim's rebuilt transaction can take its own.
+      const cancelled = await post(`/v1/sessions/${survivor}/cancel`, {});
+      assert.equal(cancelled.statusCode, 200, cancelled.body);
+      const view = await service.app.inject({ method: 'GET', url: `/v1/sessions/${victim}` });
+      assert.equal(JSON.parse(view.body).state, 'active', 'the victim session stays open');
+      const own = victim === k1 ? 300 : 301;
+      let next: LightMyRequestResponse | undefined;
+      await waitFor('the rebuilt session to take a change', async () => {
+        next = await changes(victim, mode.store, [insert(310)]);
+        return next.statusCode === 503 ? undefined : true;
+      });
+      assert.equal(next?.statusCode, 200, next?.body);
+      const committed = await post(`/v1/sessions/${victim}/commit`, {});
+      assert.equal(committed.statusCode, 200, committed.body);
+      assert.equal(JSON.parse(committed.body).sessionId, sessionIdOfChanges({ [mode.store]: [insert(own), insert(310)] }));
+      assert.deepEqual(await ids(mode.store, 300), [own, 310]);
     });
   }
 });

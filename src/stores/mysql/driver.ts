@@ -5,11 +5,16 @@
  * `XA PREPARE` in XA mode), and every failure is sorted into a lost connection, a passing
  * failure or a rejected change.
  *
- * Any failed statement ends the session for writing, as in the postgres store: MySQL rolls
- * back only the statement for most errors but the whole transaction for some (a deadlock),
- * after which later statements would autocommit one by one. A session that must go on after
- * a rejected change is rolled back and reopened with its accepted changes applied again
- * (`rollback`, `open`, `apply` in order work on the same driver any number of times).
+ * A failed statement stops the session for writing until the request is undone: each request
+ * runs under commitd's savepoint (`SAVEPOINT commitd_request`, allowed inside an XA
+ * transaction too), and `ROLLBACK TO SAVEPOINT` brings the transaction back to where it was
+ * before the request. MySQL rolls back only the statement for most errors but the whole
+ * transaction for some (a deadlock, a lock wait timeout under `innodb_rollback_on_timeout`),
+ * after which later statements would autocommit one by one: then the savepoint is gone (or
+ * the server reports no open transaction), and the driver reports the transaction lost like
+ * a lost connection, so that the helper reopens it (`reopen`: a new connection, a new xid
+ * attempt in XA mode) and applies the session's changes again. The same heals a connection
+ * lost before the commit point (killed, a server restart, the server's idle limit).
  * @module
  */
 import type mysql from 'mysql2/promise';
@@ -27,6 +32,12 @@ interface Rejection {
   readonly errno: number | undefined;
   readonly message: string;
 }
+
+/** The savepoint a request's changes run under (one request at a time per session). */
+const REQUEST_SAVEPOINT = 'commitd_request';
+
+/** Why a session's transaction is gone though its connection may not be: the server rolled it back. */
+class TransactionEnded extends Error {}
 
 /** Where the session's transaction stands. */
 type TransactionState = 'none' | 'open' | 'prepared';
@@ -50,6 +61,8 @@ export class MysqlDriver implements StoreDriver<MysqlChange> {
   #prepareSent = false;
   /** Past `commit`, a rollback must leave a prepared transaction to the adopter. */
   #commitAttempted = false;
+  /** A statement committed the transaction half-way: what it held is in the store, so it cannot be reopened. */
+  #committedHalfway = false;
 
   constructor(db: MysqlDatabase, xa: XaTransactions | undefined) {
     this.#db = db;
@@ -88,6 +101,52 @@ export class MysqlDriver implements StoreDriver<MysqlChange> {
     this.#conn = conn;
     await this.#run(this.#xid ? `XA START ${this.#xid.sql}` : 'START TRANSACTION');
     this.#state = 'open';
+  }
+
+  /**
+   * After a lost connection or transaction (`connectionLost`): a new connection and
+   * transaction, as `open` made (XA: a new attempt of the xid, so the old one, if the server
+   * still holds it, is in nobody's way); the helper re-applies the changes.
+   */
+  async reopen(key: Uint8Array): Promise<void> {
+    await this.open(key);
+  }
+
+  /** One request's changes start: commitd's own savepoint, which no change can name (the guard refuses transaction statements). */
+  async savepoint(): Promise<void> {
+    await this.#run(`SAVEPOINT ${REQUEST_SAVEPOINT}`);
+  }
+
+  /**
+   * A request failed: back to its savepoint, and the transaction goes on as before it. When
+   * the server rolled back the whole transaction (the savepoint is gone, or no transaction is
+   * open any more), the transaction is reported lost, to be reopened and rebuilt.
+   */
+  async rollbackToSavepoint(): Promise<void> {
+    if (this.#lost !== undefined) throw this.#lostError();
+    const conn = this.#conn;
+    if (!conn) throw new Error(`mysql store ${this.#db.name}: the session holds no connection (not begun, or already finished)`);
+    let result: unknown;
+    try {
+      [result] = await conn.query(`ROLLBACK TO SAVEPOINT ${REQUEST_SAVEPOINT}`);
+    } catch (err) {
+      if (isConnectionFailure(err)) {
+        this.#lost ??= err;
+        throw this.#lostError();
+      }
+      // No such savepoint (1305), or an XA branch the server marked rollback-only: the transaction is gone.
+      this.#lost ??= new TransactionEnded(`the server rolled back the session's transaction (${errnoOf(err) ?? '?'}: ${errorMessage(err)})`);
+      throw this.#lostError();
+    }
+    if (!inTransaction(result)) {
+      this.#lost ??= new TransactionEnded("the server rolled back the session's transaction");
+      throw this.#lostError();
+    }
+    this.#rejected = undefined;
+  }
+
+  async releaseSavepoint(): Promise<void> {
+    await this.#run(`RELEASE SAVEPOINT ${REQUEST_SAVEPOINT}`);
   }
 
   async apply(change: MysqlChange): Promise<void> {
@@ -232,8 +291,8 @@ export class MysqlDriver implements StoreDriver<MysqlChange> {
    * anyway, later changes must not run (and autocommit) outside it.
    */
   #checkStillInTransaction(result: unknown): void {
-    const status = (result as { serverStatus?: unknown } | undefined)?.serverStatus;
-    if (typeof status !== 'number' || (status & SERVER_STATUS_IN_TRANS) !== 0) return;
+    if (inTransaction(result)) return;
+    this.#committedHalfway = true;
     this.#lost ??= new Error('a statement ended the session transaction');
     throw new ChangeRejectedError('the change ended the session transaction', { reason: 'statement' });
   }
@@ -275,10 +334,13 @@ export class MysqlDriver implements StoreDriver<MysqlChange> {
     const e = asMysqlError(err);
     this.#rejected = { errno: e.errno, message: e.message };
     if (isTransient(err)) {
-      return new StoreUnavailableError(`mysql store ${this.#db.name}: ${step} failed for a passing reason (${e.errno}: ${e.message}); retry the session`, {
-        errno: e.errno,
-        sqlstate: e.sqlState,
-      });
+      return new StoreUnavailableError(
+        `mysql store ${this.#db.name}: ${step} failed for a passing reason (${e.errno}: ${e.message}); ${step === 'apply' ? 'retry the request' : 'retry the session'}`,
+        {
+          errno: e.errno,
+          sqlstate: e.sqlState,
+        },
+      );
     }
     return new ChangeRejectedError(`mysql rejected the change: ${e.message}`, { errno: e.errno, sqlstate: e.sqlState, message: e.message }, { cause: err });
   }
@@ -286,9 +348,16 @@ export class MysqlDriver implements StoreDriver<MysqlChange> {
   #lostError(): StoreUnavailableError {
     const errno = errnoOf(this.#lost);
     const reason = this.#db.redact(errorMessage(this.#lost)) + (errno ? ` [${errno}]` : '');
+    // Once XA PREPARE (or COMMIT) was sent the work may outlive the connection, and a statement
+    // that committed half-way left its part in the store: neither can be rebuilt by re-applying.
+    const reopenable = !this.#prepareSent && !this.#commitAttempted && !this.#committedHalfway;
+    const what =
+      this.#lost instanceof TransactionEnded ? `: ${reason}` : ` lost the session's connection (${reason}); the server rolled back its open transaction`;
     return new StoreUnavailableError(
-      `mysql store ${this.#db.name} lost the session's connection (${reason}); the server rolled back its open transaction — retry the session`,
+      `mysql store ${this.#db.name}${what}` +
+        (reopenable ? "; commitd opens a new one and applies the session's changes again — retry the request" : ' — retry the session'),
       { errno },
+      { connectionLost: reopenable },
     );
   }
 
@@ -311,7 +380,14 @@ export class MysqlDriver implements StoreDriver<MysqlChange> {
     this.#xid = undefined;
     this.#prepareSent = false;
     this.#commitAttempted = false;
+    this.#committedHalfway = false;
   }
+}
+
+/** True when a statement's OK packet says a transaction is still open on the connection (or says nothing). */
+function inTransaction(result: unknown): boolean {
+  const status = (result as { serverStatus?: unknown } | undefined)?.serverStatus;
+  return typeof status !== 'number' || (status & SERVER_STATUS_IN_TRANS) !== 0;
 }
 
 /** A session on a mysql store: tells the driver whether it begins afresh or recovers. */
