@@ -21,7 +21,7 @@ import type mysql from 'mysql2/promise';
 import { CommitdError, errorMessage } from '../../errors/core.ts';
 import { describeKey, sameKey, toHex } from '../../core/keys.ts';
 import { ChangeRejectedError, MarkerExistsError, StoreUnavailableError } from '../errors.ts';
-import { HelperCommittable, type StoreDriver } from '../helper.ts';
+import type { StoreDriver } from '../helper.ts';
 import { MARKER_KEY_MAX_BYTES, MysqlOptionsError, type MysqlDatabase } from './database.ts';
 import { checkChange } from './guard.ts';
 import { asMysqlError, ER_DUP_ENTRY, errnoOf, isConnectionFailure, isTransient, SERVER_STATUS_IN_TRANS, type MysqlChange } from './statements.ts';
@@ -388,28 +388,4 @@ export class MysqlDriver implements StoreDriver<MysqlChange> {
 function inTransaction(result: unknown): boolean {
   const status = (result as { serverStatus?: unknown } | undefined)?.serverStatus;
   return typeof status !== 'number' || (status & SERVER_STATUS_IN_TRANS) !== 0;
-}
-
-/** A session on a mysql store: tells the driver whether it begins afresh or recovers. */
-export class MysqlSession extends HelperCommittable<MysqlChange> {
-  readonly #driver: MysqlDriver;
-
-  constructor(name: string, driver: MysqlDriver) {
-    super(name, driver);
-    this.#driver = driver;
-  }
-
-  override async begin(key: Uint8Array): Promise<void> {
-    this.#driver.recovering = false;
-    await super.begin(key);
-  }
-
-  override async beginRecovery(key: Uint8Array): Promise<void> {
-    this.#driver.recovering = true;
-    try {
-      await super.beginRecovery(key);
-    } finally {
-      this.#driver.recovering = false;
-    }
-  }
 }

@@ -30,7 +30,8 @@ import { Type } from '@sinclair/typebox';
 import type { OrphanDecision, Store, StoreContext, StoreType } from '../api.ts';
 import { StatementTimeoutOption } from '../limits.ts';
 import { MysqlDatabase, type MysqlOptions } from './database.ts';
-import { MysqlDriver, MysqlSession } from './driver.ts';
+import { RecoveryAwareSession } from '../recovery-aware.ts';
+import { MysqlDriver } from './driver.ts';
 import type { MysqlChange } from './statements.ts';
 import { XaTransactions } from './xa.ts';
 
@@ -87,7 +88,7 @@ export const mysqlStoreType: StoreType<MysqlOptions, MysqlChange> = {
     return {
       name: ctx.name,
       type: 'mysql',
-      session: () => new MysqlSession(ctx.name, new MysqlDriver(db, xa)),
+      session: () => new RecoveryAwareSession(ctx.name, new MysqlDriver(db, xa)),
       ...(xa ? { resolveOrphans: (decide: OrphanDecision) => (xa as XaTransactions).resolveOrphans(ctx.logger, decide) } : {}),
       close: () => db.close(),
     };

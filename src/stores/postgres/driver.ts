@@ -9,7 +9,7 @@ import type pg from 'pg';
 import { CommitdError, errorMessage } from '../../errors/core.ts';
 import { sameKey, toHex } from '../../core/keys.ts';
 import { ChangeRejectedError, MarkerExistsError, StatementTimeoutError, StoreUnavailableError } from '../errors.ts';
-import { HelperCommittable, type StoreDriver } from '../helper.ts';
+import type { StoreDriver } from '../helper.ts';
 import type { PostgresDatabase } from './database.ts';
 import { checkChange } from './guard.ts';
 import { extendedQuery, isConnectionFailure, isTransientSqlstate, markerKeyText, QUERY_CANCELED, sqlstateOf, type PostgresChange } from './statements.ts';
@@ -293,29 +293,5 @@ export class PostgresDriver implements StoreDriver<PostgresChange> {
     this.#gid = undefined;
     this.#prepareSent = false;
     this.#commitAttempted = false;
-  }
-}
-
-/** A session on a postgres store: tells the driver whether it begins afresh or recovers. */
-export class PostgresSession extends HelperCommittable<PostgresChange> {
-  readonly #driver: PostgresDriver;
-
-  constructor(name: string, driver: PostgresDriver) {
-    super(name, driver);
-    this.#driver = driver;
-  }
-
-  override async begin(key: Uint8Array): Promise<void> {
-    this.#driver.recovering = false;
-    await super.begin(key);
-  }
-
-  override async beginRecovery(key: Uint8Array): Promise<void> {
-    this.#driver.recovering = true;
-    try {
-      await super.beginRecovery(key);
-    } finally {
-      this.#driver.recovering = false;
-    }
   }
 }

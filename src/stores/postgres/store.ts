@@ -38,7 +38,8 @@ import { Type } from '@sinclair/typebox';
 import { StatementTimeoutOption } from '../limits.ts';
 import type { OrphanDecision, Store, StoreContext, StoreType } from '../api.ts';
 import { PostgresDatabase, type PostgresOptions } from './database.ts';
-import { PostgresDriver, PostgresSession } from './driver.ts';
+import { RecoveryAwareSession } from '../recovery-aware.ts';
+import { PostgresDriver } from './driver.ts';
 import type { PostgresChange } from './statements.ts';
 
 export type { PostgresOptions } from './database.ts';
@@ -76,7 +77,7 @@ export const postgresStoreType: StoreType<PostgresOptions, PostgresChange> = {
     return {
       name: ctx.name,
       type: 'postgres',
-      session: () => new PostgresSession(ctx.name, new PostgresDriver(db)),
+      session: () => new RecoveryAwareSession(ctx.name, new PostgresDriver(db)),
       probe: async () => {
         await db.query('SELECT 1');
       },
