@@ -322,6 +322,7 @@ export class Coordinator implements SessionCoordinator {
   }
 
   async list(query: { state?: ListableState; limit?: number; cursor?: string } = {}): Promise<SessionPage> {
+    await this.#allLanded();
     return listSessions(this.#kv, query);
   }
 
@@ -386,6 +387,7 @@ export class Coordinator implements SessionCoordinator {
    * KV (`committing` and `failed` ones must still reach it; an `active` one would lose it).
    */
   async removeStore(name: string, by = 'anonymous'): Promise<void> {
+    await this.#allLanded();
     if (!this.#stores.get(name) && !this.#stores.isCatalogued?.(name)) throw new StoreNotFoundError(name);
     for (const session of this.#table.values()) {
       if (session.storeNames.includes(name)) throw new SessionBusyError(session.key, this.instanceId, `store ${name} is in use by an open session`);
@@ -453,6 +455,11 @@ export class Coordinator implements SessionCoordinator {
   async #landed(key: string): Promise<void> {
     const session = this.#table.owned(key);
     if (session?.committedResult) await session.ended;
+  }
+
+  /** Every answered commit's result write has landed (the early reply answers before it). */
+  async #allLanded(): Promise<void> {
+    await Promise.all(this.#table.values().flatMap((session) => (session.committedResult ? [session.ended] : [])));
   }
 
   /** Steps 4a–4e for a session this instance drives; the caller holds the session's turn. */
