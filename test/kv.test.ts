@@ -14,6 +14,7 @@ import Database from 'better-sqlite3';
 import type { Kv, KvWatchEvent } from '../src/kv/kv.ts';
 import { EtcdKv } from '../src/kv/etcd.ts';
 import { SqliteKv } from '../src/kv/sqlite.ts';
+import { SqliteKvThread } from '../src/kv/sqlite-thread.ts';
 import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from '../src/kv/errors.ts';
 import { etcdBinary, etcdRequest, startEtcd, type EtcdServer } from './harness/etcd.ts';
 import { skipOrFail } from './harness/require.ts';
@@ -22,7 +23,7 @@ type OperationLog = string[];
 
 /** A started backend: every `open` gives a KV isolated from the others it opened. */
 interface Fixture {
-  open(log?: OperationLog): Kv;
+  open(log?: OperationLog): Kv | Promise<Kv>;
   /** Revokes lease `leaseId` of `kv` the way another instance would, bypassing `kv`. */
   revokeElsewhere(kv: Kv, leaseId: string): Promise<void>;
   stop(): Promise<void>;
@@ -63,16 +64,18 @@ const etcdBackend: Backend = {
   },
 };
 
-const sqliteBackend: Backend = {
-  name: 'sqlite',
+/** The embedded KV, in the process (`thread: false`) or on its own thread as commitd runs it. */
+const sqliteBackend = (thread: boolean): Backend => ({
+  name: thread ? 'sqlite (thread)' : 'sqlite',
   unavailable: () => undefined,
   async start() {
     const dir = mkdtempSync(join(tmpdir(), 'kv-test-'));
     const paths = new Map<Kv, string>();
     return {
-      open(log) {
+      async open(log) {
         const path = join(dir, 'nested', `kv-${paths.size}.db`);
-        const kv = new SqliteKv({ path, sweepIntervalMs: 200, onOperation: recorder(log) });
+        const options = { path, sweepIntervalMs: 200, onOperation: recorder(log) };
+        const kv = thread ? await SqliteKvThread.open(options) : new SqliteKv(options);
         paths.set(kv, path);
         return kv;
       },
@@ -87,7 +90,7 @@ const sqliteBackend: Backend = {
       },
     };
   },
-};
+});
 
 /** Polls `probe` until it returns true; fails after `timeoutMs`. */
 async function eventually(what: string, timeoutMs: number, probe: () => Promise<boolean>): Promise<number> {
@@ -159,21 +162,21 @@ function useBackend(backend: Backend): (t: TestContext) => Fixture | undefined {
   };
 }
 
-for (const backend of [etcdBackend, sqliteBackend]) {
+for (const backend of [etcdBackend, sqliteBackend(false), sqliteBackend(true)]) {
   describe(`KV contract: ${backend.name}`, () => {
     const fixture = useBackend(backend);
-    const open = (t: TestContext, log?: OperationLog): Kv | undefined => fixture(t)?.open(log);
+    const open = async (t: TestContext, log?: OperationLog): Promise<Kv | undefined> => fixture(t)?.open(log);
     const revokeElsewhere = (t: TestContext, kv: Kv, leaseId: string): Promise<void> => fixture(t)?.revokeElsewhere(kv, leaseId) ?? assert.fail('no fixture');
 
     it('get of a missing key is undefined', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       assert.equal(await kv.get('missing'), undefined);
       assert.equal(await kv.get('missing', { consistency: 'serializable' }), undefined);
     });
 
     it('create stores a value once; a second create fails with AlreadyExistsError', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const revision = await kv.create('sessions/a', '{"state":"active"}');
       assert.deepEqual(await kv.get('sessions/a'), { key: 'sessions/a', value: '{"state":"active"}', revision });
@@ -184,7 +187,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('update at the current revision returns a higher revision; at a stale one fails', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const first = await kv.create('k', 'v1');
       const second = await kv.update('k', 'v2', first);
@@ -195,7 +198,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('delete at a stale revision fails; at the current one removes the key', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const first = await kv.create('k', 'v1');
       const second = await kv.update('k', 'v2', first);
@@ -206,7 +209,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('update and delete of a missing key fail with VersionMismatchError', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const revision = await kv.create('present', 'x');
       await assert.rejects(kv.update('absent', 'v', revision), VersionMismatchError);
@@ -217,7 +220,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('list returns only the keys under the prefix, in key order', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       for (const key of ['a/2', 'b/1', 'a/10', 'a', 'ab', 'a/1']) await kv.create(key, `value of ${key}`);
       const listed = await kv.list('a/');
@@ -237,7 +240,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('txn applies all ops or none', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const x = await kv.create('x', 'x1');
       await assert.rejects(
@@ -275,7 +278,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('txn check ops condition the writes without writing', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const stale = await kv.create('instances/a', 'alive');
       const current = await kv.update('instances/a', 'alive', stale);
@@ -314,7 +317,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('txn naming a key twice is rejected before anything is sent', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const revision = await kv.create('k', 'v');
       await assert.rejects(
@@ -328,7 +331,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('revisions strictly increase across keys', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const seen: number[] = [];
       seen.push(await kv.create('r/a', '1'));
@@ -341,7 +344,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('a value written with ttlSeconds disappears, then the key can be created again', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       await kv.create('results/a', 'r', { ttlSeconds: 1 });
       await kv.create('kept', 'k');
@@ -358,7 +361,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
 
     it('writes with the same TTL share a lease: after the first, one round trip each', async (t) => {
       const log: OperationLog = [];
-      const kv = open(t, log);
+      const kv = await open(t, log);
       if (!kv) return;
       await kv.create('results/1', 'r', { ttlSeconds: 3600 });
       log.length = 0;
@@ -369,7 +372,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
 
     it('concurrent writes share transactions (group commit); a write whose condition fails fails alone', async (t) => {
       const log: OperationLog = [];
-      const kv = open(t, log);
+      const kv = await open(t, log);
       if (!kv) return;
       await kv.create('results/taken', 'r');
       const stale = await kv.create('sessions/moved', 'v1');
@@ -410,7 +413,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('concurrent writes to one key are never in one group: the first create wins', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const outcomes = await Promise.allSettled(Array.from({ length: 6 }, (_, i) => kv.create('sessions/same', `v${i}`)));
       assert.equal(outcomes.filter((outcome) => outcome.status === 'fulfilled').length, 1);
@@ -419,7 +422,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('revoking a lease deletes the keys attached to it', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const lease = await kv.grantLease(30);
       await kv.create('instances/a', 'me', { lease });
@@ -434,7 +437,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('a lease not kept alive expires; a kept-alive one stays without reporting a loss', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const [idle, kept] = await Promise.all([kv.grantLease(1), kv.grantLease(1)]);
       const losses: Error[] = [];
@@ -451,7 +454,7 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('a kept-alive lease that is revoked elsewhere reports its loss once', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       const lease = await kv.grantLease(1);
       const losses: Error[] = [];
@@ -465,8 +468,8 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('KVs opened apart do not see each other’s keys', async (t) => {
-      const one = open(t);
-      const two = open(t);
+      const one = await open(t);
+      const two = await open(t);
       if (!one || !two) return;
       await one.create('shared-name', 'one');
       assert.equal(await two.get('shared-name'), undefined);
@@ -476,13 +479,13 @@ for (const backend of [etcdBackend, sqliteBackend]) {
     });
 
     it('ping resolves while the backend answers', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       await kv.ping();
     });
 
     it('watch reports a snapshot of the prefix, then its puts and deletes, and nothing outside it', async (t) => {
-      const kv = open(t);
+      const kv = await open(t);
       if (!kv) return;
       await kv.create('w/before', 'old');
       await kv.create('other', 'x');
@@ -534,7 +537,7 @@ describe('etcd KV when etcd fails', () => {
   };
 
   it('a paused etcd makes operations reject with UnavailableError at the timeout', async (t) => {
-    const opened = open(t, 1000);
+    const opened = await open(t, 1000);
     if (!opened) return;
     const { kv, server } = opened;
     await kv.create('k', 'v');
@@ -551,7 +554,7 @@ describe('etcd KV when etcd fails', () => {
   });
 
   it('a killed etcd makes operations fail fast; after a restart they succeed and the data is there', async (t) => {
-    const opened = open(t, 1000);
+    const opened = await open(t, 1000);
     if (!opened) return;
     const { kv, server } = opened;
     const revision = await kv.create('sessions/a', 'active');
@@ -577,7 +580,7 @@ describe('etcd KV when etcd fails', () => {
   });
 
   it('the client recovers when etcd restarts between two operations', async (t) => {
-    const opened = open(t, 2000);
+    const opened = await open(t, 2000);
     if (!opened) return;
     const { kv, server } = opened;
     const revision = await kv.create('sessions/b', 'active');
@@ -651,5 +654,39 @@ describe('SQLite KV durability', () => {
     await kv.close();
     await assert.rejects(kv.get('k'), UnavailableError);
     await assert.rejects(kv.create('k', 'v'), UnavailableError);
+  });
+});
+
+describe('SQLite KV on its own thread', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kv-thread-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('a write waiting for the file lock does not stop the event loop; it lands once the lock is free', async () => {
+    const path = join(dir, 'locked.db');
+    const kv = await SqliteKvThread.open({ path });
+    // Another process's transaction holds the write lock (as a second commitd or a backup would).
+    const other = new Database(path);
+    try {
+      other.exec('BEGIN IMMEDIATE');
+      let settled = false;
+      const write = kv.create('sessions/waiting', 'v').finally(() => (settled = true));
+      // In the process, better-sqlite3's busy handler would hold the event loop until the lock
+      // came free or the timeout passed: this timer could not fire while the write waits.
+      await sleep(200);
+      assert.equal(settled, false, 'the write is still waiting for the lock');
+      other.exec('COMMIT');
+      const revision = await write;
+      assert.deepEqual(await kv.get('sessions/waiting'), { key: 'sessions/waiting', value: 'v', revision });
+    } finally {
+      other.close();
+      await kv.close();
+    }
+  });
+
+  it('a file that cannot be opened fails the start; after close every call is unavailable', async () => {
+    await assert.rejects(SqliteKvThread.open({ path: join(dir, 'not-a-db') + '/\0bad' }));
+    const kv = await SqliteKvThread.open({ path: join(dir, 'closed.db') });
+    await kv.close();
+    await assert.rejects(kv.get('x'), UnavailableError);
   });
 });

@@ -12,6 +12,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Kv, KvEntry, KvLease, KvOp, KvWatch, KvWatchEvent, WriteOptions } from './kv.ts';
 import { SqliteWatchHub } from './sqlite-watch.ts';
+import { type LeaseOwner, SqliteLease, ttlMs } from './sqlite-lease.ts';
 import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
 import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from './errors.ts';
 import { CommitdError } from '../errors/core.ts';
@@ -251,17 +252,30 @@ export class SqliteKv implements Kv {
     this.db.close();
   }
 
+  /**
+   * Extends lease `id` by `ttlSeconds` from now; false if it had already expired or was
+   * revoked. Leases call it through their owner; the KV's thread calls it directly.
+   */
+  async renewLease(id: string, ttlSeconds: number): Promise<boolean> {
+    const now = Date.now();
+    return this.statements.renewLease.run({ id, now, expires_at: now + ttlMs(ttlSeconds) }).changes === 1;
+  }
+
+  /** Deletes lease `id` and the keys attached to it. */
+  async revokeLease(id: string): Promise<void> {
+    this.run('lease', () =>
+      this.write(() => {
+        this.statements.revokeKeys.run({ id });
+        this.statements.revokeLease.run({ id });
+      }),
+    );
+  }
+
   /** What leases need from this KV: renewal, revocation and the set of kept-alive leases. */
   private readonly leaseOwner: LeaseOwner = {
     keptAlive: this.keptAlive,
-    renew: (lease) => this.statements.renewLease.run({ id: lease.id, now: Date.now(), expires_at: Date.now() + ttlMs(lease.ttlSeconds) }).changes === 1,
-    revoke: (lease) =>
-      this.run('lease', () =>
-        this.write(() => {
-          this.statements.revokeKeys.run({ id: lease.id });
-          this.statements.revokeLease.run({ id: lease.id });
-        }),
-      ),
+    renew: (lease) => this.renewLease(lease.id, lease.ttlSeconds),
+    revoke: (lease) => this.revokeLease(lease.id),
   };
 
   /** Runs one operation, maps its errors and reports it to `onOperation`. */
@@ -400,78 +414,6 @@ export class SqliteKv implements Kv {
   }
 }
 
-/** What a {@link SqliteLease} needs from the KV that granted it. */
-interface LeaseOwner {
-  readonly keptAlive: Set<SqliteLease>;
-  /** Extends the lease by its TTL; false if it had already expired or was revoked. */
-  renew(lease: SqliteLease): boolean;
-  /** Deletes the lease and its keys. */
-  revoke(lease: SqliteLease): void;
-}
-
-/** A lease row, renewed every third of its TTL while kept alive. */
-class SqliteLease implements KvLease {
-  private timer: NodeJS.Timeout | undefined;
-  private onLost: ((reason: Error) => void) | undefined;
-  /** {@inheritDoc KvLease.heldUntil} */
-  heldUntil: number;
-
-  constructor(
-    readonly id: string,
-    readonly ttlSeconds: number,
-    private readonly owner: LeaseOwner,
-    /** When the lease row was written (`performance.now()`). */
-    grantedAt: number,
-  ) {
-    this.heldUntil = grantedAt + ttlMs(ttlSeconds);
-  }
-
-  /** {@inheritDoc KvLease.keepAlive} */
-  keepAlive(onLost: (reason: Error) => void): void {
-    if (this.onLost !== undefined) throw new Error(`lease ${this.id} is already kept alive`);
-    this.onLost = onLost;
-    this.owner.keptAlive.add(this);
-    this.renew();
-  }
-
-  /** {@inheritDoc KvLease.revoke} */
-  async revoke(): Promise<void> {
-    this.release();
-    this.owner.revoke(this);
-  }
-
-  /** {@inheritDoc KvLease.release} */
-  release(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    this.onLost = undefined;
-    this.heldUntil = -Infinity;
-    this.owner.keptAlive.delete(this);
-  }
-
-  private renew(): void {
-    const onLost = this.onLost;
-    if (onLost === undefined) return;
-    let renewed: boolean;
-    const sentAt = performance.now();
-    try {
-      renewed = this.owner.renew(this);
-    } catch (error) {
-      this.release();
-      onLost(error instanceof Error ? error : new Error(String(error)));
-      return;
-    }
-    if (!renewed) {
-      this.release();
-      onLost(new Error(`lease ${this.id} expired or was revoked`));
-      return;
-    }
-    this.heldUntil = sentAt + ttlMs(this.ttlSeconds);
-    this.timer = setTimeout(() => this.renew(), ttlMs(this.ttlSeconds) / 3);
-    this.timer.unref();
-  }
-}
-
 function prepare(db: Database.Database): Statements {
   return {
     get: db.prepare(`SELECT key, value, revision FROM kv WHERE key = @key AND ${LIVE}`),
@@ -509,10 +451,6 @@ function holdsCheck(op: Extract<KvOp, { type: 'check' }>, current: KvEntry | und
     return current === undefined;
   }
   return current !== undefined && (op.revision === undefined || current.revision === op.revision);
-}
-
-function ttlMs(ttlSeconds: number): number {
-  return Math.ceil(ttlSeconds * 1000);
 }
 
 function toEntry(row: EntryRow): KvEntry {
