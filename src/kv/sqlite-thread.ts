@@ -36,6 +36,7 @@ export class SqliteKvThread implements Kv {
   readonly #pending = new Map<number, Pending>();
   readonly #watchers = new Map<number, Watcher>();
   readonly #keptAlive = new Set<SqliteLease>();
+  #outbox: KvCall[] = [];
   #nextCall = 1;
   #nextWatch = 1;
   #gone: Error | undefined;
@@ -43,7 +44,7 @@ export class SqliteKvThread implements Kv {
   private constructor(worker: Worker, onOperation: SqliteKvOptions['onOperation']) {
     this.#worker = worker;
     this.#onOperation = onOperation;
-    worker.on('message', (message: KvMessage) => this.#receive(message));
+    worker.on('message', (messages: readonly KvMessage[]) => this.#receive(messages));
     worker.on('error', (err) => this.#fail(new UnavailableError(`the embedded kv's thread failed: ${err.message}`, { cause: err })));
     worker.on('exit', (code) => this.#fail(new UnavailableError(`the embedded kv's thread exited (code ${code})`)));
   }
@@ -159,11 +160,28 @@ export class SqliteKvThread implements Kv {
           reject(err);
         },
       });
-      this.#worker.postMessage({ id, method, args } as KvCall);
+      if (this.#outbox.length === 0) setImmediate(this.#flush);
+      this.#outbox.push({ id, method, args } as KvCall);
     });
   }
 
-  #receive(message: KvMessage): void {
+  /**
+   * The calls of one turn of the event loop leave as one message (the thread answers them
+   * with one too): a message costs both threads more than the work of a small call, and
+   * the thread would have grouped these writes into one transaction anyway.
+   */
+  readonly #flush = (): void => {
+    const calls = this.#outbox;
+    this.#outbox = [];
+    // A thread that is gone already failed every pending call.
+    if (!this.#gone) this.#worker.postMessage(calls);
+  };
+
+  #receive(messages: readonly KvMessage[]): void {
+    for (const message of messages) this.#settle(message);
+  }
+
+  #settle(message: KvMessage): void {
     if ('watch' in message) {
       const watcher = this.#watchers.get(message.watch);
       if (watcher === undefined) return;

@@ -1,8 +1,8 @@
 /**
  * The embedded KV's thread: it owns the SQLite file through {@link SqliteKv}, so the
- * file's transactions and their fsyncs block this thread, never the event loop. Calls
- * that arrive in one batch of messages share a group commit, as writes issued in one
- * turn of the event loop do in the process.
+ * file's transactions and their fsyncs block this thread, never the event loop. The
+ * calls of one message (one turn of the event loop) share a group commit, as writes
+ * issued in one turn do in the process.
  * @module
  */
 import { parentPort, workerData } from 'node:worker_threads';
@@ -13,15 +13,26 @@ import { SqliteKv, type SqliteKvOptions } from './sqlite.ts';
 
 const port = parentPort;
 if (!port) throw new Error('sqlite-worker.ts runs as a worker thread');
-const post = (message: KvMessage) => port.postMessage(message);
+
+/** Answers and events of one turn leave as one message, as the calls arrived. */
+let outbox: KvMessage[] = [];
+const post = (message: KvMessage) => {
+  if (outbox.length === 0) setImmediate(flush);
+  outbox.push(message);
+};
+const flush = () => {
+  const messages = outbox;
+  outbox = [];
+  port.postMessage(messages);
+};
 
 const watches = new Map<number, KvWatch>();
 let kv: SqliteKv;
 try {
   kv = new SqliteKv(workerData as SqliteKvOptions);
-  post({ id: 0 });
+  port.postMessage([{ id: 0 }]);
 } catch (err) {
-  post({ id: 0, error: serializeKvError(err) });
+  port.postMessage([{ id: 0, error: serializeKvError(err) }]);
   throw err;
 }
 
@@ -80,9 +91,11 @@ async function answer(call: KvCall): Promise<unknown> {
   }
 }
 
-port.on('message', (call: KvCall) => {
-  answer(call).then(
-    (value) => post({ id: call.id, value }),
-    (err: unknown) => post({ id: call.id, error: serializeKvError(err) }),
-  );
+port.on('message', (calls: readonly KvCall[]) => {
+  for (const call of calls) {
+    answer(call).then(
+      (value) => post({ id: call.id, value }),
+      (err: unknown) => post({ id: call.id, error: serializeKvError(err) }),
+    );
+  }
 });
