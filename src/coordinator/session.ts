@@ -15,6 +15,7 @@ import { MultiCommitter, compareNames } from '../core/multi-committer.ts';
 import { SessionHasher } from '../core/session-id.ts';
 import { errorMessage } from '../errors/catalogue.ts';
 import type { StoreSession } from '../stores/api.ts';
+import { AlreadyCommittedError } from '../errors/core.ts';
 import { atChange, SessionSpoiledError } from '../stores/errors.ts';
 import { PayloadTooLargeError, ServiceUnavailableError, storeError } from './errors.ts';
 import type { Failpoints } from './failpoints.ts';
@@ -103,8 +104,32 @@ class StoreStep implements Committable {
     readonly mayHaveCommitted: () => boolean,
   ) {}
 
+  /** A one-shot's changes for this store, when known at begin (see {@link begin}). */
+  changes: readonly unknown[] | undefined;
+  /** True once `begin` took `changes` and prepared: the store is done until the commit point. */
+  prepared = false;
+  /** What this store's changes or prepare failed with inside `begin`: `Session.applyAll` throws it. */
+  failed: Error | undefined;
+
+  /**
+   * With `changes` and a store that has `beginAndPrepare`, begins, applies and prepares in
+   * one step. Only a failure of the begin itself (an unreachable store, a key it already
+   * committed) fails `begin`: one of its changes or prepare waits for `Session.applyAll`,
+   * where the store would have met it, so the session is cancelled as before.
+   */
   async begin(key: Uint8Array): Promise<void> {
-    await this.inner.begin(key).catch((err: unknown) => Promise.reject(storeError(this.name, err)));
+    const { inner, changes } = this;
+    if (!changes || !inner.beginAndPrepare) {
+      await inner.begin(key).catch((err: unknown) => Promise.reject(storeError(this.name, err)));
+      return;
+    }
+    try {
+      await inner.beginAndPrepare(key, changes);
+      this.prepared = true;
+    } catch (err) {
+      if (err instanceof AlreadyCommittedError) throw storeError(this.name, err);
+      this.failed = storeError(this.name, err);
+    }
   }
 
   async beginRecovery(key: Uint8Array): Promise<void> {
@@ -138,6 +163,7 @@ export class Session {
   readonly #keyBytes: Uint8Array;
   readonly #slot: RecordSlot;
   readonly #committer: MultiCommitter<ResultRecord>;
+  readonly #steps: ReadonlyMap<string, StoreStep>;
   readonly #hasher: SessionHasher;
   readonly #recordedSessionId: string | undefined;
   readonly #log: ChangeLog = {};
@@ -186,6 +212,7 @@ export class Session {
       const store = start.stores.get(name) as StoreSession;
       return [name, new StoreStep(name, store, `commit.afterStore.${i + 1}`, deps.failpoints, () => this.#mayHaveCommitted)] as const;
     });
+    this.#steps = new Map(committables);
     this.#committer = new MultiCommitter(this.#slot, committables, { logger: this.logger });
   }
 
@@ -245,8 +272,11 @@ export class Session {
   /**
    * Steps 1–2: writes the record (interactive) and begins every store; an adopted record
    * makes the stores recover instead. A failure ends the session before its commit point.
+   * A one-shot passes its changes (`applyAll` still follows): a store that can takes them
+   * with its begin and prepares, in one step.
    */
-  async begin(): Promise<void> {
+  async begin(oneShotChanges?: Readonly<Record<string, readonly unknown[]>>): Promise<void> {
+    if (oneShotChanges) for (const [name, step] of this.#steps) step.changes = oneShotChanges[name] ?? [];
     try {
       await this.#committer.begin(this.key);
     } catch (err) {
@@ -297,7 +327,12 @@ export class Session {
   /** A one-shot session's changes, hashed when the session was opened, handed to the stores. */
   async applyAll(changes: Readonly<Record<string, readonly unknown[]>>): Promise<void> {
     try {
-      for (const name of this.storeNames) await this.#stage(name, changes[name] ?? []);
+      for (const name of this.storeNames) {
+        const step = this.#steps.get(name) as StoreStep;
+        if (step.failed) throw step.failed;
+        if (step.prepared) this.#log[name] = [...(changes[name] ?? [])];
+        else await this.#stage(name, changes[name] ?? []);
+      }
     } catch (err) {
       return this.#fail(err);
     }
