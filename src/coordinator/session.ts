@@ -108,14 +108,14 @@ class StoreStep implements Committable {
   changes: readonly unknown[] | undefined;
   /** True once `begin` took `changes` and prepared: the store is done until the commit point. */
   prepared = false;
-  /** What this store's changes or prepare failed with inside `begin`: `Session.applyAll` throws it. */
-  failed: Error | undefined;
+  /** What this store's changes or prepare failed with inside `begin`: its prepare in `Session.commit` throws it. */
+  failed: unknown;
 
   /**
    * With `changes` and a store that has `beginAndPrepare`, begins, applies and prepares in
-   * one step. Only a failure of the begin itself (an unreachable store, a key it already
-   * committed) fails `begin`: one of its changes or prepare waits for `Session.applyAll`,
-   * where the store would have met it, so the session is cancelled as before.
+   * one step. Only a key the store already committed fails `begin`; any other failure waits
+   * for this store's turn to prepare, so the stores before it prepare as they did (a
+   * participant hears its try, then the cancel) and the session is cancelled as before.
    */
   async begin(key: Uint8Array): Promise<void> {
     const { inner, changes } = this;
@@ -128,7 +128,7 @@ class StoreStep implements Committable {
       this.prepared = true;
     } catch (err) {
       if (err instanceof AlreadyCommittedError) throw storeError(this.name, err);
-      this.failed = storeError(this.name, err);
+      this.failed = err;
     }
   }
 
@@ -329,8 +329,7 @@ export class Session {
     try {
       for (const name of this.storeNames) {
         const step = this.#steps.get(name) as StoreStep;
-        if (step.failed) throw step.failed;
-        if (step.prepared) this.#log[name] = [...(changes[name] ?? [])];
+        if (step.prepared || step.failed !== undefined) this.#log[name] = [...(changes[name] ?? [])];
         else await this.#stage(name, changes[name] ?? []);
       }
     } catch (err) {
@@ -346,7 +345,10 @@ export class Session {
   async commit(): Promise<ResultRecord> {
     try {
       if (this.#phase === 'active') {
-        await this.#eachStore((store, key) => store.prepare(key));
+        await this.#eachStore((store, key, name) => {
+          const { failed } = this.#steps.get(name) as StoreStep;
+          return failed === undefined ? store.prepare(key) : Promise.reject(failed);
+        });
         this.#phase = 'deciding';
         this.#mayHaveCommitted = true;
         await this.#slot.writeCommitPoint(this.#log, this.sessionId);
@@ -430,10 +432,10 @@ export class Session {
   }
 
   /** Runs `step` on every store in commit order; a store's error names the store. */
-  async #eachStore(step: (store: StoreSession, key: Uint8Array) => Promise<void> | undefined): Promise<void> {
+  async #eachStore(step: (store: StoreSession, key: Uint8Array, name: string) => Promise<void> | undefined): Promise<void> {
     for (const name of this.storeNames) {
       try {
-        await step(this.#stores.get(name) as StoreSession, this.#keyBytes);
+        await step(this.#stores.get(name) as StoreSession, this.#keyBytes, name);
       } catch (err) {
         throw storeError(name, err);
       }
