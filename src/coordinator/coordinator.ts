@@ -298,7 +298,7 @@ export class Coordinator implements SessionCoordinator {
     const session = this.#table.open({ key, names, oneShot: true, hasher, recoverOnInterrupt: true, logBytes: bytes });
     return session.run(async () => {
       try {
-        await session.begin();
+        await session.begin(changes);
       } catch (err) {
         // SlotTakenError: the early record of a one-shot with participants was there first.
         if (err instanceof AlreadyCommittedError || err instanceof SlotTakenError) return this.#answers.oneShot(key, sessionId);

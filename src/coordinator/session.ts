@@ -15,6 +15,7 @@ import { MultiCommitter, compareNames } from '../core/multi-committer.ts';
 import { SessionHasher } from '../core/session-id.ts';
 import { errorMessage } from '../errors/catalogue.ts';
 import type { StoreSession } from '../stores/api.ts';
+import { AlreadyCommittedError } from '../errors/core.ts';
 import { atChange, SessionSpoiledError } from '../stores/errors.ts';
 import { PayloadTooLargeError, ServiceUnavailableError, storeError } from './errors.ts';
 import type { Failpoints } from './failpoints.ts';
@@ -103,8 +104,32 @@ class StoreStep implements Committable {
     readonly mayHaveCommitted: () => boolean,
   ) {}
 
+  /** A one-shot's changes for this store, when known at begin (see {@link begin}). */
+  changes: readonly unknown[] | undefined;
+  /** True once `begin` took `changes` and prepared: the store is done until the commit point. */
+  prepared = false;
+  /** What this store's changes or prepare failed with inside `begin`: its prepare in `Session.commit` throws it. */
+  failed: unknown;
+
+  /**
+   * With `changes` and a store that has `beginAndPrepare`, begins, applies and prepares in
+   * one step. Only a key the store already committed fails `begin`; any other failure waits
+   * for this store's turn to prepare, so the stores before it prepare as they did (a
+   * participant hears its try, then the cancel) and the session is cancelled as before.
+   */
   async begin(key: Uint8Array): Promise<void> {
-    await this.inner.begin(key).catch((err: unknown) => Promise.reject(storeError(this.name, err)));
+    const { inner, changes } = this;
+    if (!changes || !inner.beginAndPrepare) {
+      await inner.begin(key).catch((err: unknown) => Promise.reject(storeError(this.name, err)));
+      return;
+    }
+    try {
+      await inner.beginAndPrepare(key, changes);
+      this.prepared = true;
+    } catch (err) {
+      if (err instanceof AlreadyCommittedError) throw storeError(this.name, err);
+      this.failed = err;
+    }
   }
 
   async beginRecovery(key: Uint8Array): Promise<void> {
@@ -138,6 +163,7 @@ export class Session {
   readonly #keyBytes: Uint8Array;
   readonly #slot: RecordSlot;
   readonly #committer: MultiCommitter<ResultRecord>;
+  readonly #steps: ReadonlyMap<string, StoreStep>;
   readonly #hasher: SessionHasher;
   readonly #recordedSessionId: string | undefined;
   readonly #log: ChangeLog = {};
@@ -186,6 +212,7 @@ export class Session {
       const store = start.stores.get(name) as StoreSession;
       return [name, new StoreStep(name, store, `commit.afterStore.${i + 1}`, deps.failpoints, () => this.#mayHaveCommitted)] as const;
     });
+    this.#steps = new Map(committables);
     this.#committer = new MultiCommitter(this.#slot, committables, { logger: this.logger });
   }
 
@@ -245,8 +272,11 @@ export class Session {
   /**
    * Steps 1–2: writes the record (interactive) and begins every store; an adopted record
    * makes the stores recover instead. A failure ends the session before its commit point.
+   * A one-shot passes its changes (`applyAll` still follows): a store that can takes them
+   * with its begin and prepares, in one step.
    */
-  async begin(): Promise<void> {
+  async begin(oneShotChanges?: Readonly<Record<string, readonly unknown[]>>): Promise<void> {
+    if (oneShotChanges) for (const [name, step] of this.#steps) step.changes = oneShotChanges[name] ?? [];
     try {
       await this.#committer.begin(this.key);
     } catch (err) {
@@ -297,7 +327,11 @@ export class Session {
   /** A one-shot session's changes, hashed when the session was opened, handed to the stores. */
   async applyAll(changes: Readonly<Record<string, readonly unknown[]>>): Promise<void> {
     try {
-      for (const name of this.storeNames) await this.#stage(name, changes[name] ?? []);
+      for (const name of this.storeNames) {
+        const step = this.#steps.get(name) as StoreStep;
+        if (step.prepared || step.failed !== undefined) this.#log[name] = [...(changes[name] ?? [])];
+        else await this.#stage(name, changes[name] ?? []);
+      }
     } catch (err) {
       return this.#fail(err);
     }
@@ -311,7 +345,10 @@ export class Session {
   async commit(): Promise<ResultRecord> {
     try {
       if (this.#phase === 'active') {
-        await this.#eachStore((store, key) => store.prepare(key));
+        await this.#eachStore((store, key, name) => {
+          const { failed } = this.#steps.get(name) as StoreStep;
+          return failed === undefined ? store.prepare(key) : Promise.reject(failed);
+        });
         this.#phase = 'deciding';
         this.#mayHaveCommitted = true;
         await this.#slot.writeCommitPoint(this.#log, this.sessionId);
@@ -395,10 +432,10 @@ export class Session {
   }
 
   /** Runs `step` on every store in commit order; a store's error names the store. */
-  async #eachStore(step: (store: StoreSession, key: Uint8Array) => Promise<void> | undefined): Promise<void> {
+  async #eachStore(step: (store: StoreSession, key: Uint8Array, name: string) => Promise<void> | undefined): Promise<void> {
     for (const name of this.storeNames) {
       try {
-        await step(this.#stores.get(name) as StoreSession, this.#keyBytes);
+        await step(this.#stores.get(name) as StoreSession, this.#keyBytes, name);
       } catch (err) {
         throw storeError(name, err);
       }

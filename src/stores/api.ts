@@ -52,6 +52,13 @@ export interface StoreSession<Change = unknown> extends Committable {
    * optional `savepoint`/`rollbackToSavepoint`/`releaseSavepoint` and `reopen`.
    */
   applyAll?(changes: readonly Change[]): Promise<void>;
+  /**
+   * `begin`, `applyAll(changes)` and `prepare` in one step, for a session whose changes are
+   * all known when it begins (a one-shot): throws what they would, `AlreadyCommittedError`
+   * included, a rejected change named by its index. Optional: the committable helper has it
+   * when its driver has `openAndPrepare` (sqlite: one message to the store's thread).
+   */
+  beginAndPrepare?(key: Uint8Array, changes: readonly Change[]): Promise<void>;
   /** Makes the changes ready to commit; fails now if they cannot (before the commit point). */
   prepare(key: Uint8Array): Promise<void>;
   /**

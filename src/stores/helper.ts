@@ -33,6 +33,14 @@ export interface StoreDriver<Change> {
   decide?(key: Uint8Array, id: Uint8Array): Promise<void>;
   /** Commits the data together with the marker `(key, id)`; throws `MarkerExistsError` if it is there. */
   commit(key: Uint8Array, id: Uint8Array): Promise<void>;
+  /**
+   * Optional: `findMarker`, then, without a marker, `open`, every change of `changes` (a
+   * refused one named by its index, `atChange`) and `prepare` with `id`, in one step — for
+   * a session whose changes are all known when it begins (a one-shot). Returns the stored ID
+   * when the marker is there, and then nothing is open. May throw `MarkerExistsError` as
+   * `prepare` does; after another error the session is open until `rollback`.
+   */
+  openAndPrepare?(key: Uint8Array, changes: readonly Change[], id: Uint8Array): Promise<Uint8Array | undefined>;
   /** Discards everything since `open`. Safe in any state, called at most once per session. */
   rollback(): Promise<void>;
   /**
@@ -81,9 +89,17 @@ export class HelperCommittable<Change> implements Committable {
   /** The driver's connection was lost: reopen and re-apply before the next step. */
   #lost = false;
 
+  /**
+   * `begin`, the changes and `prepare` in one driver step (see
+   * {@link StoreSession.beginAndPrepare}): present when the driver has `openAndPrepare`.
+   */
+  readonly beginAndPrepare?: (key: Uint8Array, changes: readonly Change[]) => Promise<void>;
+
   constructor(name: string, driver: StoreDriver<Change>) {
     this.name = name;
     this.#driver = driver;
+    const { openAndPrepare } = driver;
+    if (openAndPrepare) this.beginAndPrepare = (key, changes) => this.#beginAndPrepare(key, changes, openAndPrepare.bind(driver));
   }
 
   /** True when recovery found this store already committed: applies are ignored. */
@@ -197,6 +213,34 @@ export class HelperCommittable<Change> implements Committable {
     const opened = this.#opened;
     this.#reset();
     if (opened) await this.#driver.rollback();
+  }
+
+  async #beginAndPrepare(
+    key: Uint8Array,
+    changes: readonly Change[],
+    openAndPrepare: (key: Uint8Array, changes: readonly Change[], id: Uint8Array) => Promise<Uint8Array | undefined>,
+  ): Promise<void> {
+    this.#reset();
+    const hasher = new ChangeHasher();
+    for (const change of changes) hasher.add(change);
+    const id = hasher.digest();
+    // Open for the driver's step: a failure in it leaves the session for `cancel` to roll back.
+    this.#opened = true;
+    this.#key = key;
+    this.#hasher = hasher;
+    this.#mode = 'writable';
+    let stored: Uint8Array | undefined;
+    const skipped = await this.#guardMarker(key, id, async () => {
+      stored = await openAndPrepare(key, changes, id);
+    });
+    if (stored) {
+      this.#reset();
+      throw new AlreadyCommittedError(describeKey(key), this.name);
+    }
+    if (skipped) return;
+    this.#taken = [...changes];
+    this.#preparedId = id;
+    this.#mode = 'prepared';
   }
 
   async #open(key: Uint8Array): Promise<void> {

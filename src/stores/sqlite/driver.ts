@@ -4,7 +4,7 @@
  * @module
  */
 import { describeKey, fromHex, toHex } from '../../core/keys.ts';
-import { MarkerExistsError } from '../errors.ts';
+import { atChange, MarkerExistsError } from '../errors.ts';
 import type { StoreDriver } from '../helper.ts';
 import type { GroupMember, SqliteDatabase } from './database.ts';
 import { sqliteCode, type CheckedChange, type SqliteChange } from './statements.ts';
@@ -54,6 +54,25 @@ export class SqliteDriver implements StoreDriver<SqliteChange> {
   async apply(change: SqliteChange): Promise<void> {
     const afterSchemaChange = this.#statements.some((checked) => checked.changesSchema);
     this.#statements.push(this.#db.statements.check(change, afterSchemaChange));
+  }
+
+  /**
+   * A one-shot's step before its commit point: the marker lookup, then, without a marker,
+   * `open`, `apply` of each change and `prepare`. Returns the stored ID if there is a marker.
+   */
+  async openAndPrepare(key: Uint8Array, changes: readonly SqliteChange[], id: Uint8Array): Promise<Uint8Array | undefined> {
+    const stored = await this.findMarker(key);
+    if (stored) return stored;
+    await this.open();
+    for (const [index, change] of changes.entries()) {
+      try {
+        await this.apply(change);
+      } catch (err) {
+        throw atChange(err, index);
+      }
+    }
+    await this.prepare(key, id);
+    return undefined;
   }
 
   /**

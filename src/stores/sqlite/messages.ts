@@ -8,11 +8,16 @@
 import { BookkeepingError, ChangeRejectedError, MarkerExistsError, StatementTimeoutError, StoreUnavailableError } from '../errors.ts';
 import type { SqliteChange } from './statements.ts';
 
-/** One call of a session's driver (`session` numbers the sessions of one store). */
-export type DriverCall = { readonly id: number; readonly session: number } & (
+/**
+ * One call of a session's driver (`session` numbers the sessions of one store). Without
+ * `id` it wants no answer (`decide`): the session's next call runs after it and fails with
+ * its error.
+ */
+export type DriverCall = { readonly id?: number; readonly session: number } & (
   | { readonly method: 'findMarker'; readonly args: [Uint8Array] }
   | { readonly method: 'open'; readonly args: [] }
   | { readonly method: 'apply'; readonly args: [SqliteChange] }
+  | { readonly method: 'openAndPrepare'; readonly args: [Uint8Array, readonly SqliteChange[], Uint8Array] }
   | { readonly method: 'prepare' | 'commit'; readonly args: [Uint8Array, Uint8Array] }
   | { readonly method: 'decide' | 'rollback' | 'close' | 'savepoint' | 'rollbackToSavepoint' | 'releaseSavepoint'; readonly args: [] }
 );

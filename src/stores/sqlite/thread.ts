@@ -52,11 +52,14 @@ export class SqliteThread {
       findMarker: (key) => call<Uint8Array | undefined>('findMarker', [key]),
       open: () => call<void>('open'),
       apply: (change) => call<void>('apply', [change]),
+      openAndPrepare: (key, changes, id) => call<Uint8Array | undefined>('openAndPrepare', [key, changes, id]),
       savepoint: () => call<void>('savepoint'),
       rollbackToSavepoint: () => call<void>('rollbackToSavepoint'),
       releaseSavepoint: () => call<void>('releaseSavepoint'),
       prepare: (key, id) => call<void>('prepare', [key, id]),
-      decide: () => call<void>('decide'),
+      // Wants no answer: the thread acts on a session's messages in order, and the `commit`
+      // (or `rollback`) that follows answers for it, its error included.
+      decide: async () => this.#send(session, 'decide'),
       commit: (key, id) => call<void>('commit', [key, id]),
       rollback: () => call<void>('rollback'),
     };
@@ -79,6 +82,11 @@ export class SqliteThread {
       this.#pending.set(id, { resolve, reject });
       this.#worker.postMessage({ id, session, method, args } as DriverCall);
     });
+  }
+
+  /** A call that wants no answer; a thread already gone fails the session's next call instead. */
+  #send(session: number, method: Method): void {
+    if (!this.#exited) this.#worker.postMessage({ session, method, args: [] } as DriverCall);
   }
 
   #settle(reply: DriverReply): void {

@@ -16,7 +16,12 @@ if (!port) throw new Error('worker.ts runs as a worker thread');
 /** Drivers by session, from `open` until `commit` or `rollback`. */
 const drivers = new Map<number, SqliteDriver>();
 /** Calls not answered yet: `close` answers after them, so each learns its own outcome first. */
-const inFlight = new Set<Promise<void>>();
+const inFlight = new Set<Promise<unknown>>();
+/**
+ * A session's call that wants no answer (`decide`), until the session's next call: that one
+ * runs after it and fails with its error — a `rollback` runs either way.
+ */
+const unanswered = new Map<number, Promise<unknown>>();
 
 async function serve(db: SqliteDatabase, markers: SqliteDriver, call: DriverCall): Promise<unknown> {
   if (call.method === 'close') {
@@ -36,6 +41,12 @@ async function serve(db: SqliteDatabase, markers: SqliteDriver, call: DriverCall
       return driver.open();
     case 'apply':
       return driver.apply(call.args[0]);
+    case 'openAndPrepare': {
+      const stored = await driver.openAndPrepare(call.args[0], call.args[1], call.args[2]);
+      // Committed already: nothing was opened, the session ends here.
+      if (stored) drivers.delete(call.session);
+      return stored;
+    }
     case 'savepoint':
       return driver.savepoint();
     case 'rollbackToSavepoint':
@@ -65,10 +76,19 @@ try {
   const db = await SqliteDatabase.open(workerData as SqliteOptions);
   const markers = new SqliteDriver(db);
   port.on('message', (call: DriverCall) => {
-    const answered = serve(db, markers, call).then(
-      (value) => port.postMessage({ id: call.id, value } satisfies DriverReply),
-      (err: unknown) => port.postMessage({ id: call.id, error: serializeError(err) } satisfies DriverReply),
-    );
+    const run = () => serve(db, markers, call);
+    const earlier = unanswered.get(call.session);
+    unanswered.delete(call.session);
+    const served = !earlier ? run() : call.method === 'rollback' ? earlier.then(run, run) : earlier.then(run);
+    const { id } = call;
+    if (id === undefined) unanswered.set(call.session, served);
+    const answered =
+      id === undefined
+        ? served.catch(() => undefined)
+        : served.then(
+            (value) => port.postMessage({ id, value } satisfies DriverReply),
+            (err: unknown) => port.postMessage({ id, error: serializeError(err) } satisfies DriverReply),
+          );
     if (call.method === 'close') return;
     inFlight.add(answered);
     void answered.finally(() => inFlight.delete(answered));
