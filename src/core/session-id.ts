@@ -52,6 +52,11 @@ function idFromDigests(first: bigint, second: bigint): Uint8Array {
   return id;
 }
 
+/** The hex of {@link idFromDigests} without the bytes: what the HTTP answer and the record carry. */
+function hexFromDigests(first: bigint, second: bigint): string {
+  return `${first.toString(16).padStart(16, '0')}${second.toString(16).padStart(16, '0')}`;
+}
+
 /** The running hash of one store's changes, in the order they were applied. */
 export class ChangeHasher {
   readonly #first = xx.create64(0n);
@@ -81,6 +86,11 @@ export class ChangeHasher {
   digest(): Uint8Array {
     return idFromDigests(this.#first.digest(), this.#second.digest());
   }
+
+  /** {@link digest} as 32 hex digits. */
+  digestHex(): string {
+    return hexFromDigests(this.#first.digest(), this.#second.digest());
+  }
 }
 
 /** The store ID of a list of changes (same as feeding a ChangeHasher one by one). */
@@ -104,6 +114,8 @@ export function storeIdOfLines(lines: Iterable<string>): Uint8Array {
  */
 export class SessionHasher {
   readonly #stores: Map<string, ChangeHasher>;
+  /** The ID of what was added so far; a one-shot asks for it several times between changes. */
+  #idHex: string | undefined;
 
   /** @param stores every store of the session, changes or not */
   constructor(stores: Iterable<string>) {
@@ -114,12 +126,14 @@ export class SessionHasher {
   addLines(store: string, lines: Iterable<string>): void {
     const hasher = this.#stores.get(store);
     if (!hasher) throw new RangeError(`store ${JSON.stringify(store)} is not part of this session`);
+    this.#idHex = undefined;
     for (const line of lines) hasher.addLine(line);
   }
 
   /** The session ID of everything added so far, as 32 hex digits. */
   sessionIdHex(): string {
-    return toHex(sessionId([...this.#stores].map(([name, hasher]) => [name, hasher.digest()] as const)));
+    this.#idHex ??= sessionIdHexOfPairs([...this.#stores].map(([name, hasher]) => [name, hasher.digestHex()]));
+    return this.#idHex;
   }
 }
 
@@ -133,8 +147,25 @@ export function sessionIdOfChanges(changes: Readonly<Record<string, Iterable<unk
 
 /** The session ID from each store's ID; order of the input does not matter. */
 export function sessionId(stores: Iterable<readonly [name: string, id: Uint8Array]>): Uint8Array {
-  const pairs = [...stores].map(([name, id]) => [name, toHex(id)] as const);
-  pairs.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  const text = canonicalJson(pairs);
+  const text = sessionIdText([...stores].map(([name, id]) => [name, toHex(id)]));
   return idFromDigests(xx.h64(text, 0n), xx.h64(text, 1n));
+}
+
+/** {@link sessionId} of store IDs given as hex, as hex. */
+function sessionIdHexOfPairs(pairs: [name: string, idHex: string][]): string {
+  const text = sessionIdText(pairs);
+  return hexFromDigests(xx.h64(text, 0n), xx.h64(text, 1n));
+}
+
+/** A lone surrogate: with the `u` flag a well-formed pair is one code point and does not match. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/** The hashed text of a session ID: `jcs([[name, storeIdHex], …])`, ascending by name. Sorts `pairs`. */
+function sessionIdText(pairs: [name: string, idHex: string][]): string {
+  pairs.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  // An array of arrays of well-formed strings: its JCS form is exactly JSON.stringify's, so
+  // the general canonicalizer (a walk that checks each string's characters) is only needed
+  // to refuse a name JCS has no form for.
+  if (pairs.some(([name]) => LONE_SURROGATE.test(name))) return canonicalJson(pairs);
+  return JSON.stringify(pairs);
 }
