@@ -57,10 +57,24 @@ function hexFromDigests(first: bigint, second: bigint): string {
   return `${first.toString(16).padStart(16, '0')}${second.toString(16).padStart(16, '0')}`;
 }
 
+/** One streaming XXH64 state. */
+type Hash64 = ReturnType<typeof xx.create64>;
+
+/**
+ * Characters of lines a {@link ChangeHasher} keeps before feeding them to streaming hashes.
+ * A session's usual changes stay below it and are hashed in one call per seed at digest:
+ * a streaming state costs more to make and feed (it is copied in and out of the wasm
+ * memory on every call) than hashing a short text does. XXH64 over chunks equals XXH64
+ * over their concatenation, so where the text is cut does not change the ID.
+ */
+const BUFFERED_CHARS = 64 * 1024;
+
 /** The running hash of one store's changes, in the order they were applied. */
 export class ChangeHasher {
-  readonly #first = xx.create64(0n);
-  readonly #second = xx.create64(1n);
+  /** Lines not yet fed to {@link #streams}. */
+  #pending = '';
+  /** Made once the lines outgrow {@link BUFFERED_CHARS}. */
+  #streams: { readonly first: Hash64; readonly second: Hash64 } | undefined;
   #count = 0;
 
   /** Adds one change; returns its line, canonical form and newline (callers may reuse it). */
@@ -72,9 +86,9 @@ export class ChangeHasher {
 
   /** Adds one change already in the form {@link canonicalLine} gives. */
   addLine(line: string): void {
-    this.#first.update(line);
-    this.#second.update(line);
+    this.#pending += line;
     this.#count += 1;
+    if (this.#pending.length > BUFFERED_CHARS) this.#flush();
   }
 
   /** How many changes were added. */
@@ -84,12 +98,27 @@ export class ChangeHasher {
 
   /** The 128-bit store ID of everything added so far. Does not reset the hasher. */
   digest(): Uint8Array {
-    return idFromDigests(this.#first.digest(), this.#second.digest());
+    const [first, second] = this.#digests();
+    return idFromDigests(first, second);
   }
 
   /** {@link digest} as 32 hex digits. */
   digestHex(): string {
-    return hexFromDigests(this.#first.digest(), this.#second.digest());
+    const [first, second] = this.#digests();
+    return hexFromDigests(first, second);
+  }
+
+  #digests(): [bigint, bigint] {
+    if (!this.#streams) return [xx.h64(this.#pending, 0n), xx.h64(this.#pending, 1n)];
+    this.#flush();
+    return [this.#streams.first.digest(), this.#streams.second.digest()];
+  }
+
+  #flush(): void {
+    this.#streams ??= { first: xx.create64(0n), second: xx.create64(1n) };
+    this.#streams.first.update(this.#pending);
+    this.#streams.second.update(this.#pending);
+    this.#pending = '';
   }
 }
 
