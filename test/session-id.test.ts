@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
+import xxhash from 'xxhash-wasm';
 import { ChangeHasher, NotCanonicalizableError, canonicalJson, canonicalLine, sessionId, storeId, storeIdOfLines, toHex } from '../src/core/index.ts';
 
 interface Vectors {
@@ -62,6 +63,23 @@ describe('session IDs', () => {
     const changes = [{ a: 1 }, { b: 'two' }];
     for (const change of changes) hasher.add(change);
     assert.deepEqual(hasher.digest(), storeId(changes));
+  });
+
+  it('a store ID is XXH64 (seeds 0 and 1) over the whole stream, however large and however it is fed', async () => {
+    const xx = await xxhash();
+    // Lines long enough that the hasher streams part of them, one of them not ASCII.
+    const changes = [{ v: 'x'.repeat(40_000) }, { v: 'zoë 🙂'.repeat(9_000) }, { v: 1 }, { v: 'y'.repeat(70_000) }];
+    const stream = changes.map(canonicalLine).join('');
+    const expected = `${xx.h64ToString(stream, 0n)}${xx.h64ToString(stream, 1n)}`;
+    const hasher = new ChangeHasher();
+    for (const [i, change] of changes.entries()) {
+      hasher.add(change);
+      // Asking for the ID on the way must not change where it ends.
+      if (i === 1) assert.equal(toHex(hasher.digest()), toHex(storeId(changes.slice(0, 2))));
+    }
+    assert.equal(toHex(hasher.digest()), expected);
+    assert.equal(toHex(storeId(changes)), expected);
+    assert.equal(toHex(storeId([])), `${xx.h64ToString('', 0n)}${xx.h64ToString('', 1n)}`);
   });
 
   it('values without a canonical form are rejected', () => {

@@ -155,7 +155,6 @@ export class Session {
   /** Store names in commit order. */
   readonly storeNames: readonly string[];
   readonly startedAt: string;
-  readonly logger: Logger;
   /** Settles when the session has ended, however it ended. */
   readonly ended: Promise<void>;
   readonly #deps: SessionDeps;
@@ -179,6 +178,7 @@ export class Session {
   #heldBytes: number;
   #lastTouched = Date.now();
   #queue: Promise<unknown> = Promise.resolve();
+  #logger: Logger | undefined;
 
   constructor(deps: SessionDeps, start: SessionStart) {
     this.#deps = deps;
@@ -191,7 +191,6 @@ export class Session {
     this.#recordedSessionId = start.adopted?.record.state === 'committing' ? start.adopted.record.sessionId : undefined;
     this.#onEnd = start.onEnd;
     this.#heldBytes = start.heldBytes ?? 0;
-    this.logger = deps.logger.child({ key: start.key });
     this.startedAt = start.adopted?.record.startedAt ?? new Date().toISOString();
     this.#phase = start.adopted?.record.state === 'committing' ? 'committing' : 'active';
     this.#mayHaveCommitted = this.#phase === 'committing';
@@ -213,7 +212,14 @@ export class Session {
       return [name, new StoreStep(name, store, `commit.afterStore.${i + 1}`, deps.failpoints, () => this.#mayHaveCommitted)] as const;
     });
     this.#steps = new Map(committables);
-    this.#committer = new MultiCommitter(this.#slot, committables, { logger: this.logger });
+    const logger = { warn: (obj: object, msg: string) => this.logger.warn(obj, msg), error: (obj: object, msg: string) => this.logger.error(obj, msg) };
+    this.#committer = new MultiCommitter(this.#slot, committables, { logger });
+  }
+
+  /** The session's child logger (bound to its key), made when first used: most sessions log nothing. */
+  get logger(): Logger {
+    this.#logger ??= this.#deps.logger.child({ key: this.key });
+    return this.#logger;
   }
 
   /** `active` until the commit point is written, then `committing` (as clients see it). */

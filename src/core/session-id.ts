@@ -52,10 +52,29 @@ function idFromDigests(first: bigint, second: bigint): Uint8Array {
   return id;
 }
 
+/** The hex of {@link idFromDigests} without the bytes: what the HTTP answer and the record carry. */
+function hexFromDigests(first: bigint, second: bigint): string {
+  return `${first.toString(16).padStart(16, '0')}${second.toString(16).padStart(16, '0')}`;
+}
+
+/** One streaming XXH64 state. */
+type Hash64 = ReturnType<typeof xx.create64>;
+
+/**
+ * Characters of lines a {@link ChangeHasher} keeps before feeding them to streaming hashes.
+ * A session's usual changes stay below it and are hashed in one call per seed at digest:
+ * a streaming state costs more to make and feed (it is copied in and out of the wasm
+ * memory on every call) than hashing a short text does. XXH64 over chunks equals XXH64
+ * over their concatenation, so where the text is cut does not change the ID.
+ */
+const BUFFERED_CHARS = 64 * 1024;
+
 /** The running hash of one store's changes, in the order they were applied. */
 export class ChangeHasher {
-  readonly #first = xx.create64(0n);
-  readonly #second = xx.create64(1n);
+  /** Lines not yet fed to {@link #streams}. */
+  #pending = '';
+  /** Made once the lines outgrow {@link BUFFERED_CHARS}. */
+  #streams: { readonly first: Hash64; readonly second: Hash64 } | undefined;
   #count = 0;
 
   /** Adds one change; returns its line, canonical form and newline (callers may reuse it). */
@@ -67,9 +86,9 @@ export class ChangeHasher {
 
   /** Adds one change already in the form {@link canonicalLine} gives. */
   addLine(line: string): void {
-    this.#first.update(line);
-    this.#second.update(line);
+    this.#pending += line;
     this.#count += 1;
+    if (this.#pending.length > BUFFERED_CHARS) this.#flush();
   }
 
   /** How many changes were added. */
@@ -79,7 +98,27 @@ export class ChangeHasher {
 
   /** The 128-bit store ID of everything added so far. Does not reset the hasher. */
   digest(): Uint8Array {
-    return idFromDigests(this.#first.digest(), this.#second.digest());
+    const [first, second] = this.#digests();
+    return idFromDigests(first, second);
+  }
+
+  /** {@link digest} as 32 hex digits. */
+  digestHex(): string {
+    const [first, second] = this.#digests();
+    return hexFromDigests(first, second);
+  }
+
+  #digests(): [bigint, bigint] {
+    if (!this.#streams) return [xx.h64(this.#pending, 0n), xx.h64(this.#pending, 1n)];
+    this.#flush();
+    return [this.#streams.first.digest(), this.#streams.second.digest()];
+  }
+
+  #flush(): void {
+    this.#streams ??= { first: xx.create64(0n), second: xx.create64(1n) };
+    this.#streams.first.update(this.#pending);
+    this.#streams.second.update(this.#pending);
+    this.#pending = '';
   }
 }
 
@@ -104,6 +143,8 @@ export function storeIdOfLines(lines: Iterable<string>): Uint8Array {
  */
 export class SessionHasher {
   readonly #stores: Map<string, ChangeHasher>;
+  /** The ID of what was added so far; a one-shot asks for it several times between changes. */
+  #idHex: string | undefined;
 
   /** @param stores every store of the session, changes or not */
   constructor(stores: Iterable<string>) {
@@ -114,12 +155,14 @@ export class SessionHasher {
   addLines(store: string, lines: Iterable<string>): void {
     const hasher = this.#stores.get(store);
     if (!hasher) throw new RangeError(`store ${JSON.stringify(store)} is not part of this session`);
+    this.#idHex = undefined;
     for (const line of lines) hasher.addLine(line);
   }
 
   /** The session ID of everything added so far, as 32 hex digits. */
   sessionIdHex(): string {
-    return toHex(sessionId([...this.#stores].map(([name, hasher]) => [name, hasher.digest()] as const)));
+    this.#idHex ??= sessionIdHexOfPairs([...this.#stores].map(([name, hasher]) => [name, hasher.digestHex()]));
+    return this.#idHex;
   }
 }
 
@@ -133,8 +176,25 @@ export function sessionIdOfChanges(changes: Readonly<Record<string, Iterable<unk
 
 /** The session ID from each store's ID; order of the input does not matter. */
 export function sessionId(stores: Iterable<readonly [name: string, id: Uint8Array]>): Uint8Array {
-  const pairs = [...stores].map(([name, id]) => [name, toHex(id)] as const);
-  pairs.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  const text = canonicalJson(pairs);
+  const text = sessionIdText([...stores].map(([name, id]) => [name, toHex(id)]));
   return idFromDigests(xx.h64(text, 0n), xx.h64(text, 1n));
+}
+
+/** {@link sessionId} of store IDs given as hex, as hex. */
+function sessionIdHexOfPairs(pairs: [name: string, idHex: string][]): string {
+  const text = sessionIdText(pairs);
+  return hexFromDigests(xx.h64(text, 0n), xx.h64(text, 1n));
+}
+
+/** A lone surrogate: with the `u` flag a well-formed pair is one code point and does not match. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/** The hashed text of a session ID: `jcs([[name, storeIdHex], …])`, ascending by name. Sorts `pairs`. */
+function sessionIdText(pairs: [name: string, idHex: string][]): string {
+  pairs.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  // An array of arrays of well-formed strings: its JCS form is exactly JSON.stringify's, so
+  // the general canonicalizer (a walk that checks each string's characters) is only needed
+  // to refuse a name JCS has no form for.
+  if (pairs.some(([name]) => LONE_SURROGATE.test(name))) return canonicalJson(pairs);
+  return JSON.stringify(pairs);
 }

@@ -25,7 +25,9 @@ const NUMBER_TEXT = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/;
 /**
  * The plain value of `body` (`undefined` for an empty one); throws {@link JsonBodyError}.
  * momoa's AST shows every member, duplicates included, and each number's source text,
- * so one parse and one walk check everything.
+ * so one parse and one walk check everything. That AST costs more than the rest of a
+ * one-shot's request handling together, so a body that a scan shows to be plain takes
+ * the native parser instead ({@link quickValue}); the walk decides, and words, the rest.
  */
 export function parseJsonBody(body: Buffer): unknown {
   if (body.length === 0) return undefined;
@@ -38,12 +40,98 @@ export function parseJsonBody(body: Buffer): unknown {
   } catch {
     throw new JsonBodyError(`the body is not valid UTF-8: the bytes from offset ${invalidUtf8Offset(body)} are not a UTF-8 character`);
   }
+  const quick = quickValue(text);
+  if (quick !== undefined) return quick;
   try {
     return plainValue(parse(text, { mode: 'json' }).body, text, '$');
   } catch (err) {
     if (err instanceof JsonBodyError) throw err;
     if (err instanceof RangeError) throw new JsonBodyError('the body is nested too deeply to parse');
     throw new JsonBodyError(`the body is not valid JSON: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/** Deeper bodies are left to the walk, whose own limit decides (and words) what is too deep. */
+const MAX_QUICK_DEPTH = 64;
+
+/** An escape that may spell a lone surrogate (or part of a pair): the walk decides which. */
+const SURROGATE_ESCAPE = /\\u[dD][89a-fA-F]/;
+
+/**
+ * `JSON.parse(text)` when the text certainly passes every rule of {@link plainValue}: valid
+ * JSON, no member name twice in an object, no `__proto__` or `constructor` member, no
+ * escape that may be a surrogate, every number kept exactly, nesting within
+ * {@link MAX_QUICK_DEPTH}. `undefined` (which JSON never parses to) otherwise, refused or
+ * not: the walk then gives the answer it always gave. The scan relies on the text being
+ * valid JSON, so it runs after the native parser accepted it.
+ */
+function quickValue(text: string): unknown {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  return isPlainJson(text) ? value : undefined;
+}
+
+/** The scan of {@link quickValue}; `text` is valid JSON. */
+function isPlainJson(text: string): boolean {
+  // Per open container, innermost last: an object's member names so far, or null for an array.
+  const containers: (Set<string> | null)[] = [];
+  let expectName = false;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code === 0x22 /* " */) {
+      const end = closingQuote(text, i);
+      const raw = text.slice(i + 1, end);
+      const escaped = raw.includes('\\');
+      if (escaped && SURROGATE_ESCAPE.test(raw)) return false;
+      if (expectName) {
+        const name = escaped ? (JSON.parse(text.slice(i, end + 1)) as string) : raw;
+        const names = containers[containers.length - 1] as Set<string>;
+        if (names.has(name) || name === '__proto__' || name === 'constructor') return false;
+        names.add(name);
+        expectName = false;
+      }
+      i = end;
+    } else if (code === 0x7b /* { */ || code === 0x5b /* [ */) {
+      if (containers.length === MAX_QUICK_DEPTH) return false;
+      containers.push(code === 0x7b ? new Set() : null);
+      expectName = code === 0x7b;
+    } else if (code === 0x7d /* } */ || code === 0x5d /* ] */) {
+      containers.pop();
+    } else if (code === 0x2c /* , */) {
+      expectName = containers[containers.length - 1] != null;
+    } else if (code === 0x2d /* - */ || (code >= 0x30 && code <= 0x39)) {
+      let end = i + 1;
+      let integer = true;
+      for (; end < text.length; end++) {
+        const next = text.charCodeAt(end);
+        if (next >= 0x30 && next <= 0x39) continue;
+        if (next !== 0x2e /* . */ && next !== 0x65 /* e */ && next !== 0x45 /* E */ && next !== 0x2b /* + */ && next !== 0x2d) break;
+        integer = false;
+      }
+      // Up to 15 digits an integer is always a double exactly.
+      if (!integer || end - i > 15) {
+        const source = text.slice(i, end);
+        if (!keptExactly(source, Number(source))) return false;
+      }
+      i = end - 1;
+    }
+    // Whitespace, `:` and the letters of true, false and null need nothing.
+  }
+  return true;
+}
+
+/** The index of the quote that closes the string opening at `open`: the first not escaped. */
+function closingQuote(text: string, open: number): number {
+  let end = text.indexOf('"', open + 1);
+  for (;;) {
+    let backslashes = 0;
+    while (text.charCodeAt(end - 1 - backslashes) === 0x5c /* \ */) backslashes++;
+    if (backslashes % 2 === 0) return end;
+    end = text.indexOf('"', end + 1);
   }
 }
 
@@ -104,12 +192,16 @@ function checkString(value: string, path: string, start: { line: number; column:
 function exactNumber(node: NumberNode, text: string, path: string): number {
   const source = text.slice(node.loc.start.offset, node.loc.end.offset);
   const value = node.value;
-  const kept = Number.isFinite(value) && (value === 0 ? !/[1-9]/.test(source.replace(/[eE].*$/, '')) : normalised(String(value)) === normalised(source));
-  if (!kept)
+  if (!keptExactly(source, value))
     throw new JsonBodyError(
       `the number ${source} at ${path} (${at(node.loc.start)}) cannot be kept exactly as a double (it would become ${String(value)}); send it as a string`,
     );
   return value;
+}
+
+/** The rule of {@link exactNumber}: `value`, parsed from `source`, prints back to the same decimal value. */
+function keptExactly(source: string, value: number): boolean {
+  return Number.isFinite(value) && (value === 0 ? !/[1-9]/.test(source.replace(/[eE].*$/, '')) : normalised(String(value)) === normalised(source));
 }
 
 /** `sign digits e exponent` with no leading or trailing zeros in the digits: `12.50` and `1.25e1` both give `+125e-1`. */
