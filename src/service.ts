@@ -8,7 +8,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Kv } from './kv/kv.ts';
 import { EtcdKv } from './kv/etcd.ts';
-import { SqliteKvThread } from './kv/sqlite-thread.ts';
+import { SqliteKv } from './kv/sqlite.ts';
 import { builtinStoreTypes } from './stores/index.ts';
 import { loadPlugin } from './stores/plugins.ts';
 import { StoreRegistry } from './stores/registry.ts';
@@ -65,20 +65,21 @@ export interface Service {
 /** The embedded KV's file in the data dir. */
 const EMBEDDED_KV_FILE = 'coordinator.db';
 
-function openKv(options: ServiceOptions, metrics: Metrics): Promise<Kv> | Kv {
+function openKv(options: ServiceOptions, metrics: Metrics): Kv {
   const onOperation = (op: string, durationMs: number, ok: boolean) => metrics.kvSeconds.observe({ op, ok: String(ok) }, durationMs / 1000);
   if (options.etcd) {
     return new EtcdKv({ endpoints: options.etcd.endpoints, namespace: options.etcd.namespace, timeoutMs: options.kvTimeoutMs, onOperation });
   }
-  // On a thread of its own: the file's fsyncs do not block the event loop.
-  return SqliteKvThread.open({ path: join(options.dataDir, EMBEDDED_KV_FILE), onOperation });
+  // On the event loop, not a thread of its own: measured (docs/performance.md, "The
+  // embedded KV's thread"), a message to a thread cost more than the fsync it would move.
+  return new SqliteKv({ path: join(options.dataDir, EMBEDDED_KV_FILE), onOperation });
 }
 
 /** Builds and starts a service; on failure releases what it opened and rethrows. */
 export async function createService(options: ServiceOptions, logger: Logger): Promise<Service> {
   const metrics = createMetrics();
   const failpoints = new Failpoints(options.failpoints);
-  const kv = await openKv(options, metrics);
+  const kv = openKv(options, metrics);
   const registry = new StoreRegistry();
   let closeCatalog: () => void = () => undefined;
   const storeContext = (name: string): StoreContext => ({
@@ -108,7 +109,7 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
     const coordinator = new Coordinator({
       kv,
       // One instance owns the embedded KV: nobody else can see a result that has not landed.
-      earlyReply: kv instanceof SqliteKvThread,
+      earlyReply: kv instanceof SqliteKv,
       stores: {
         get: (name) => catalog.get(name),
         list: () => catalog.list(),

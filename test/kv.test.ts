@@ -14,7 +14,6 @@ import Database from 'better-sqlite3';
 import type { Kv, KvWatchEvent } from '../src/kv/kv.ts';
 import { EtcdKv } from '../src/kv/etcd.ts';
 import { SqliteKv } from '../src/kv/sqlite.ts';
-import { SqliteKvThread } from '../src/kv/sqlite-thread.ts';
 import { AlreadyExistsError, ConstraintViolatedError, UnavailableError, VersionMismatchError } from '../src/kv/errors.ts';
 import { etcdBinary, etcdRequest, startEtcd, type EtcdServer } from './harness/etcd.ts';
 import { skipOrFail } from './harness/require.ts';
@@ -64,9 +63,8 @@ const etcdBackend: Backend = {
   },
 };
 
-/** The embedded KV, in the process (`thread: false`) or on its own thread as commitd runs it. */
-const sqliteBackend = (thread: boolean): Backend => ({
-  name: thread ? 'sqlite (thread)' : 'sqlite',
+const sqliteBackend: Backend = {
+  name: 'sqlite',
   unavailable: () => undefined,
   async start() {
     const dir = mkdtempSync(join(tmpdir(), 'kv-test-'));
@@ -75,7 +73,7 @@ const sqliteBackend = (thread: boolean): Backend => ({
       async open(log) {
         const path = join(dir, 'nested', `kv-${paths.size}.db`);
         const options = { path, sweepIntervalMs: 200, onOperation: recorder(log) };
-        const kv = thread ? await SqliteKvThread.open(options) : new SqliteKv(options);
+        const kv = new SqliteKv(options);
         paths.set(kv, path);
         return kv;
       },
@@ -90,7 +88,7 @@ const sqliteBackend = (thread: boolean): Backend => ({
       },
     };
   },
-});
+};
 
 /** Polls `probe` until it returns true; fails after `timeoutMs`. */
 async function eventually(what: string, timeoutMs: number, probe: () => Promise<boolean>): Promise<number> {
@@ -162,7 +160,7 @@ function useBackend(backend: Backend): (t: TestContext) => Fixture | undefined {
   };
 }
 
-for (const backend of [etcdBackend, sqliteBackend(false), sqliteBackend(true)]) {
+for (const backend of [etcdBackend, sqliteBackend]) {
   describe(`KV contract: ${backend.name}`, () => {
     const fixture = useBackend(backend);
     const open = async (t: TestContext, log?: OperationLog): Promise<Kv | undefined> => fixture(t)?.open(log);
@@ -654,39 +652,5 @@ describe('SQLite KV durability', () => {
     await kv.close();
     await assert.rejects(kv.get('k'), UnavailableError);
     await assert.rejects(kv.create('k', 'v'), UnavailableError);
-  });
-});
-
-describe('SQLite KV on its own thread', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'kv-thread-'));
-  after(() => rmSync(dir, { recursive: true, force: true }));
-
-  it('a write waiting for the file lock does not stop the event loop; it lands once the lock is free', async () => {
-    const path = join(dir, 'locked.db');
-    const kv = await SqliteKvThread.open({ path });
-    // Another process's transaction holds the write lock (as a second commitd or a backup would).
-    const other = new Database(path);
-    try {
-      other.exec('BEGIN IMMEDIATE');
-      let settled = false;
-      const write = kv.create('sessions/waiting', 'v').finally(() => (settled = true));
-      // In the process, better-sqlite3's busy handler would hold the event loop until the lock
-      // came free or the timeout passed: this timer could not fire while the write waits.
-      await sleep(200);
-      assert.equal(settled, false, 'the write is still waiting for the lock');
-      other.exec('COMMIT');
-      const revision = await write;
-      assert.deepEqual(await kv.get('sessions/waiting'), { key: 'sessions/waiting', value: 'v', revision });
-    } finally {
-      other.close();
-      await kv.close();
-    }
-  });
-
-  it('a file that cannot be opened fails the start; after close every call is unavailable', async () => {
-    await assert.rejects(SqliteKvThread.open({ path: join(dir, 'not-a-db') + '/\0bad' }));
-    const kv = await SqliteKvThread.open({ path: join(dir, 'closed.db') });
-    await kv.close();
-    await assert.rejects(kv.get('x'), UnavailableError);
   });
 });

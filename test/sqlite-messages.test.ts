@@ -13,15 +13,12 @@ import { Worker } from 'node:worker_threads';
 import { ids, sqliteRun } from './support/rows.ts';
 import { startTestService, type TestService } from './support/service.ts';
 
-/**
- * Counts what the event loop posts to the sqlite stores' threads. The embedded KV's thread
- * gets the calls of a turn as one array: those posts are not counted.
- */
+/** Counts what the event loop posts to worker threads (only the sqlite stores run on one). */
 function countPosts(): { readonly count: () => number; readonly restore: () => void } {
   const original = Worker.prototype.postMessage;
   let posts = 0;
   Worker.prototype.postMessage = function (this: Worker, ...args: Parameters<Worker['postMessage']>) {
-    if (!Array.isArray(args[0])) posts += 1;
+    posts += 1;
     return original.apply(this, args);
   };
   return { count: () => posts, restore: () => (Worker.prototype.postMessage = original) };

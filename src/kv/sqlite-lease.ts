@@ -1,7 +1,6 @@
 /**
- * The embedded KV's lease: a row renewed every third of its TTL while kept alive. Shared
- * by the KV in the process (`sqlite.ts`) and its event-loop side when the KV runs on a
- * thread of its own (`sqlite-thread.ts`): both give it an owner that renews and revokes.
+ * The embedded KV's lease: a row renewed every third of its TTL while kept alive, through
+ * an owner (`sqlite.ts`) that renews and revokes it asynchronously.
  * @module
  */
 import type { KvLease } from './kv.ts';
