@@ -252,17 +252,14 @@ export class SqliteKv implements Kv {
     this.db.close();
   }
 
-  /**
-   * Extends lease `id` by `ttlSeconds` from now; false if it had already expired or was
-   * revoked. Leases call it through their owner; the KV's thread calls it directly.
-   */
-  async renewLease(id: string, ttlSeconds: number): Promise<boolean> {
+  /** Extends lease `id` by `ttlSeconds` from now; false if it had already expired or was revoked. */
+  private async renewLease(id: string, ttlSeconds: number): Promise<boolean> {
     const now = Date.now();
     return this.statements.renewLease.run({ id, now, expires_at: now + ttlMs(ttlSeconds) }).changes === 1;
   }
 
   /** Deletes lease `id` and the keys attached to it. */
-  async revokeLease(id: string): Promise<void> {
+  private async revokeLease(id: string): Promise<void> {
     this.run('lease', () =>
       this.write(() => {
         this.statements.revokeKeys.run({ id });
