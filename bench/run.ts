@@ -55,6 +55,11 @@ const list = (value: string) => value.split(',').filter(Boolean);
 const settings = {
   cellSeconds: Number(env.BENCH_SECONDS ?? 2.5),
   warmupSeconds: Number(env.BENCH_WARMUP ?? 0.5),
+  /**
+   * Load every variant runs once, before its first measured cell: a fresh commitd needs about
+   * ten seconds of load before V8 has compiled its hot paths (CPU per session halves).
+   */
+  serverWarmupSeconds: Number(env.BENCH_SERVER_WARMUP ?? 12),
   rounds: Number(env.BENCH_ROUNDS ?? 4),
   concurrencies: list(env.BENCH_CONCURRENCY ?? '1,16,64').map(Number),
   modes: list(env.BENCH_MODES ?? 'etcd,embedded') as Mode[],
@@ -247,6 +252,18 @@ interface Variant {
   readonly cpu?: () => number;
 }
 
+/**
+ * Runs every variant under load for `serverWarmupSeconds` (16 in flight), so that no cell
+ * measures a process whose hot paths V8 has not compiled yet.
+ */
+async function warmUp(label: string, variants: readonly Variant[]): Promise<void> {
+  if (settings.serverWarmupSeconds <= 0) return;
+  for (const variant of variants) {
+    const load = await runClosedLoop({ concurrency: 16, warmupMs: 0, durationMs: settings.serverWarmupSeconds * 1000, session: variant.session(`${keyPart(label)}-${variant.name}-warm`) });
+    progress(`${label} warm-up ${variant.name.padEnd(8)} ${describeLoad(load)}`);
+  }
+}
+
 /** Runs `variants` at every concurrency for the configured rounds, taking turns. */
 async function runRounds(label: string, concurrencies: readonly number[], variants: readonly Variant[], rssOf?: () => number) {
   type Samples = { loads: LoadResult[]; cpu: number[]; client: number[] };
@@ -317,6 +334,15 @@ async function benchPass(pass: Pass, etcd: EtcdServer | undefined, services: Ser
         () => baselineClient.close(),
         () => baseline.stop(),
       );
+    const variants: Variant[] = [
+      { name: 'floor', session: (cell) => floorSession(floor, cell), cpu: benchCpu },
+      ...(held ? [{ name: 'held' as const, session: (cell: string) => floorSession(held as Floor, cell) }] : []),
+      { name: 'commitd', session: (cell) => commitdSession(client, cell, body), cpu: server.cpuMicros },
+      ...(baseline && baselineClient
+        ? [{ name: 'baseline' as const, session: (cell: string) => commitdSession(baselineClient, cell, body), cpu: baseline.cpuMicros }]
+        : []),
+    ];
+    await warmUp(pass.name, variants);
     // Round trips per one-shot session, one session at a time so background work stands out.
     const sessions = settings.roundTripSessions;
     const serverBefore = await server.kvOperations();
@@ -330,15 +356,6 @@ async function benchPass(pass: Pass, etcd: EtcdServer | undefined, services: Ser
         throw new Error(`${pass.name}: ${outcome.errors} of ${sessions} sessions failed while counting round trips: ${outcome.firstError}`);
     }
     progress(`${pass.name}: KV operations per one-shot session: commitd ${JSON.stringify(commitdTrips)}, floor ${JSON.stringify(floorTrips)}`);
-
-    const variants: Variant[] = [
-      { name: 'floor', session: (cell) => floorSession(floor, cell), cpu: benchCpu },
-      ...(held ? [{ name: 'held' as const, session: (cell: string) => floorSession(held as Floor, cell) }] : []),
-      { name: 'commitd', session: (cell) => commitdSession(client, cell, body), cpu: server.cpuMicros },
-      ...(baseline && baselineClient
-        ? [{ name: 'baseline' as const, session: (cell: string) => commitdSession(baselineClient, cell, body), cpu: baseline.cpuMicros }]
-        : []),
-    ];
     const { results, rss } = await runRounds(pass.name, settings.concurrencies, variants, () => server.rssBytes());
     const cells: Record<string, Cell> = {};
     for (const [concurrency, byVariant] of results) {
@@ -409,9 +426,10 @@ async function benchTwoInstances(etcd: EtcdServer, services: Services, workload:
   const pairClients = pair.map((server) => new KeepAliveClient(server.url, maxConcurrency));
   try {
     // Warm every server up (JIT, store connections) before the first measured round.
-    for (const [i, client] of [oneClient, ...pairClients].entries()) {
-      await runCount({ concurrency: 8, total: 200, session: commitdSession(client, `two-warm-${workload}-${i}`, body) });
-    }
+    await warmUp(
+      `two instances (${workload})`,
+      [oneClient, ...pairClients].map((client, i) => ({ name: 'commitd', session: (cell: string) => commitdSession(client, `${cell}-${i}`, body) })),
+    );
     const variants: Variant[] = [
       { name: 'floor', session: (cell) => commitdSession(oneClient, cell, body), cpu: one.cpuMicros },
       {
@@ -513,7 +531,7 @@ async function benchProfile(pass: Pass, etcd: EtcdServer | undefined, concurrenc
   const server = await launchCommitd(pass.mode, etcd, join(dir, 'commitd'), { cpuProfileDir: profileDir });
   const client = new KeepAliveClient(server.url, concurrency);
   let load: LoadResult;
-  const warmupMs = 1000;
+  const warmupMs = Math.max(1000, settings.serverWarmupSeconds * 1000);
   let window: { fromUs: number; toUs: number };
   try {
     const startedUs = profileClockUs();
