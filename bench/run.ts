@@ -259,7 +259,12 @@ interface Variant {
 async function warmUp(label: string, variants: readonly Variant[]): Promise<void> {
   if (settings.serverWarmupSeconds <= 0) return;
   for (const variant of variants) {
-    const load = await runClosedLoop({ concurrency: 16, warmupMs: 0, durationMs: settings.serverWarmupSeconds * 1000, session: variant.session(`${keyPart(label)}-${variant.name}-warm`) });
+    const load = await runClosedLoop({
+      concurrency: 16,
+      warmupMs: 0,
+      durationMs: settings.serverWarmupSeconds * 1000,
+      session: variant.session(`${keyPart(label)}-${variant.name}-warm`),
+    });
     progress(`${label} warm-up ${variant.name.padEnd(8)} ${describeLoad(load)}`);
   }
 }
