@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -172,13 +172,31 @@ export class TrackedProcess {
     }
   }
 
-  /** Sends `signal` (default SIGKILL) and waits for the process to exit. */
+  /**
+   * Sends `signal` (default SIGKILL) and waits for the process to exit and, for a group, for
+   * every other member to be gone too: a SIGKILLed postmaster exits before its backends, and
+   * a PostgreSQL started while one of them still holds the old shared memory refuses to run.
+   */
   async kill(signal: NodeJS.Signals = 'SIGKILL', timeoutMs = 10_000): Promise<ExitInfo> {
     if (!this.running) return this.exited;
+    const deadline = Date.now() + timeoutMs;
     this.signal(signal);
     // A stopped process only acts on a catchable signal once it is continued.
     if (this.isPaused) this.resume();
-    return this.waitForExit(timeoutMs);
+    const exit = await this.waitForExit(timeoutMs);
+    if (this.group) await this.waitForGroupGone(deadline);
+    return exit;
+  }
+
+  private async waitForGroupGone(deadline: number): Promise<void> {
+    for (;;) {
+      const left = await liveGroupMembers(this.pid);
+      if (left.length === 0) return;
+      if (Date.now() >= deadline) throw this.failure(`process group still has live members ${left.join(', ')} after the leader exited`);
+      // Members that outlive a SIGKILLed leader are already dying; re-send in case one was not.
+      if (this.exitInfo?.signal === 'SIGKILL') this.signal('SIGKILL');
+      await sleep(10);
+    }
   }
 
   /** Graceful stop: `signal` (default SIGTERM), then SIGKILL if it takes longer than `graceMs`. */
@@ -269,6 +287,24 @@ export class TrackedProcess {
     if (this.tail.length > this.tailLimit) this.tail.splice(0, this.tail.length - this.tailLimit);
     for (const listener of this.lineListeners) listener(entry);
   }
+}
+
+/** Pids of the live (not zombie) processes in process group `pgid`, read from /proc. */
+async function liveGroupMembers(pgid: number): Promise<number[]> {
+  const members: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = await readFile(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // exited while we looked
+    }
+    // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(pgrp) === pgid && state !== 'Z' && state !== 'X') members.push(Number(entry));
+  }
+  return members;
 }
 
 function describeExit(info: ExitInfo): string {
