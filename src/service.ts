@@ -48,6 +48,8 @@ export interface ServiceOptions {
   readonly failpoints?: string;
   /** Bound of each coordinator KV operation, in ms. */
   readonly kvTimeoutMs?: number;
+  /** How long a request waits for another instance's `committing` record to settle (default 2000 ms). */
+  readonly settleWaitMs?: number;
 }
 
 /** A wired, started commitd (not yet listening). */
@@ -108,8 +110,9 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
     closeCatalog = () => catalog.close();
     const coordinator = new Coordinator({
       kv,
-      // One instance owns the embedded KV: nobody else can see a result that has not landed.
-      earlyReply: kv instanceof SqliteKv,
+      // The answer leaves once every store committed; a retry anywhere waits for the result.
+      earlyReply: true,
+      ...(options.settleWaitMs !== undefined ? { settleWaitMs: options.settleWaitMs } : {}),
       stores: {
         get: (name) => catalog.get(name),
         list: () => catalog.list(),

@@ -174,8 +174,19 @@ async function verify(service: ProcessService, paths: readonly string[], load: R
     if (answer.status === 503) assert.ok(answer.retryAfter && Number(answer.retryAfter) >= 1, '503 carries Retry-After');
   }
   for (const { key } of load.acknowledged) {
-    const shown = await service.request('GET', `/v1/sessions/${key}`);
-    assert.equal(shown.body.state, 'committed', `${key}: ${JSON.stringify(shown.body)}`);
+    // The answer leaves before the result write (the early reply): a write that failed in
+    // the outage is rolled forward by the read itself, which is 503 until the KV lets it
+    // finish. Never another state, and committed within the bound.
+    const shown = await waitFor(
+      `${key} committed`,
+      async () => {
+        const answer = await service.request('GET', `/v1/sessions/${key}`);
+        if (answer.status === 503) return undefined;
+        assert.equal(answer.body.state, 'committed', `${key}: ${JSON.stringify(answer.body)}`);
+        return answer;
+      },
+      { timeoutMs: 30_000, intervalMs: 200 },
+    );
     assert.equal(shown.body.sessionId, sessionIdOfChanges(changesFor(key)));
     for (const path of paths) assert.equal(countRows(path, key), 1, `${key} once in ${path}`);
   }

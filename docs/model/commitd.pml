@@ -68,9 +68,10 @@
  *   result write (step 4d) lands (RecordSlot.release). When it answers, every store holds
  *   the data exactly once (monitor), and at the end, if the adopter finished its passes,
  *   the result exists (finale): a lost or failed result write, or a crash before it, is
- *   finished by recovery. A retry on the owner meanwhile waits for the write. The code
- *   replies early only with the embedded KV (one instance): elsewhere a retry would see the
- *   `committing` record (busy), which this model, without workers, does not judge.
+ *   finished by recovery. A retry on the owner meanwhile waits for the write; a retry on
+ *   another instance waits (bounded) for the owner's `committing` record to change and then
+ *   answers from the result, which the monitor ties to the data as it does the owner's
+ *   answer, or `session_busy` (no claim). Workers and their retries are not modelled.
  * - Group commit (several sessions' writes in one KV transaction, each with its own
  *   conditions) is not a separate step: each write is still atomic and conditional on its
  *   own, exactly as modelled; sessions of other keys do not share state here.

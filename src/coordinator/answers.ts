@@ -11,6 +11,8 @@ import { KeyReusedError, ServiceUnavailableError, SessionBusyError, SessionFaile
 import type { Instance } from './instance.ts';
 import type { ResultRecord, SessionRecord } from './records.ts';
 import { readKey, type Recovery, type RecoveryOutcome } from './recovery.ts';
+import { recordKeys } from './records.ts';
+import { recordChanged } from './settle.ts';
 import type { SessionTable } from './session-table.ts';
 import type { ActiveView, CommittedView, SessionView } from './types.ts';
 
@@ -50,6 +52,11 @@ export interface AnswerDeps {
   readonly recovery: Recovery;
   readonly instance: Instance;
   readonly metrics: Metrics | undefined;
+  /**
+   * How long a request waits for another live instance's `committing` record to settle
+   * before it answers `session_busy` (see `settle.ts`); 0 answers at once.
+   */
+  readonly settleWaitMs: number;
 }
 
 /** Answers for keys without a live session here. */
@@ -60,10 +67,26 @@ export class KeyAnswers {
     this.#deps = deps;
   }
 
+  /**
+   * The key's record or result. A `committing` record of another live instance is waited on
+   * first (up to `settleWaitMs`): its owner may have answered already (the early reply) and
+   * its result be on its way, so that a retry here gets the owner's answer, not a
+   * `session_busy`. A record still `committing` after the wait is answered as before.
+   */
+  async #read(key: string): ReturnType<typeof readKey> {
+    const { kv, instance, settleWaitMs } = this.#deps;
+    const existing = await readKey(kv, key);
+    const { record } = existing;
+    if (settleWaitMs <= 0 || record?.state !== 'committing' || record.owner === instance.id) return existing;
+    if (!(await instance.isAlive(record.owner))) return existing;
+    await recordChanged(kv, recordKeys.session(key), existing.revision, settleWaitMs);
+    return readKey(kv, key);
+  }
+
   /** A begin found the key's record or result already there. */
   async begin(key: string, names: readonly string[]): Promise<ActiveView | CommittedView> {
-    const { kv, table, recovery, instance, metrics } = this.#deps;
-    const { record, revision, result } = await readKey(kv, key);
+    const { table, recovery, instance, metrics } = this.#deps;
+    const { record, revision, result } = await this.#read(key);
     if (result) {
       if (sameNames(Object.keys(result.stores), names)) return replayedView(key, result);
       throw new KeyReusedError(key, `with stores ${Object.keys(result.stores).join(', ')}`);
@@ -89,7 +112,7 @@ export class KeyAnswers {
 
   /** A one-shot commit found the key taken: the same changes get the key's answer. */
   async oneShot(key: string, sessionId: string): Promise<CommittedView> {
-    const { record, result } = await readKey(this.#deps.kv, key);
+    const { record, result } = await this.#read(key);
     if (result) {
       if (result.sessionId === sessionId) return replayedView(key, result);
       throw new KeyReusedError(key, 'with other changes');
@@ -105,14 +128,14 @@ export class KeyAnswers {
 
   /** A commit of a key with no session open here: whatever recovery makes of it. */
   async commit(key: string): Promise<CommittedView> {
-    const { result } = await readKey(this.#deps.kv, key);
+    const { result } = await this.#read(key);
     if (result) return replayedView(key, result);
     return this.fromRecovery(key, await this.#deps.recovery.recoverKey(key));
   }
 
   /** A cancel of a key with no session open here. */
   async cancel(key: string): Promise<{ key: string; state: 'cancelled' }> {
-    const { record, result } = await readKey(this.#deps.kv, key);
+    const { record, result } = await this.#read(key);
     if (result) throw new SessionBusyError(key, this.#deps.instance.id, 'the session is already committed');
     if (!record) throw new SessionNotFoundError(key);
     if (record.state !== 'active') throw new SessionBusyError(key, record.owner, `the session is ${record.state}`);
@@ -125,7 +148,7 @@ export class KeyAnswers {
 
   /** Why a key has no open session here: the error to answer with. */
   async notOpen(key: string): Promise<Error> {
-    const { record, result } = await readKey(this.#deps.kv, key);
+    const { record, result } = await this.#read(key);
     if (result) return new KeyReusedError(key, 'and committed: no changes can be added');
     if (record)
       return new SessionBusyError(

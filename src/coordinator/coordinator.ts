@@ -79,10 +79,15 @@ export interface CoordinatorOptions {
   readonly retentionSeconds?: number;
   /**
    * Answer a commit once every store committed, before its result lands in the KV
-   * (`RecordSlot.release`). Only where no other instance can read the KV meanwhile (the
-   * embedded KV): another instance would see the `committing` record and answer busy.
+   * (`RecordSlot.release`). A retry meanwhile waits for the result: on this instance for
+   * the write, on another for the `committing` record to settle (`settleWaitMs`).
    */
   readonly earlyReply?: boolean;
+  /**
+   * How long a request waits for another live instance's `committing` record to settle
+   * before answering `session_busy` (default 2000 ms; see `settle.ts`).
+   */
+  readonly settleWaitMs?: number;
   readonly idleTimeoutMs?: number;
   readonly maxOpenSessions?: number;
   readonly leaseTtlSeconds?: number;
@@ -172,7 +177,14 @@ export class Coordinator implements SessionCoordinator {
       logger: this.#logger,
       metrics: this.#metrics,
     });
-    this.#answers = new KeyAnswers({ kv: options.kv, table: this.#table, recovery: this.#recovery, instance: this.#instance, metrics: this.#metrics });
+    this.#answers = new KeyAnswers({
+      kv: options.kv,
+      table: this.#table,
+      recovery: this.#recovery,
+      instance: this.#instance,
+      metrics: this.#metrics,
+      settleWaitMs: options.settleWaitMs ?? DEFAULT_SETTLE_WAIT_MS,
+    });
     this.#metrics?.countFailedSessionsWith(() => this.#countFailed());
   }
 
@@ -314,7 +326,21 @@ export class Coordinator implements SessionCoordinator {
     await this.#landed(key);
     const session = this.#table.owned(key);
     if (session) return { key, state: session.state, stores: session.storeNames, owner: this.instanceId, startedAt: session.startedAt };
-    const { record, result } = await readKey(this.#kv, key);
+    let { record, result } = await readKey(this.#kv, key);
+    if (record?.state === 'committing' && record.owner === this.instanceId && this.#recovery.owes(key)) {
+      // Ours, past its commit point, and handed to recovery here: a commit answered early
+      // whose result write failed (the KV was unreachable), or one interrupted. Its outcome
+      // is decided; roll it forward now, so that a read after the answer shows the result.
+      // (A session adopted from another instance is left to the passes: its roll-forward may
+      // wait on a store that instance still locks, and a read must not wait with it.) While
+      // the roll-forward cannot finish (the KV still failing), the read is 503: the answer
+      // given is decided and its result is on its way.
+      const outcome = await this.#recovery.recoverKey(key);
+      if (outcome.state === 'pending') {
+        throw new ServiceUnavailableError(`session ${key} is committed and its result is being written (${outcome.error}); retry`, 1);
+      }
+      ({ record, result } = await readKey(this.#kv, key));
+    }
     const view = result ? committedView(key, result) : record && recordView(key, record);
     if (!view) return undefined;
     const audit = await auditOf(this.#kv, key);
@@ -513,6 +539,9 @@ export class Coordinator implements SessionCoordinator {
     }
   }
 }
+
+/** How long a request waits for another instance's `committing` record to settle, by default. */
+const DEFAULT_SETTLE_WAIT_MS = 2000;
 
 /** The options actually given, so that spreading them keeps the defaults of the others. */
 function withoutUndefined<T extends object>(options: T): Partial<T> {

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { CommitdError } from '../errors/core.ts';
 
 /** The moments a failpoint can name; `commit.afterStore.N` counts committed stores from 1. */
-export const FAILPOINT_NAMES = ['begin.afterRecord', 'commit.afterIntent', 'commit.beforeResult', 'recovery.afterAdopt'] as const;
+export const FAILPOINT_NAMES = ['begin.afterRecord', 'commit.afterIntent', 'commit.beforeResult', 'commit.afterAnswer', 'recovery.afterAdopt'] as const;
 
 type Action = { readonly kind: 'crash' } | { readonly kind: 'error' } | { readonly kind: 'delay'; readonly ms: number };
 
@@ -52,6 +52,11 @@ export class Failpoints {
       }
       this.#actions.set(point, parseAction(point, part.slice(eq + 1).trim()));
     }
+  }
+
+  /** True when `point` has an action (a caller may then make room for it first). */
+  armed(point: string): boolean {
+    return this.#actions.has(point);
   }
 
   /** Fires `point` if it is set: crash, throw or wait. A no-op otherwise. */

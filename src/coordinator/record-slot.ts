@@ -18,7 +18,7 @@ export interface RecordDeps {
   readonly failpoints: Failpoints;
   readonly instanceId: string;
   readonly retentionSeconds: number;
-  /** Answer before the result write lands (single instance only: see `CoordinatorOptions.earlyReply`). */
+  /** Answer before the result write lands (see `CoordinatorOptions.earlyReply`). */
   readonly earlyReply?: boolean;
 }
 
@@ -120,12 +120,13 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
 
   /**
    * Step 4d: write the result and delete the session record in one transaction. Every store
-   * has committed, so the answer is already certain: with `earlyReply` (the embedded KV, one
-   * instance) the returned result does not wait for the write (see {@link resultWritten}),
-   * which takes one KV round trip off the reply. A
-   * retry meanwhile finds the session still open here and waits for the write; a crash
-   * before it lands leaves the `committing` record, whose roll-forward writes the same
-   * result (the stores hold their markers and return the same IDs).
+   * has committed, so the answer is already certain: with `earlyReply` the returned result
+   * does not wait for the write (see {@link resultWritten}), which takes one KV round trip
+   * off the reply. A retry meanwhile finds the session still open here and waits for the
+   * write; on another instance it finds the `committing` record and waits for it to settle
+   * (`settle.ts`). A crash before the write lands leaves the `committing` record, whose
+   * roll-forward writes the same result (the stores hold their markers and return the same
+   * IDs).
    */
   async release(_key: Uint8Array, result: CommitResult): Promise<ResultRecord> {
     await this.#deps.failpoints.fire('commit.beforeResult');
@@ -143,6 +144,11 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
   }
 
   async #writeResult(value: ResultRecord): Promise<void> {
+    if (this.#deps.earlyReply && this.#deps.failpoints.armed('commit.afterAnswer')) {
+      // Let the answer leave first: the point is "answered, result not yet written".
+      await new Promise((resolve) => setImmediate(resolve));
+      await this.#deps.failpoints.fire('commit.afterAnswer');
+    }
     const key = this.#start.key;
     const ops: KvOp[] = [
       { type: 'create', key: recordKeys.result(key), value: JSON.stringify(value), options: { ttlSeconds: this.#deps.retentionSeconds } },

@@ -66,11 +66,23 @@ export interface RecoveryDeps {
 export class Recovery {
   readonly #deps: RecoveryDeps;
   readonly #recovering = new Map<string, Promise<RecoveryOutcome>>();
+  /**
+   * Keys whose commit this instance took past its commit point and then handed to recovery
+   * (its result write failed, or the commit was interrupted): their client may already hold
+   * the answer, so a read here rolls them forward first (`owes`). A key leaves the set once
+   * a recovery of it ends in anything but `pending`, or its record is gone.
+   */
+  readonly #owed = new Set<string>();
   #pass: Promise<void> | undefined;
   #closed = false;
 
   constructor(deps: RecoveryDeps) {
     this.#deps = deps;
+  }
+
+  /** True when this instance handed `key`'s decided commit to recovery and it has not ended yet. */
+  owes(key: string): boolean {
+    return this.#owed.has(key);
   }
 
   /** True while a recovery of `key` runs here. */
@@ -164,6 +176,7 @@ export class Recovery {
 
   /** Schedules recovery of a key whose commit was interrupted past its commit point. */
   schedule(key: string): void {
+    this.#owed.add(key);
     setTimeout(
       () => void this.recoverKey(key).catch((err: unknown) => this.#deps.logger.warn({ err, key }, 'recovery after an interrupted commit failed')),
       100,
@@ -210,6 +223,8 @@ export class Recovery {
       // Oldest revision first: a record last written at its commit point replays in commit
       // order, so sessions of one sqlite commit group lost together apply as they first did.
       const entries = (await kv.list(recordKeys.sessions)).sort((x, y) => x.revision - y.revision);
+      const listed = new Set(entries.map((entry) => entry.key.slice(recordKeys.sessions.length)));
+      for (const key of this.#owed) if (!listed.has(key)) this.#owed.delete(key);
       for (const entry of entries) {
         const key = entry.key.slice(recordKeys.sessions.length);
         const record = parseSession(entry.value);
@@ -264,7 +279,12 @@ export class Recovery {
   #singleFlight(key: string, work: () => Promise<RecoveryOutcome>): Promise<RecoveryOutcome> {
     const running = this.#recovering.get(key);
     if (running) return running;
-    const flight = work().finally(() => this.#recovering.delete(key));
+    const flight = work()
+      .then((outcome) => {
+        if (outcome.state !== 'pending') this.#owed.delete(key);
+        return outcome;
+      })
+      .finally(() => this.#recovering.delete(key));
     this.#recovering.set(key, flight);
     return flight;
   }
