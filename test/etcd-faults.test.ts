@@ -175,13 +175,13 @@ async function verify(service: ProcessService, paths: readonly string[], load: R
   }
   for (const { key } of load.acknowledged) {
     // The answer leaves before the result write (the early reply): a write that failed in
-    // the outage is rolled forward by the read itself, which is 503 until the KV lets it
-    // finish. Never another state, and committed within the bound.
+    // the outage is rolled forward by the read itself, `committing` (with the same session
+    // ID) until the KV lets it finish; committed within the bound.
     const shown = await waitFor(
       `${key} committed`,
       async () => {
         const answer = await service.request('GET', `/v1/sessions/${key}`);
-        if (answer.status === 503) return undefined;
+        if (answer.status === 503 || answer.body.state === 'committing') return undefined;
         assert.equal(answer.body.state, 'committed', `${key}: ${JSON.stringify(answer.body)}`);
         return answer;
       },

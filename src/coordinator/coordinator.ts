@@ -333,12 +333,8 @@ export class Coordinator implements SessionCoordinator {
       // is decided; roll it forward now, so that a read after the answer shows the result.
       // (A session adopted from another instance is left to the passes: its roll-forward may
       // wait on a store that instance still locks, and a read must not wait with it.) While
-      // the roll-forward cannot finish (the KV still failing), the read is 503: the answer
-      // given is decided and its result is on its way.
-      const outcome = await this.#recovery.recoverKey(key);
-      if (outcome.state === 'pending') {
-        throw new ServiceUnavailableError(`session ${key} is committed and its result is being written (${outcome.error}); retry`, 1);
-      }
+      // the roll-forward cannot finish, the read shows the record, still `committing`.
+      await this.#recovery.recoverKey(key);
       ({ record, result } = await readKey(this.#kv, key));
     }
     const view = result ? committedView(key, result) : record && recordView(key, record);
