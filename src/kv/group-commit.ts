@@ -28,7 +28,11 @@ export interface GroupCommitOptions<M extends GroupMember, R> {
   readonly maxMembers: number;
   /** Most bytes in one group; a larger member leaves alone. */
   readonly maxBytes: number;
-  /** Groups in flight at once; later writes wait for one to settle. */
+  /**
+   * Groups in flight at once; later writes wait for one to settle. A write never leaves
+   * while an earlier write of one of its keys is in flight, so writes of one key reach the
+   * backend in the order they were issued.
+   */
   readonly maxInFlight: number;
   /** Called with the size of every group sent. */
   readonly onGroup?: (size: number) => void;
@@ -45,6 +49,8 @@ export class GroupCommit<M extends GroupMember, R> {
   readonly #options: GroupCommitOptions<M, R>;
   #queue: Waiting<M, R>[] = [];
   #inFlight = 0;
+  /** The keys of the groups in flight (no key is in two of them). */
+  readonly #busyKeys = new Set<string>();
 
   constructor(options: GroupCommitOptions<M, R>) {
     if (options.maxMembers < 1 || options.maxInFlight < 1) throw new RangeError('a group needs at least one member and one slot in flight');
@@ -68,10 +74,14 @@ export class GroupCommit<M extends GroupMember, R> {
   #drain(): void {
     while (this.#inFlight < this.#options.maxInFlight && this.#queue.length > 0) {
       const group = this.#nextGroup();
+      if (group.length === 0) return;
       this.#inFlight += 1;
+      const keys = group.flatMap((waiting) => waiting.member.keys);
+      for (const key of keys) this.#busyKeys.add(key);
       this.#options.onGroup?.(group.length);
       void this.#send(group).finally(() => {
         this.#inFlight -= 1;
+        for (const key of keys) this.#busyKeys.delete(key);
         this.#drain();
       });
     }
@@ -79,20 +89,23 @@ export class GroupCommit<M extends GroupMember, R> {
 
   /**
    * Takes the oldest waiting writes that fit one group: up to `maxMembers` and `maxBytes`,
-   * no key twice. A write that does not fit keeps its place for the next group.
+   * no key twice, none of the keys in flight. A write that does not fit keeps its place for
+   * the next group, and so does every later write of one of its keys.
    */
   #nextGroup(): Waiting<M, R>[] {
     const group: Waiting<M, R>[] = [];
     const rest: Waiting<M, R>[] = [];
     const keys = new Set<string>();
+    /** Keys of the writes left waiting: a later write of one of them waits too. */
+    const held = new Set<string>();
     let bytes = 0;
     for (const waiting of this.#queue) {
       const { member } = waiting;
-      const fits =
-        group.length === 0 ||
-        (group.length < this.#options.maxMembers && bytes + member.bytes <= this.#options.maxBytes && !member.keys.some((key) => keys.has(key)));
+      const free = !member.keys.some((key) => keys.has(key) || held.has(key) || this.#busyKeys.has(key));
+      const fits = free && (group.length === 0 || (group.length < this.#options.maxMembers && bytes + member.bytes <= this.#options.maxBytes));
       if (!fits) {
         rest.push(waiting);
+        for (const key of member.keys) held.add(key);
         continue;
       }
       group.push(waiting);
