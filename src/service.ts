@@ -112,6 +112,8 @@ export async function createService(options: ServiceOptions, logger: Logger): Pr
       kv,
       // The answer leaves once every store committed; a retry anywhere waits for the result.
       earlyReply: true,
+      // One instance on the embedded KV: no other process queues for the sqlite stores' locks.
+      prepareTogether: !options.etcd,
       ...(options.settleWaitMs !== undefined ? { settleWaitMs: options.settleWaitMs } : {}),
       stores: {
         get: (name) => catalog.get(name),

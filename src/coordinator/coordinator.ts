@@ -88,6 +88,12 @@ export interface CoordinatorOptions {
    * before answering `session_busy` (default 2000 ms; see `settle.ts`).
    */
   readonly settleWaitMs?: number;
+  /**
+   * Prepare a session's sqlite stores (those that queue in call order) at once rather than
+   * one after the other: only where no other process takes their locks, the embedded KV
+   * (see `SessionDeps.prepareTogether`).
+   */
+  readonly prepareTogether?: boolean;
   readonly idleTimeoutMs?: number;
   readonly maxOpenSessions?: number;
   readonly leaseTtlSeconds?: number;
@@ -158,6 +164,7 @@ export class Coordinator implements SessionCoordinator {
         instanceId: options.instanceId,
         retentionSeconds: settings.retentionSeconds,
         earlyReply: options.earlyReply ?? false,
+        prepareTogether: options.prepareTogether ?? false,
         logger: this.#logger,
         maxLogBytes: this.#maxLogBytes,
         logBudget: this.#logBudget,

@@ -30,6 +30,13 @@ export interface SessionDeps extends RecordDeps {
   readonly maxLogBytes: number;
   /** What all sessions' change logs may hold together. */
   readonly logBudget: LogBudget;
+  /**
+   * Ask every store that queues in call order (`StoreSession.queuesInCallOrder`: sqlite)
+   * to prepare at once, instead of one after the other: each holds its lock for less time.
+   * Only where no other process takes those stores' locks in another order: the embedded
+   * KV, one instance (see {@link Session.#prepareAll}).
+   */
+  readonly prepareTogether?: boolean;
 }
 
 /**
@@ -102,6 +109,8 @@ class StoreStep implements Committable {
     readonly point: string,
     readonly failpoints: Failpoints,
     readonly mayHaveCommitted: () => boolean,
+    /** Prepared with the session's other such stores in one step (see `Session.#prepareAll`). */
+    readonly together: boolean,
   ) {}
 
   /** A one-shot's changes for this store, when known at begin (see {@link begin}). */
@@ -111,25 +120,40 @@ class StoreStep implements Committable {
   /** What this store's changes or prepare failed with inside `begin`: its prepare in `Session.commit` throws it. */
   failed: unknown;
 
-  /**
-   * With `changes` and a store that has `beginAndPrepare`, begins, applies and prepares in
-   * one step. Only a key the store already committed fails `begin`; any other failure waits
-   * for this store's turn to prepare, so the stores before it prepare as they did (a
-   * participant hears its try, then the cancel) and the session is cancelled as before.
-   */
+  /** A one-shot's begin and prepare wait for the session's other such stores: `Session.#beginTogether`. */
+  get deferred(): boolean {
+    return this.together && this.changes !== undefined && this.inner.beginAndPrepare !== undefined;
+  }
+
+  /** Begins the store, or, with `changes` and `beginAndPrepare`, prepares it too (below); a deferred step waits. */
   async begin(key: Uint8Array): Promise<void> {
-    const { inner, changes } = this;
-    if (!changes || !inner.beginAndPrepare) {
-      await inner.begin(key).catch((err: unknown) => Promise.reject(storeError(this.name, err)));
+    if (this.deferred) return;
+    if (!this.changes || !this.inner.beginAndPrepare) {
+      await this.inner.begin(key).catch((err: unknown) => Promise.reject(storeError(this.name, err)));
       return;
     }
+    await this.beginAndPrepare(key);
+  }
+
+  /**
+   * Begins, applies `changes` and prepares in one step. Only a key the store already
+   * committed fails here; any other failure waits for this store's turn to prepare, so the
+   * stores before it prepare as they did (a participant hears its try, then the cancel)
+   * and the session is cancelled as before. Reaches the store before its first `await`.
+   */
+  async beginAndPrepare(key: Uint8Array): Promise<void> {
     try {
-      await inner.beginAndPrepare(key, changes);
+      await (this.inner.beginAndPrepare as NonNullable<StoreSession['beginAndPrepare']>)(key, this.changes ?? []);
       this.prepared = true;
     } catch (err) {
       if (err instanceof AlreadyCommittedError) throw storeError(this.name, err);
       this.failed = err;
     }
+  }
+
+  /** Prepares the store, or fails with what its `beginAndPrepare` failed with. Reaches the store before its first `await`. */
+  prepare(key: Uint8Array): Promise<void> {
+    return this.failed === undefined ? this.inner.prepare(key) : Promise.reject(this.failed);
   }
 
   async beginRecovery(key: Uint8Array): Promise<void> {
@@ -209,7 +233,8 @@ export class Session {
     });
     const committables = this.storeNames.map((name, i) => {
       const store = start.stores.get(name) as StoreSession;
-      return [name, new StoreStep(name, store, `commit.afterStore.${i + 1}`, deps.failpoints, () => this.#mayHaveCommitted)] as const;
+      const together = deps.prepareTogether === true && store.queuesInCallOrder === true;
+      return [name, new StoreStep(name, store, `commit.afterStore.${i + 1}`, deps.failpoints, () => this.#mayHaveCommitted, together)] as const;
     });
     this.#steps = new Map(committables);
     const logger = { warn: (obj: object, msg: string) => this.logger.warn(obj, msg), error: (obj: object, msg: string) => this.logger.error(obj, msg) };
@@ -279,15 +304,32 @@ export class Session {
    * Steps 1–2: writes the record (interactive) and begins every store; an adopted record
    * makes the stores recover instead. A failure ends the session before its commit point.
    * A one-shot passes its changes (`applyAll` still follows): a store that can takes them
-   * with its begin and prepares, in one step.
+   * with its begin and prepares, in one step — the stores prepared together all at once,
+   * once every store has begun.
    */
   async begin(oneShotChanges?: Readonly<Record<string, readonly unknown[]>>): Promise<void> {
     if (oneShotChanges) for (const [name, step] of this.#steps) step.changes = oneShotChanges[name] ?? [];
     try {
-      await this.#committer.begin(this.key);
+      const { recovery } = await this.#committer.begin(this.key);
+      if (!recovery) await this.#beginTogether();
     } catch (err) {
       return this.#fail(err);
     }
+  }
+
+  /**
+   * A one-shot's deferred stores (see {@link #prepareAll}) begin and prepare, all asked in
+   * one synchronous step. A key one of them already committed ends the session as a
+   * failed begin would: every store cancelled, the record left to `#fail`.
+   */
+  async #beginTogether(): Promise<void> {
+    const deferred = [...this.#steps.values()].filter((step) => step.deferred);
+    if (deferred.length === 0) return;
+    const results = await Promise.allSettled(deferred.map((step) => step.beginAndPrepare(this.#keyBytes)));
+    const refused = results.find((result) => result.status === 'rejected');
+    if (!refused) return;
+    await this.#committer.abort(refused.reason);
+    throw refused.reason;
   }
 
   /**
@@ -351,10 +393,7 @@ export class Session {
   async commit(): Promise<ResultRecord> {
     try {
       if (this.#phase === 'active') {
-        await this.#eachStore((store, key, name) => {
-          const { failed } = this.#steps.get(name) as StoreStep;
-          return failed === undefined ? store.prepare(key) : Promise.reject(failed);
-        });
+        await this.#prepareAll();
         this.#phase = 'deciding';
         this.#mayHaveCommitted = true;
         await this.#slot.writeCommitPoint(this.#log, this.sessionId);
@@ -374,7 +413,7 @@ export class Session {
     try {
       await this.#committer.begin(this.key);
       for (const name of this.storeNames) await this.#stage(name, log[name] ?? []);
-      await this.#eachStore((store, key) => store.prepare(key));
+      await this.#prepareAll();
       return await this.#commitStores();
     } catch (err) {
       return this.#fail(err);
@@ -435,6 +474,40 @@ export class Session {
       }
       logged.push(change);
     }
+  }
+
+  /**
+   * Step 4a: prepares every store in name order — except the stores prepared together
+   * (`StoreStep.together`: they queue for their lock in call order), which are all asked
+   * at the first one's turn, in one synchronous step, so that every such store's queue
+   * serves sessions in the same order and no two sessions can wait for each other's
+   * locks. One after the other, a store would hold its lock while the next one's prepare
+   * made its round trip. A failure is still thrown at its store's own turn: the stores
+   * named before it prepare as before (a participant hears its try, then the cancel).
+   */
+  async #prepareAll(): Promise<void> {
+    let together: Map<string, PromiseSettledResult<void>> | undefined;
+    for (const name of this.storeNames) {
+      const step = this.#steps.get(name) as StoreStep;
+      try {
+        if (!step.together) {
+          await step.prepare(this.#keyBytes);
+          continue;
+        }
+        together ??= await this.#prepareTogether();
+        const result = together.get(name);
+        if (result?.status === 'rejected') throw result.reason;
+      } catch (err) {
+        throw storeError(name, err);
+      }
+    }
+  }
+
+  /** Asks every store prepared together to prepare, before any answers; settles when all have. */
+  async #prepareTogether(): Promise<Map<string, PromiseSettledResult<void>>> {
+    const steps = [...this.#steps.values()].filter((step) => step.together);
+    const results = await Promise.allSettled(steps.map((step) => step.prepare(this.#keyBytes)));
+    return new Map(steps.map((step, i) => [step.name, results[i] as PromiseSettledResult<void>]));
   }
 
   /** Runs `step` on every store in commit order; a store's error names the store. */

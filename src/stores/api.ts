@@ -78,6 +78,14 @@ export interface StoreSession<Change = unknown> extends Committable {
   release?(): Promise<void>;
   /** True when recovery found this store already committed (applies are ignored). */
   readonly skipping: boolean;
+  /**
+   * True when the store queues `prepare` and `beginAndPrepare` for what they wait on (a
+   * lock of this process's own) in the order they are called, at the call itself. A
+   * session then asks all such stores in one synchronous step, so that every queue serves
+   * sessions in the same order and none can deadlock: the stores hold their locks for a
+   * shorter time than when each waits for the one before it (sqlite). Optional: false.
+   */
+  readonly queuesInCallOrder?: boolean;
 }
 
 /** What commitd tells a store about the session it opens. */

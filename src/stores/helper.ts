@@ -61,6 +61,11 @@ export interface StoreDriver<Change> {
    * before `prepare` succeeded: past it the commit point may be written.
    */
   reopen?(key: Uint8Array): Promise<void>;
+  /**
+   * True when `prepare` and `openAndPrepare` queue for their lock in the order they are
+   * called, before their first `await` (see {@link StoreSession.queuesInCallOrder}).
+   */
+  readonly queuesInCallOrder?: boolean;
 }
 
 type Mode = 'idle' | 'writable' | 'prepared' | 'skip';
@@ -94,10 +99,13 @@ export class HelperCommittable<Change> implements Committable {
    * {@link StoreSession.beginAndPrepare}): present when the driver has `openAndPrepare`.
    */
   readonly beginAndPrepare?: (key: Uint8Array, changes: readonly Change[]) => Promise<void>;
+  /** The driver's: `prepare` and `beginAndPrepare` reach it before their first `await`. */
+  readonly queuesInCallOrder: boolean;
 
   constructor(name: string, driver: StoreDriver<Change>) {
     this.name = name;
     this.#driver = driver;
+    this.queuesInCallOrder = driver.queuesInCallOrder ?? false;
     const { openAndPrepare } = driver;
     if (openAndPrepare) this.beginAndPrepare = (key, changes) => this.#beginAndPrepare(key, changes, openAndPrepare.bind(driver));
   }

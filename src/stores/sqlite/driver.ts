@@ -57,32 +57,57 @@ export class SqliteDriver implements StoreDriver<SqliteChange> {
   }
 
   /**
-   * A one-shot's step before its commit point: the marker lookup, then, without a marker,
-   * `open`, `apply` of each change and `prepare`. Returns the stored ID if there is a marker.
+   * A one-shot's step before its commit point: queues for the write lock at once, in the
+   * order the calls arrive (see `Session`: a session asks all its sqlite stores in one
+   * step, so every store's queue serves sessions in the same order), then, holding it, the
+   * marker lookup and, without a marker, `open`, `apply` of each change and the prepare.
+   * Returns the stored ID if there is a marker; nothing is held then.
    */
   async openAndPrepare(key: Uint8Array, changes: readonly SqliteChange[], id: Uint8Array): Promise<Uint8Array | undefined> {
-    const stored = await this.findMarker(key);
-    if (stored) return stored;
-    await this.open();
-    for (const [index, change] of changes.entries()) {
-      try {
-        await this.apply(change);
-      } catch (err) {
-        throw atChange(err, index);
+    await this.#db.enter();
+    try {
+      const stored = await this.#db.whenNotBusy(() => this.#db.markers.find.get(describeKey(key)));
+      if (stored) {
+        await this.#db.leave();
+        return fromHex(stored.session_id);
       }
+      this.#statements = [];
+      for (const [index, change] of changes.entries()) this.#statements.push(this.#check(change, index));
+    } catch (err) {
+      this.#statements = [];
+      await this.#db.leave();
+      throw err;
     }
-    await this.prepare(key, id);
+    await this.#runHeld(key, id);
     return undefined;
   }
 
   /**
-   * Takes the write lock (queueing behind other sessions), opens the session's savepoint,
-   * inserts the marker first — so a second committer of the same key stops at the marker,
-   * before its changes can fail on the first one's rows — then runs the changes. Keeps the
-   * lock until the session is decided or rolled back.
+   * Takes the write lock (queueing behind other sessions, in the order of the calls), then
+   * runs the session's statements under it (see {@link #runHeld}).
    */
   async prepare(key: Uint8Array, id: Uint8Array): Promise<void> {
     await this.#db.enter();
+    await this.#runHeld(key, id);
+  }
+
+  /** Compiles and checks one of a one-shot's changes, named by its index if refused. */
+  #check(change: SqliteChange, index: number): CheckedChange {
+    try {
+      const afterSchemaChange = this.#statements.some((checked) => checked.changesSchema);
+      return this.#db.statements.check(change, afterSchemaChange);
+    } catch (err) {
+      throw atChange(err, index);
+    }
+  }
+
+  /**
+   * With the write lock and the session's savepoint: inserts the marker first — so a
+   * second committer of the same key stops at the marker, before its changes can fail on
+   * the first one's rows — then runs the changes. Keeps the lock until the session is
+   * decided or rolled back.
+   */
+  async #runHeld(key: Uint8Array, id: Uint8Array): Promise<void> {
     this.#state = 'holding';
     try {
       this.#insertMarker(key, id);

@@ -62,6 +62,8 @@ export class SqliteThread {
       decide: async () => this.#send(session, 'decide'),
       commit: (key, id) => call<void>('commit', [key, id]),
       rollback: () => call<void>('rollback'),
+      // Each call is posted at once and the thread queues a prepare for the lock on arrival.
+      queuesInCallOrder: true,
     };
   }
 
