@@ -386,10 +386,14 @@ for (const backend of [etcdBackend, sqliteBackend]) {
             ]);
           if (i % 8 === 5) return kv.update('sessions/moved', `lost ${i}`, stale);
           if (i % 8 === 7) return kv.create('results/taken', `again ${i}`);
-          return kv.txn([
-            { type: 'check', key: `results/s${i}`, exists: false },
-            { type: 'create', key: `sessions/s${i}`, value: `v${i}`, options: { ttlSeconds: 3600 } },
-          ]);
+          // Some lazy (no fsync on the embedded KV): a group mixes them with durable writes.
+          return kv.txn(
+            [
+              { type: 'check', key: `results/s${i}`, exists: false },
+              { type: 'create', key: `sessions/s${i}`, value: `v${i}`, options: { ttlSeconds: 3600 } },
+            ],
+            { lazySync: i % 3 === 0 },
+          );
         }),
       );
       for (const [i, outcome] of outcomes.entries()) {
@@ -606,27 +610,29 @@ describe('SQLite KV durability', () => {
   const dir = mkdtempSync(join(tmpdir(), 'kv-crash-'));
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('a value written before the process is SIGKILLed is there after reopening', async () => {
-    const path = join(dir, 'state', 'kv.db');
-    const fixture = new URL('./fixtures/sqlite-crash-writer.ts', import.meta.url).pathname;
-    const child = spawn(process.execPath, ['--import', 'tsx', fixture, path, 'sessions/crash', 'committing'], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let stdout = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    const signal = await new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, sig) => resolve(sig)));
-    assert.equal(signal, 'SIGKILL');
-    const written = Number(stdout.trim());
-    assert.ok(written >= 1, `the child reported revision ${JSON.stringify(stdout)}`);
+  for (const mode of ['durable', 'lazy'] as const) {
+    it(`a value written (${mode}) before the process is SIGKILLed is there after reopening`, async () => {
+      const path = join(dir, mode, 'kv.db');
+      const fixture = new URL('./fixtures/sqlite-crash-writer.ts', import.meta.url).pathname;
+      const child = spawn(process.execPath, ['--import', 'tsx', fixture, path, 'sessions/crash', 'committing', mode], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let stdout = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      const signal = await new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, sig) => resolve(sig)));
+      assert.equal(signal, 'SIGKILL');
+      const written = Number(stdout.trim());
+      assert.ok(written >= 1, `the child reported revision ${JSON.stringify(stdout)}`);
 
-    const kv = new SqliteKv({ path });
-    try {
-      assert.deepEqual(await kv.get('sessions/crash'), { key: 'sessions/crash', value: 'committing', revision: written });
-      assert.ok((await kv.create('sessions/next', 'active')) > written, 'revisions keep increasing across the crash');
-    } finally {
-      await kv.close();
-    }
-  });
+      const kv = new SqliteKv({ path });
+      try {
+        assert.deepEqual(await kv.get('sessions/crash'), { key: 'sessions/crash', value: 'committing', revision: written });
+        assert.ok((await kv.create('sessions/next', 'active')) > written, 'revisions keep increasing across the crash');
+      } finally {
+        await kv.close();
+      }
+    });
+  }
 
   it('the sweep deletes expired rows from the file', async () => {
     const path = join(dir, 'sweep.db');
@@ -645,6 +651,29 @@ describe('SQLite KV durability', () => {
       } finally {
         db.close();
       }
+    } finally {
+      await kv.close();
+    }
+  });
+
+  it('a lazy transaction leaves the connection syncing every later write (synchronous=FULL)', async () => {
+    const kv = new SqliteKv({ path: join(dir, 'lazy.db') });
+    // White-box: the setting is per connection and nothing outside it can see it. A lazy
+    // group that left NORMAL behind would make every later commit skip its fsync.
+    const db = Reflect.get(kv, 'db') as Database.Database;
+    const synchronous = (): unknown => db.pragma('synchronous', { simple: true });
+    try {
+      assert.equal(synchronous(), 2);
+      await kv.txn([{ type: 'create', key: 'results/a', value: 'r' }], { lazySync: true });
+      assert.equal(synchronous(), 2, 'FULL again after an all-lazy group');
+      await Promise.all([
+        kv.txn([{ type: 'create', key: 'results/b', value: 'r' }], { lazySync: true }),
+        kv.txn([{ type: 'create', key: 'results/a', value: 'again' }], { lazySync: true }).catch((error: unknown) => error),
+        kv.create('sessions/c', 'durable'),
+      ]);
+      assert.equal(synchronous(), 2);
+      assert.equal((await kv.get('results/a'))?.value, 'r', 'a lazy write whose condition fails applies nothing');
+      assert.equal((await kv.get('results/b'))?.value, 'r');
     } finally {
       await kv.close();
     }

@@ -155,7 +155,10 @@ export class RecordSlot implements SessionSlot<ResultRecord> {
       ...(await deleteSessionOps(this.#deps.kv, key, this.#record as SessionRecord, this.#revision)),
     ];
     try {
-      await this.#deps.kv.txn(ops);
+      // Lazy: losing the result write to a machine failure leaves the `committing` record, as a
+      // crash just before it would, and recovery rolls forward to the same answer (the stores
+      // keep their markers for the retention, far longer than the next durable write takes).
+      await this.#deps.kv.txn(ops, { lazySync: true });
     } catch (err) {
       if (!(err instanceof ConstraintViolatedError)) throw err;
       // Someone else (an adopter of this session) wrote the same result first: fine.

@@ -211,6 +211,7 @@ export class EtcdKv implements Kv {
    * {@inheritDoc Kv.txn}
    * All ops become one etcd transaction. Each key may appear once (`TypeError` otherwise);
    * an update or delete at a revision that cannot exist fails like any other condition.
+   * Every etcd write is durable on a quorum, so `TxnOptions.lazySync` changes nothing.
    */
   async txn(ops: readonly KvOp[]): Promise<number> {
     assertDistinctKeys(ops);

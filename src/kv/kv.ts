@@ -49,6 +49,18 @@ export interface WriteOptions {
   readonly lease?: KvLease;
 }
 
+/** How a transaction is made durable. */
+export interface TxnOptions {
+  /**
+   * The write need not survive a failure of the machine (power loss, kernel crash) until
+   * the KV's next durable write: it still survives a crash of the process, and a machine
+   * failure can lose only lazy writes made after the last durable one, never a durable
+   * write or a write out of order. Only for writes whose loss recovery already tolerates.
+   * The embedded backend then skips the fsync of its commit; etcd always writes durably.
+   */
+  readonly lazySync?: boolean;
+}
+
 /** An operation inside a transaction. All conditions hold or nothing is applied. */
 export type KvOp =
   | { readonly type: 'create'; readonly key: string; readonly value: string; readonly options?: WriteOptions }
@@ -85,7 +97,7 @@ export interface Kv {
   /** Deletes `key` if it is at `revision`; else `VersionMismatchError`. */
   delete(key: string, revision: number): Promise<void>;
   /** Applies all `ops` atomically or none (`ConstraintViolatedError`). Returns the revision. */
-  txn(ops: readonly KvOp[]): Promise<number>;
+  txn(ops: readonly KvOp[], options?: TxnOptions): Promise<number>;
   /**
    * Watches every key starting with `prefix`: `onEvent` gets a `snapshot` at once (the
    * initial list), then each put and delete; a lost watch re-lists (another `snapshot`).

@@ -1,7 +1,11 @@
 /**
  * The embedded backend of the KV contract: one SQLite file through `better-sqlite3`.
  *
- * Durable across a process crash (WAL, `synchronous=FULL`). One revision counter for the
+ * Durable across a crash of the process or the machine (WAL, `synchronous=FULL`), except a
+ * transaction asked to be lazy (`TxnOptions.lazySync`): it commits with `synchronous=NORMAL`,
+ * without an fsync, and becomes durable with the next write that fsyncs the WAL (an fsync
+ * covers every earlier frame, and WAL recovery keeps a prefix of the log, so a machine
+ * failure loses at most the lazy writes after the last durable one). One revision counter for the
  * whole file, so revisions strictly increase across all keys as in etcd. Expired values
  * and values of expired leases are invisible at once and deleted by a periodic sweep.
  * @module
@@ -10,7 +14,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import type { Kv, KvEntry, KvLease, KvOp, KvWatch, KvWatchEvent, WriteOptions } from './kv.ts';
+import type { Kv, KvEntry, KvLease, KvOp, KvWatch, KvWatchEvent, TxnOptions, WriteOptions } from './kv.ts';
 import { SqliteWatchHub } from './sqlite-watch.ts';
 import { type LeaseOwner, SqliteLease, ttlMs } from './sqlite-lease.ts';
 import { assertDistinctKeys, assertTtl, describeTxnFailure } from './checks.ts';
@@ -91,6 +95,9 @@ interface Statements {
   readonly sweepExpired: Database.Statement<{ now: number }>;
   readonly sweepLeaseKeys: Database.Statement<{ now: number }>;
   readonly sweepLeases: Database.Statement<{ now: number }>;
+  /** `synchronous=NORMAL` for a group of lazy writes only, `FULL` again after it. */
+  readonly syncLazy: Database.Statement<[]>;
+  readonly syncFull: Database.Statement<[]>;
 }
 
 /** A write waiting for the next group (`SqliteKv.grouped`). */
@@ -99,6 +106,8 @@ interface PendingWrite {
   readonly work: (now: number) => unknown;
   /** The keys it writes: watchers compare only after writes under a watched prefix. */
   readonly keys: readonly string[];
+  /** `TxnOptions.lazySync`: a group commits without fsync only if every write in it is lazy. */
+  readonly lazySync: boolean;
   readonly resolve: (value: unknown) => void;
   readonly reject: (error: unknown) => void;
 }
@@ -210,7 +219,7 @@ export class SqliteKv implements Kv {
    * appear once (`TypeError` otherwise). A transaction without writes returns the current
    * revision.
    */
-  async txn(ops: readonly KvOp[]): Promise<number> {
+  async txn(ops: readonly KvOp[], options?: TxnOptions): Promise<number> {
     assertDistinctKeys(ops);
     return this.grouped(
       'txn',
@@ -223,6 +232,7 @@ export class SqliteKv implements Kv {
         return revision;
       },
       ops.map((op) => op.key),
+      options?.lazySync === true,
     );
   }
 
@@ -299,10 +309,10 @@ export class SqliteKv implements Kv {
    * write runs in its own SAVEPOINT: one whose condition fails is rolled back and fails
    * alone, the others commit. A COMMIT that fails fails every write of the group.
    */
-  private grouped<T>(op: SqliteKvOperation, work: (now: number) => T, keys: readonly string[]): Promise<T> {
+  private grouped<T>(op: SqliteKvOperation, work: (now: number) => T, keys: readonly string[], lazySync = false): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.pending.length === 0) setImmediate(this.flushGroup);
-      this.pending.push({ op, work, keys, resolve: resolve as (value: unknown) => void, reject });
+      this.pending.push({ op, work, keys, lazySync, resolve: resolve as (value: unknown) => void, reject });
     });
   }
 
@@ -311,7 +321,10 @@ export class SqliteKv implements Kv {
     if (this.pending.length > 0) setImmediate(this.flushGroup);
     const settled: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
     const startedAt = performance.now();
+    // One durable write makes the whole group durable, so only an all-lazy group skips the fsync.
+    const lazy = group.every((write) => write.lazySync);
     try {
+      if (lazy) this.statements.syncLazy.run();
       // Watchers compare only when a write of the group falls under a watched prefix.
       const keys = group.flatMap((write) => write.keys);
       this.write((now) => {
@@ -330,6 +343,8 @@ export class SqliteKv implements Kv {
       for (let index = 0; index < group.length; index += 1) {
         if (settled[index]?.ok !== false) settled[index] = { ok: false, error: mapped };
       }
+    } finally {
+      if (lazy) this.restoreFullSync();
     }
     for (const [index, write] of group.entries()) {
       const outcome = settled[index];
@@ -339,6 +354,15 @@ export class SqliteKv implements Kv {
       else write.reject(outcome?.error);
     }
   };
+
+  /** Back to `synchronous=FULL` after a lazy group; a closed connection has nothing to restore. */
+  private restoreFullSync(): void {
+    try {
+      this.statements.syncFull.run();
+    } catch (error) {
+      if (this.db.open) throw error;
+    }
+  }
 
   /** Runs `work` in a transaction that holds the write lock from its first statement. */
   private write<T>(work: (now: number) => T, keys?: readonly string[]): T {
@@ -439,6 +463,8 @@ function prepare(db: Database.Database): Statements {
        AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.id = kv.lease AND leases.expires_at > @now)`,
     ),
     sweepLeases: db.prepare('DELETE FROM leases WHERE expires_at <= @now'),
+    syncLazy: db.prepare('PRAGMA synchronous = NORMAL'),
+    syncFull: db.prepare('PRAGMA synchronous = FULL'),
   };
 }
 
