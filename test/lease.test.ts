@@ -88,5 +88,27 @@ for (const kv of KV_BACKENDS) {
       await waitFor('a session to open again', async () => (await coordinator.commitOnce('k', { main: [insert(1)] })).state);
       assert.deepEqual(rows(service), [1]);
     });
+
+    it('past the lease a key already committed is still answered from the KV: its retry gets the same session ID', async (t) => {
+      const service = await startWithTable(kv, { leaseTtlSeconds: LEASE_TTL_SECONDS });
+      t.after(() => service.dispose());
+      const { coordinator } = service;
+      const changes = { main: [insert(1)] };
+      const first = await coordinator.commitOnce('k', changes);
+      await coordinator.begin('s', ['main']);
+      await coordinator.apply('s', 'main', [insert(2)]);
+      const interactive = await coordinator.commit('s');
+
+      blockEventLoop(LEASE_TTL_SECONDS * 1000 + 300);
+      // The answer is in the KV and needs no lease: a client retrying after its instance
+      // stalled (a GC pause, a SIGSTOP) gets it instead of a 503.
+      const retried = await coordinator.commitOnce('k', changes);
+      assert.equal(retried.sessionId, first.sessionId);
+      assert.equal(retried.replayed, true);
+      const begun = await coordinator.begin('s', ['main']);
+      assert.equal(begun.state, 'committed');
+      assert.equal('sessionId' in begun ? begun.sessionId : undefined, interactive.sessionId);
+      assert.deepEqual(rows(service), [1, 2], 'nothing applied twice');
+    });
   });
 }

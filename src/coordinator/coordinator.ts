@@ -19,6 +19,7 @@ import { KeyAnswers, committedView, recordView, replayedView } from './answers.t
 import {
   InvalidRequestError,
   KeyReusedError,
+  LeaseLostError,
   PayloadTooLargeError,
   ServiceUnavailableError,
   SessionBusyError,
@@ -35,7 +36,7 @@ import { deleteSessionOps, parseSession, recordKeys, type ChangeLog, type Sessio
 import { SlotTakenError } from './record-slot.ts';
 import { Recovery, readKey } from './recovery.ts';
 import { SessionEndedError, type Session } from './session.ts';
-import { SessionTable } from './session-table.ts';
+import { SessionTable, type OpenRequest } from './session-table.ts';
 import type {
   ActiveView,
   CommittedView,
@@ -231,7 +232,9 @@ export class Coordinator implements SessionCoordinator {
     await this.#landed(key);
     const names = this.#resolveStores(stores);
     this.#table.assertFree(key);
-    const session = this.#table.open({ key, names, oneShot: false, recoverOnInterrupt: true });
+    const opened = await this.#open({ key, names, oneShot: false, recoverOnInterrupt: true }, () => this.#answers.begin(key, names));
+    if ('answer' in opened) return opened.answer;
+    const { session } = opened;
     try {
       await session.run(() => session.begin());
     } catch (err) {
@@ -314,7 +317,11 @@ export class Coordinator implements SessionCoordinator {
     }
     this.#table.assertFree(key);
     // Over the global log cap this throws before anything is opened: the key stays unused.
-    const session = this.#table.open({ key, names, oneShot: true, hasher, recoverOnInterrupt: true, logBytes: bytes });
+    const opened = await this.#open({ key, names, oneShot: true, hasher, recoverOnInterrupt: true, logBytes: bytes }, () =>
+      this.#answers.oneShot(key, sessionId),
+    );
+    if ('answer' in opened) return opened.answer;
+    const { session } = opened;
     return session.run(async () => {
       try {
         await session.begin(changes);
@@ -327,6 +334,21 @@ export class Coordinator implements SessionCoordinator {
       await session.applyAll(changes);
       return this.#commitOpen(session);
     });
+  }
+
+  /**
+   * Opens a session under `key`. Without a certain lease none opens (`LeaseLostError`), but a
+   * key whose result is in the KV still gets `answer()`: a result needs no lease, and a
+   * client retrying after this instance stalled (a GC pause, a SIGSTOP) gets its answer
+   * rather than a 503.
+   */
+  async #open<T>(request: OpenRequest, answer: () => Promise<T>): Promise<{ session: Session } | { answer: T }> {
+    try {
+      return { session: this.#table.open(request) };
+    } catch (err) {
+      if (err instanceof LeaseLostError && (await readKey(this.#kv, request.key)).result) return { answer: await answer() };
+      throw err;
+    }
   }
 
   async get(key: string): Promise<SessionView | undefined> {
@@ -482,8 +504,7 @@ export class Coordinator implements SessionCoordinator {
    * the answer left it (the result written, the record gone).
    */
   async #landed(key: string): Promise<void> {
-    const session = this.#table.owned(key);
-    if (session?.committedResult) await session.ended;
+    await this.#table.landing(key)?.ended;
   }
 
   /** Every answered commit's result write has landed (the early reply answers before it). */

@@ -87,6 +87,16 @@ export class ServiceUnavailableError extends CommitdError {
   }
 }
 
+/**
+ * This instance's lease is not certainly held: no session opens here until it has registered
+ * again (a record written now could be taken for a dead instance's at once).
+ */
+export class LeaseLostError extends ServiceUnavailableError {
+  constructor() {
+    super('this instance lost its lease and is registering again', 1);
+  }
+}
+
 /** Codes a store step may raise that already mean what the caller should see. */
 const PASSED_THROUGH: ReadonlySet<ErrorCode> = new Set([
   'INVALID_REQUEST',

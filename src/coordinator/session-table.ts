@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import type { SessionHasher } from '../core/session-id.ts';
 import type { Metrics } from '../metrics.ts';
 import type { Store, StoreSession } from '../stores/api.ts';
-import { ServiceUnavailableError, SessionBusyError } from './errors.ts';
+import { LeaseLostError, ServiceUnavailableError, SessionBusyError } from './errors.ts';
 import type { Instance } from './instance.ts';
 import type { SessionRecord } from './records.ts';
 import { Session, type SessionDeps, type SessionEnd } from './session.ts';
@@ -50,6 +50,8 @@ export interface SessionTableDeps {
 export class SessionTable {
   readonly #deps: SessionTableDeps;
   readonly #sessions = new Map<string, Session>();
+  /** Sessions dropped with the lease after their commit was answered, until their result write settles. */
+  readonly #landing = new Map<string, Session>();
   #closed = false;
 
   constructor(deps: SessionTableDeps) {
@@ -84,6 +86,16 @@ export class SessionTable {
     return this.#sessions.get(key);
   }
 
+  /**
+   * The session under `key` whose commit was answered before its result write landed (the
+   * early reply), also after the lease was lost: a request about the key waits for that
+   * write instead of reading a KV that does not show the result yet.
+   */
+  landing(key: string): Session | undefined {
+    const session = this.owned(key) ?? this.#landing.get(key);
+    return session?.committedResult ? session : undefined;
+  }
+
   /** Throws `session_busy` if a session under `key` is open here. */
   assertFree(key: string): void {
     if (this.#sessions.has(key))
@@ -94,7 +106,7 @@ export class SessionTable {
   open(request: OpenRequest): Session {
     if (this.#closed) throw new ServiceUnavailableError('commitd is shutting down', 5);
     // Without a live lease other instances may take a new record for a dead one's at once.
-    if (!this.#deps.instance.holdsLease()) throw new ServiceUnavailableError('this instance lost its lease and is registering again', 1);
+    if (!this.#deps.instance.holdsLease()) throw new LeaseLostError();
     if (this.#sessions.size >= this.#deps.maxOpen) throw new ServiceUnavailableError(`too many open sessions (${this.#deps.maxOpen})`, 1);
     const heldBytes = request.logBytes ?? 0;
     this.#deps.session.logBudget.reserve(heldBytes, `the changes of session ${request.key}`);
@@ -136,6 +148,7 @@ export class SessionTable {
     this.#sessions.clear();
     this.#deps.metrics?.sessionsOpen.set(0);
     for (const session of sessions) {
+      if (session.committedResult) this.#landing.set(session.key, session);
       void session.relinquish('lease lost').catch(() => undefined);
       session.logger.error('lease lost: stopped driving this session');
     }
@@ -143,6 +156,7 @@ export class SessionTable {
 
   #ended(session: Session, end: SessionEnd, recoverOnInterrupt: boolean): void {
     if (this.#sessions.get(session.key) === session) this.#sessions.delete(session.key);
+    if (this.#landing.get(session.key) === session) this.#landing.delete(session.key);
     this.#deps.metrics?.sessionsOpen.set(this.#sessions.size);
     if (end.outcome === 'cancelled') {
       this.#deps.metrics?.sessionsCancelled.inc({ reason: end.reason });
