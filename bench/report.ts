@@ -50,6 +50,9 @@ interface Results {
     readonly perSecond: number;
     readonly busyMs: number;
     readonly totalMs: number;
+    /** Absent in results written before they were measured. */
+    readonly mainThreadCpuMs?: number;
+    readonly allThreadsCpuMs?: number;
     readonly topFrames: readonly Frame[];
     readonly byArea: readonly Frame[];
   }[];
@@ -124,8 +127,10 @@ if (results.rss) {
 
 for (const profile of results.profiles) {
   out();
+  const cpu =
+    profile.mainThreadCpuMs === undefined ? '' : `; CPU ${profile.mainThreadCpuMs} ms on the main thread, ${profile.allThreadsCpuMs} ms on all threads`;
   out(
-    `Profile ${profile.pass}, ${profile.concurrency} in flight (${profile.perSecond}/s; main thread busy ${profile.busyMs} of ${profile.totalMs} ms), self time:`,
+    `Profile ${profile.pass}, ${profile.concurrency} in flight (${profile.perSecond}/s; main thread busy ${profile.busyMs} of ${profile.totalMs} ms${cpu}), self time:`,
   );
   out();
   const top = profile.topFrames.slice(0, 8).map((frame) => `${frame.selfPct.toFixed(1)} % ${frame.frame}`);

@@ -38,6 +38,8 @@ export interface CommitdProcess {
   rssBytes(): number;
   /** CPU time the server process has used so far, µs. */
   cpuMicros(): number;
+  /** CPU time (user + system) its main thread alone has used so far, in µs. */
+  mainThreadCpuMicros(): number;
   /** Completed coordinator KV operations so far, by operation (from `/metrics`). */
   kvOperations(): Promise<Map<string, number>>;
   /** V8 heap in use and memory outside it (Buffers, wasm, native addons' tracked memory), bytes. */
@@ -54,9 +56,12 @@ export function rssOf(pid: number): number {
   return Number(match[1]) * 1024;
 }
 
-/** CPU time (user + system, every thread) `pid` has used so far, in µs, from /proc (Linux). */
-export function cpuOf(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+/**
+ * CPU time (user + system) `pid` has used so far, in µs, from /proc (Linux): every thread,
+ * or only thread `tid` (the main thread's tid is the pid).
+ */
+export function cpuOf(pid: number, tid?: number): number {
+  const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8');
   // Fields after the command name (which may contain spaces) start at its closing parenthesis.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const ticks = Number(fields[11]) + Number(fields[12]);
@@ -123,6 +128,7 @@ export async function startCommitd(options: CommitdOptions): Promise<CommitdProc
     process: child,
     rssBytes: () => rssOf(child.pid),
     cpuMicros: () => cpuOf(child.pid),
+    mainThreadCpuMicros: () => cpuOf(child.pid, child.pid),
     async kvOperations() {
       return parseKvCounts(await metricsText(url));
     },
