@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { SessionBusyError, SessionNotFoundError } from '../src/coordinator/errors.ts';
+import { KeyReusedError, SessionBusyError, SessionNotFoundError } from '../src/coordinator/errors.ts';
 import { skipUnlessFound } from './harness/require.ts';
 import { ids, sqliteRun } from './support/rows.ts';
 import { KV_BACKENDS, kvNeeds, startTestService, type TestService } from './support/service.ts';
@@ -105,6 +105,7 @@ for (const kv of KV_BACKENDS) {
       const retried = await coordinator.commitOnce('k', changes);
       assert.equal(retried.sessionId, first.sessionId);
       assert.equal(retried.replayed, true);
+      await assert.rejects(coordinator.commitOnce('k', { main: [insert(3)] }), KeyReusedError, 'other changes under the key are refused');
       const begun = await coordinator.begin('s', ['main']);
       assert.equal(begun.state, 'committed');
       assert.equal('sessionId' in begun ? begun.sessionId : undefined, interactive.sessionId);

@@ -86,10 +86,7 @@ export class KeyAnswers {
   async begin(key: string, names: readonly string[]): Promise<ActiveView | CommittedView> {
     const { table, recovery, instance, metrics } = this.#deps;
     const { record, revision, result } = await this.#read(key);
-    if (result) {
-      if (sameNames(Object.keys(result.stores), names)) return replayedView(key, result);
-      throw new KeyReusedError(key, `with stores ${Object.keys(result.stores).join(', ')}`);
-    }
+    if (result) return this.beginCommitted(key, names, result);
     if (!record) throw new ServiceUnavailableError(`session ${key} changed while beginning; retry`, 1);
     if (record.owner !== instance.id && (await instance.isAlive(record.owner))) {
       throw new SessionBusyError(key, record.owner, `the session is ${record.state}`);
@@ -109,13 +106,22 @@ export class KeyAnswers {
     return { key, state: 'active', recovery: true, stores: names };
   }
 
+  /** A begin of a key whose result is already read: the same stores get its replay. */
+  beginCommitted(key: string, names: readonly string[], result: ResultRecord): CommittedView {
+    if (sameNames(Object.keys(result.stores), names)) return replayedView(key, result);
+    throw new KeyReusedError(key, `with stores ${Object.keys(result.stores).join(', ')}`);
+  }
+
+  /** A one-shot of a key whose result is already read: the same changes get its replay. */
+  oneShotCommitted(key: string, sessionId: string, result: ResultRecord): CommittedView {
+    if (result.sessionId === sessionId) return replayedView(key, result);
+    throw new KeyReusedError(key, 'with other changes');
+  }
+
   /** A one-shot commit found the key taken: the same changes get the key's answer. */
   async oneShot(key: string, sessionId: string): Promise<CommittedView> {
     const { record, result } = await this.#read(key);
-    if (result) {
-      if (result.sessionId === sessionId) return replayedView(key, result);
-      throw new KeyReusedError(key, 'with other changes');
-    }
+    if (result) return this.oneShotCommitted(key, sessionId, result);
     if (!record) throw new KeyReusedError(key, 'and committed; its result is no longer retained');
     if (record.sessionId !== sessionId) throw new KeyReusedError(key, 'with other stores or changes');
     const outcome = await this.#deps.recovery.recoverKey(key);

@@ -32,7 +32,7 @@ import { auditOf, auditOp, listSessions } from './history.ts';
 import { Instance } from './instance.ts';
 import { listInstances, sessionLog, type InstanceView } from './inspect.ts';
 import { LogBudget } from './log-budget.ts';
-import { deleteSessionOps, parseSession, recordKeys, type ChangeLog, type SessionRecord } from './records.ts';
+import { deleteSessionOps, parseSession, recordKeys, type ChangeLog, type ResultRecord, type SessionRecord } from './records.ts';
 import { SlotTakenError } from './record-slot.ts';
 import { Recovery, readKey } from './recovery.ts';
 import { SessionEndedError, type Session } from './session.ts';
@@ -232,7 +232,7 @@ export class Coordinator implements SessionCoordinator {
     await this.#landed(key);
     const names = this.#resolveStores(stores);
     this.#table.assertFree(key);
-    const opened = await this.#open({ key, names, oneShot: false, recoverOnInterrupt: true }, () => this.#answers.begin(key, names));
+    const opened = await this.#open({ key, names, oneShot: false, recoverOnInterrupt: true }, (result) => this.#answers.beginCommitted(key, names, result));
     if ('answer' in opened) return opened.answer;
     const { session } = opened;
     try {
@@ -317,8 +317,8 @@ export class Coordinator implements SessionCoordinator {
     }
     this.#table.assertFree(key);
     // Over the global log cap this throws before anything is opened: the key stays unused.
-    const opened = await this.#open({ key, names, oneShot: true, hasher, recoverOnInterrupt: true, logBytes: bytes }, () =>
-      this.#answers.oneShot(key, sessionId),
+    const opened = await this.#open({ key, names, oneShot: true, hasher, recoverOnInterrupt: true, logBytes: bytes }, (result) =>
+      this.#answers.oneShotCommitted(key, sessionId, result),
     );
     if ('answer' in opened) return opened.answer;
     const { session } = opened;
@@ -338,15 +338,17 @@ export class Coordinator implements SessionCoordinator {
 
   /**
    * Opens a session under `key`. Without a certain lease none opens (`LeaseLostError`), but a
-   * key whose result is in the KV still gets `answer()`: a result needs no lease, and a
-   * client retrying after this instance stalled (a GC pause, a SIGSTOP) gets its answer
-   * rather than a 503.
+   * key whose result is in the KV still gets `answer(result)`, from that one read: a result
+   * needs no lease, and a client retrying after this instance stalled (a GC pause, a
+   * SIGSTOP) gets its answer rather than a 503.
    */
-  async #open<T>(request: OpenRequest, answer: () => Promise<T>): Promise<{ session: Session } | { answer: T }> {
+  async #open<T>(request: OpenRequest, answer: (result: ResultRecord) => T): Promise<{ session: Session } | { answer: T }> {
     try {
       return { session: this.#table.open(request) };
     } catch (err) {
-      if (err instanceof LeaseLostError && (await readKey(this.#kv, request.key)).result) return { answer: await answer() };
+      if (!(err instanceof LeaseLostError)) throw err;
+      const { result } = await readKey(this.#kv, request.key);
+      if (result) return { answer: answer(result) };
       throw err;
     }
   }
