@@ -10,8 +10,11 @@ import { fileURLToPath } from 'node:url';
 import type Database from 'better-sqlite3';
 import { BookkeepingError, StatementTimeoutError } from '../errors.ts';
 
-/** Built by `npm ci` / `npm run build:native` (scripts/build-native.mjs); SQLite finds its entry point, `sqlite3_sqliteguard_init`, by the file's name. */
-const EXTENSION = fileURLToPath(new URL('../../../native/build/sqlite-guard.so', import.meta.url));
+/**
+ * Built by `npm ci` / `npm run build:native` (scripts/build-native.mjs); SQLite finds its entry point, `sqlite3_sqliteguard_init`, by the file's name.
+ * This module runs from src/stores/sqlite/ or bundled into native/build/, beside the extension (scripts/build-sqlite-thread.mjs).
+ */
+const EXTENSION = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../../../native/build/sqlite-guard.so' : './sqlite-guard.so', import.meta.url));
 
 /** What each rule of the extension's authorizer protects, for the worker's error message. */
 const RULES: Readonly<Record<string, string>> = {

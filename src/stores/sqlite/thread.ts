@@ -10,6 +10,7 @@ import { Worker } from 'node:worker_threads';
 import type { StoreDriver } from '../helper.ts';
 import type { SqliteOptions } from './database.ts';
 import { reviveError, type DriverCall, type DriverReply } from './messages.ts';
+import { threadEntry, type ThreadEntry } from './thread-entry.ts';
 import type { SqliteChange } from './statements.ts';
 
 type Method = DriverCall['method'];
@@ -29,11 +30,13 @@ export class SqliteThread {
     worker.on('exit', (code) => this.#fail(new Error(`the sqlite store's thread exited (code ${code})`)));
   }
 
-  /** Starts the store's thread and opens its database there. */
-  static async open(options: SqliteOptions): Promise<SqliteThread> {
-    // The thread runs the TypeScript source through tsx, as the process does (a loader
-    // registered on the main thread does not reach a worker on Node 20).
-    const worker = new Worker(new URL('./worker-entry.mjs', import.meta.url), { workerData: options });
+  /**
+   * Starts the store's thread and opens its database there. The thread runs the bundle of
+   * `worker.ts` when it is current, the source through tsx otherwise (`thread-entry.ts`; a
+   * loader registered on the main thread does not reach a worker on Node 20).
+   */
+  static async open(options: SqliteOptions, entry: ThreadEntry = threadEntry()): Promise<SqliteThread> {
+    const worker = new Worker(entry.url, { workerData: options, ...(entry.execArgv ? { execArgv: entry.execArgv } : {}) });
     const thread = new SqliteThread(worker);
     try {
       await new Promise((resolve, reject) => thread.#pending.set(0, { resolve, reject }));
