@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # commitd: the service runs its TypeScript sources through tsx's loader; the sqlite stores'
-# threads run a bundle of theirs, made at install (scripts/build-sqlite-thread.mjs).
+# threads run a bundle of theirs, made at install (scripts/build-sqlite-thread.ts).
 #
 #   docker build -t commitd .
 #   docker run --rm -e COMMITD_TOKEN=... -p 127.0.0.1:8080:8080 commitd
@@ -40,8 +40,8 @@ COPY package.json package-lock.json tsconfig.json ./
 COPY src ./src
 # The sqlite stores' threads start from a bundle of their sources (esbuild, a dependency):
 # a quarter of the start-up CPU of running them through tsx.
-COPY scripts/build-sqlite-thread.mjs ./scripts/
-RUN node scripts/build-sqlite-thread.mjs
+COPY scripts/build-sqlite-thread.ts ./scripts/
+RUN node --import tsx scripts/build-sqlite-thread.ts
 # The data dir (embedded KV, sqlite stores, instance id) belongs to the unprivileged user;
 # a named volume mounted here starts out with this ownership.
 RUN mkdir -p /var/lib/commitd && chown node:node /var/lib/commitd

@@ -12,7 +12,7 @@ import { BookkeepingError, StatementTimeoutError } from '../errors.ts';
 
 /**
  * Built by `npm ci` / `npm run build:native` (scripts/build-native.mjs); SQLite finds its entry point, `sqlite3_sqliteguard_init`, by the file's name.
- * This module runs from src/stores/sqlite/ or bundled into native/build/, beside the extension (scripts/build-sqlite-thread.mjs).
+ * This module runs from src/stores/sqlite/ or bundled into native/build/, beside the extension (scripts/build-sqlite-thread.ts).
  */
 const EXTENSION = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../../../native/build/sqlite-guard.so' : './sqlite-guard.so', import.meta.url));
 

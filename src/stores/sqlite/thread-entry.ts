@@ -1,5 +1,5 @@
 /**
- * Where a sqlite store's thread starts: the bundle `scripts/build-sqlite-thread.mjs` made
+ * Where a sqlite store's thread starts: the bundle `scripts/build-sqlite-thread.ts` made
  * (`native/build/sqlite-thread.mjs`, plain JavaScript, about a quarter of the start-up CPU),
  * or, when there is none or any source file it was built from changed since, the source
  * through tsx (`worker-entry.mjs`). A stale bundle is never run: an edited `worker.ts` takes
@@ -9,9 +9,13 @@
 import { readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-const ROOT = new URL('../../../', import.meta.url);
-export const BUNDLE_MANIFEST = new URL('native/build/sqlite-thread.json', ROOT);
-const BUNDLE = new URL('native/build/sqlite-thread.mjs', ROOT);
+export const PROJECT_ROOT = new URL('../../../', import.meta.url);
+/** What the bundle is built from (`scripts/build-sqlite-thread.ts`). */
+export const THREAD_SOURCE = new URL('./worker.ts', import.meta.url);
+export const BUNDLE = new URL('native/build/sqlite-thread.mjs', PROJECT_ROOT);
+/** The bundle's source files (paths from the project root) with their size and mtime at the build. */
+export const BUNDLE_MANIFEST = new URL('native/build/sqlite-thread.json', PROJECT_ROOT);
+/** The source through tsx. */
 export const SOURCE_ENTRY = new URL('./worker-entry.mjs', import.meta.url);
 
 interface Manifest {
@@ -25,7 +29,7 @@ export function currentBundle(manifest: URL = BUNDLE_MANIFEST, bundle: URL = BUN
     const files = Object.entries(inputs);
     if (files.length === 0) return undefined;
     for (const [path, built] of files) {
-      const now = statSync(fileURLToPath(new URL(path, ROOT)));
+      const now = statSync(fileURLToPath(new URL(path, PROJECT_ROOT)));
       if (now.size !== built.size || now.mtimeMs !== built.mtimeMs) return undefined;
     }
     statSync(fileURLToPath(bundle));

@@ -7,37 +7,23 @@
 // `npm ci` (postinstall), `npm start` (prestart) and `npm test` (build); it does nothing
 // while the bundle is current, and replaces both files by rename, so a commitd starting
 // meanwhile (`npm start` in a test while others run) never reads half a file.
-import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const entry = 'src/stores/sqlite/worker.ts';
-const outfile = join(root, 'native', 'build', 'sqlite-thread.mjs');
-const manifestFile = join(root, 'native', 'build', 'sqlite-thread.json');
 // An install without the sources (the Dockerfile's dependency stage) has nothing to bundle;
 // the image bundles after copying them.
-if (!existsSync(join(root, entry))) process.exit(0);
+if (!existsSync(new URL('../src/stores/sqlite/worker.ts', import.meta.url))) process.exit(0);
+const { BUNDLE, BUNDLE_MANIFEST, currentBundle, PROJECT_ROOT, THREAD_SOURCE } = await import('../src/stores/sqlite/thread-entry.ts');
+if (currentBundle()) process.exit(0);
 
-const current = () => {
-  try {
-    const files = Object.entries(JSON.parse(readFileSync(manifestFile, 'utf8')).inputs);
-    statSync(outfile);
-    return files.length > 0 && files.every(([path, built]) => {
-      const now = statSync(join(root, path));
-      return now.size === built.size && now.mtimeMs === built.mtimeMs;
-    });
-  } catch {
-    return false;
-  }
-};
-if (current()) process.exit(0);
-
+const root = fileURLToPath(PROJECT_ROOT);
+const outfile = fileURLToPath(BUNDLE);
 mkdirSync(dirname(outfile), { recursive: true });
 const result = await build({
   absWorkingDir: root,
-  entryPoints: [entry],
+  entryPoints: [fileURLToPath(THREAD_SOURCE)],
   outfile,
   bundle: true,
   format: 'esm',
@@ -49,17 +35,17 @@ const result = await build({
   logLevel: 'warning',
 });
 
-const inputs = {};
+const inputs: Record<string, { size: number; mtimeMs: number }> = {};
 for (const path of Object.keys(result.metafile.inputs).sort()) {
-  const { size, mtimeMs } = statSync(join(root, path));
+  const { size, mtimeMs } = statSync(new URL(path, PROJECT_ROOT));
   inputs[path] = { size, mtimeMs };
 }
-const replace = (file, contents) => {
+const replace = (file: string, contents: string | Uint8Array) => {
   const temporary = `${file}.${process.pid}.tmp`;
   writeFileSync(temporary, contents);
   renameSync(temporary, file);
 };
 // The bundle first: a reader that meets it with the previous manifest finds that manifest
 // stale (its sources changed) and starts from the source.
-replace(outfile, result.outputFiles[0].contents);
-replace(manifestFile, `${JSON.stringify({ inputs }, null, 2)}\n`);
+replace(outfile, (result.outputFiles as { contents: Uint8Array }[])[0]?.contents as Uint8Array);
+replace(fileURLToPath(BUNDLE_MANIFEST), `${JSON.stringify({ inputs }, null, 2)}\n`);
